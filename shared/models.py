@@ -1,0 +1,179 @@
+"""Tables (SQLModel, table=True) and the API schemas built on them.
+
+Every row belongs to a workspace, directly or through its parent. Natural keys carry unique
+constraints so that workers can upsert: a redelivered task rewrites the same rows, never new ones.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _json(**kw: Any) -> Any:
+    return Field(sa_column=Column(JSON, nullable=kw.pop("nullable", True)), **kw)
+
+
+# ---------------------------------------------------------------- tenancy
+class Workspace(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    workspace_id: int = Field(foreign_key="workspace.id", index=True)
+    prefix: str = Field(index=True)  # first characters of the key, shown in listings
+    key_hash: str = Field(unique=True)  # sha256 of the whole key; the key itself is never stored
+    role: str = "member"  # admin | member
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked: bool = False
+
+
+# ---------------------------------------------------------------- data
+class PromptSet(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    workspace_id: int = Field(foreign_key="workspace.id", index=True)
+    name: str
+    description: str = ""
+    split: str = "train"  # train | heldout (evaluation prompts)
+    size: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Prompt(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("prompt_set_id", "position"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    prompt_set_id: int = Field(foreign_key="promptset.id", index=True)
+    position: int  # 0-based line/item number in the uploaded set
+    messages: list = _json(nullable=False)  # chat messages [{role, content}]
+    reference: Optional[str] = Field(default=None, sa_column=Column(Text))
+    constraints: Optional[list] = _json()  # [{id, kwargs}] in IFEval's instruction ids
+    answer: Optional[str] = None
+
+
+# ---------------------------------------------------------------- runs
+class Run(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    workspace_id: int = Field(foreign_key="workspace.id", index=True)
+    method: str
+    base_model: str
+    base_version_id: Optional[int] = Field(default=None, foreign_key="modelversion.id")
+    prompt_set_ids: list = _json(nullable=False)
+    eval_prompt_set_ids: list = _json(default_factory=list)
+    config: dict = _json(nullable=False)
+    rounds: int = 1
+    continuous: bool = False
+    stopping: dict = _json(default_factory=dict)
+    status: str = "queued"  # queued | running | succeeded | failed | cancelled
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: Optional[datetime] = None
+
+
+class Round(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("run_id", "number"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    number: int  # t, from 1
+    status: str = "running"  # running | succeeded | failed | cancelled
+    stage_index: int = 0  # position in the recipe's stage list
+    # {stage: {status, started_at, finished_at, seconds, shards, error}}
+    stages: dict = _json(default_factory=dict)
+    policy_version_id: Optional[int] = Field(default=None, foreign_key="modelversion.id")
+    produced_version_id: Optional[int] = Field(default=None, foreign_key="modelversion.id")
+    metrics: dict = _json(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: Optional[datetime] = None
+
+
+class StageTask(SQLModel, table=True):
+    """One unit of work of a stage (a shard of prompts, or the whole stage). The conductor moves
+    a round on when every StageTask of its current stage is done."""
+
+    __table_args__ = (UniqueConstraint("round_id", "stage", "shard"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="round.id", index=True)
+    stage: str
+    shard: int = 0
+    payload: dict = _json(default_factory=dict)  # e.g. {"prompt_ids": [...]}
+    status: str = "pending"  # pending | running | done | failed
+    attempts: int = 0
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    enqueued_at: Optional[datetime] = None
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+
+
+class Sample(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("round_id", "prompt_id", "index", "role"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="round.id", index=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    index: int
+    role: str = "policy"  # policy | eval | candidate | judge ...
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    token_count: int = 0
+    finish_reason: str = ""
+    generator_version_id: Optional[int] = Field(default=None, foreign_key="modelversion.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Judgment(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("sample_id", "kind", "vote_index"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    sample_id: int = Field(foreign_key="sample.id", index=True)
+    kind: str  # verifier | rubric | refiner
+    vote_index: int = 0
+    score: Optional[float] = None
+    passed: Optional[bool] = None
+    rationale: Optional[str] = Field(default=None, sa_column=Column(Text))
+
+
+class RefinementNode(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("sample_id", "path"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    sample_id: int = Field(foreign_key="sample.id", index=True)  # the failed response at the root
+    path: str  # "0", "0.1", "0.1.2": position in the tree
+    parent_path: Optional[str] = None
+    depth: int = 0
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    passed: Optional[bool] = None
+
+
+class PreferencePair(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("round_id", "prompt_id", "source", "index"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="round.id", index=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    index: int = 0
+    source: str  # gold_vs_generated | judge_best_worst | refined_vs_original
+    chosen: str = Field(sa_column=Column(Text, nullable=False))
+    rejected: str = Field(sa_column=Column(Text, nullable=False))
+    margin: Optional[float] = None
+
+
+class ModelVersion(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    workspace_id: int = Field(foreign_key="workspace.id", index=True)
+    # Natural key: "base:<model>" or "run:<id>:round:<t>:<role>". A retried training task that
+    # publishes again finds this key and reuses the row.
+    key: str = Field(index=True)
+    run_id: Optional[int] = Field(default=None, foreign_key="run.id", index=True)
+    round_number: Optional[int] = None
+    parent_id: Optional[int] = Field(default=None, foreign_key="modelversion.id")
+    kind: str = "adapter"  # base | adapter | merged
+    base_model: str
+    uri: Optional[str] = None  # adapter / model directory in the artifact store
+    metrics: dict = _json(default_factory=dict)
+    promoted: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("workspace_id", "key"),)

@@ -1,0 +1,56 @@
+"""The one Celery app. Queues are named after services; tasks are routed by their name prefix.
+
+Reliability (see ARCHITECTURE.md): tasks ack late and are rejected back to the queue when a worker
+dies, each worker prefetches one message, Redis redelivers an unacked message after
+`visibility_timeout` seconds (longer than the longest training task), and results live in the
+database, not in a result backend. Retries happen only on transient errors, inside the tasks.
+"""
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.config import get_settings
+
+QUEUES = ("conductor", "generation", "judging", "refinement", "training")
+
+
+def route_for(task_name: str) -> str:
+    """Queue of a task: the part of its name before the first dot."""
+    queue = task_name.split(".", 1)[0]
+    if queue not in QUEUES:
+        raise ValueError(f"task {task_name!r} must be named '<queue>.<task>' with a queue in {QUEUES}")
+    return queue
+
+
+def make_celery() -> Celery:
+    s = get_settings()
+    app = Celery("autodidact", broker=s.redis_url, include=[
+        "services.gateway.conductor",
+        "services.generation.tasks",
+        "services.judging.tasks",
+        "services.training.tasks",
+    ])
+    app.conf.update(
+        task_queues=[Queue(q) for q in QUEUES],
+        task_default_queue="conductor",
+        task_routes=(lambda name, *a, **kw: {"queue": route_for(name)},),
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"visibility_timeout": s.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "conductor-sweep": {"task": "conductor.sweep", "schedule": 30.0},
+        },
+        timezone="UTC",
+    )
+    return app
+
+
+celery_app = make_celery()
