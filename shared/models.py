@@ -65,7 +65,7 @@ class Run(SQLModel, table=True):
     workspace_id: int = Field(foreign_key="workspace.id", index=True)
     method: str
     base_model: str
-    base_version_id: Optional[int] = Field(default=None, foreign_key="modelversion.id")
+    base_version_id: Optional[int] = None  # ModelVersion id (no FK: versions point at runs)
     prompt_set_ids: list = _json(nullable=False)
     eval_prompt_set_ids: list = _json(default_factory=list)
     config: dict = _json(nullable=False)
@@ -177,3 +177,98 @@ class ModelVersion(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
     __table_args__ = (UniqueConstraint("workspace_id", "key"),)
+
+
+# ================================================================ API schemas
+class PromptItem(SQLModel):
+    """One prompt as uploaded: text or chat messages, plus optional gold data."""
+
+    prompt: Any
+    reference: Optional[str] = None
+    constraints: Optional[list[dict]] = None
+    answer: Optional[str] = None
+
+
+class PromptSetCreate(SQLModel):
+    name: str
+    description: str = ""
+    split: str = "train"
+    items: list[dict]
+
+
+class PromptSetPublic(SQLModel):
+    id: int
+    name: str
+    description: str
+    split: str
+    size: int
+    created_at: datetime
+
+
+class PromptPublic(SQLModel):
+    id: int
+    position: int
+    messages: list
+    reference: Optional[str]
+    constraints: Optional[list]
+    answer: Optional[str]
+
+
+class Page(SQLModel):
+    items: list[Any]
+    total: int
+    offset: int
+    limit: int
+
+
+class RunCreate(SQLModel):
+    method: str
+    base_model: str
+    prompt_set_ids: list[int]
+    eval_prompt_set_ids: list[int] = []
+    rounds: int = 1
+    config: dict = {}
+    continuous: bool = False
+    stopping: dict = {}
+
+
+class RoundPublic(SQLModel):
+    number: int
+    status: str
+    stages: dict
+    policy_version_id: Optional[int]
+    produced_version_id: Optional[int]
+    metrics: dict
+    created_at: datetime
+    finished_at: Optional[datetime]
+
+
+class RunPublic(SQLModel):
+    id: int
+    method: str
+    base_model: str
+    prompt_set_ids: list
+    eval_prompt_set_ids: list
+    rounds: int
+    config: dict
+    continuous: bool
+    stopping: dict
+    status: str
+    error: Optional[str]
+    created_at: datetime
+    finished_at: Optional[datetime]
+    round_details: list[RoundPublic] = []
+
+
+class ModelVersionPublic(SQLModel):
+    id: int
+    key: str
+    run_id: Optional[int]
+    round_number: Optional[int]
+    parent_id: Optional[int]
+    kind: str
+    base_model: str
+    uri: Optional[str]
+    metrics: dict
+    promoted: bool
+    created_at: datetime

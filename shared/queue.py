@@ -7,12 +7,20 @@ database, not in a result backend. Retries happen only on transient errors, insi
 """
 from __future__ import annotations
 
+from collections import deque
+
 from celery import Celery
 from kombu import Queue
 
 from shared.config import get_settings
 
 QUEUES = ("conductor", "generation", "judging", "refinement", "training")
+TASK_MODULES = (
+    "services.gateway.conductor",
+    "services.generation.tasks",
+    "services.judging.tasks",
+    "services.training.tasks",
+)
 
 
 def route_for(task_name: str) -> str:
@@ -25,12 +33,7 @@ def route_for(task_name: str) -> str:
 
 def make_celery() -> Celery:
     s = get_settings()
-    app = Celery("autodidact", broker=s.redis_url, include=[
-        "services.gateway.conductor",
-        "services.generation.tasks",
-        "services.judging.tasks",
-        "services.training.tasks",
-    ])
+    app = Celery("autodidact", broker=s.redis_url, include=list(TASK_MODULES))
     app.conf.update(
         task_queues=[Queue(q) for q in QUEUES],
         task_default_queue="conductor",
@@ -54,3 +57,50 @@ def make_celery() -> Celery:
 
 
 celery_app = make_celery()
+
+
+# ---------------------------------------------------------------- tasks and dispatch
+# Every task function is registered twice: with Celery (for workers) and in TASKS (for the inline
+# executor of embedded mode), so both run exactly the same function.
+TASKS: dict = {}
+_inline_queue: deque = deque()
+
+
+def task(name: str, **options):
+    """Register `fn` as the task `name` ('<queue>.<verb>'); the plain function is returned."""
+    route_for(name)
+
+    def wrap(fn):
+        celery_app.task(name=name, **options)(fn)
+        TASKS[name] = fn
+        return fn
+
+    return wrap
+
+
+def load_task_modules() -> None:
+    import importlib
+
+    for mod in TASK_MODULES:
+        importlib.import_module(mod)
+
+
+def enqueue(name: str, *args) -> None:
+    """Send a task by name: to its Celery queue, or to the in-process queue in inline mode."""
+    if get_settings().execution == "inline":
+        _inline_queue.append((name, args))
+    else:
+        celery_app.send_task(name, args=list(args), queue=route_for(name))
+
+
+def run_inline(on_task=None, max_tasks: int | None = None) -> int:
+    """Run queued tasks in this process until the queue is empty; return how many ran."""
+    load_task_modules()
+    ran = 0
+    while _inline_queue and (max_tasks is None or ran < max_tasks):
+        name, args = _inline_queue.popleft()
+        TASKS[name](*args)
+        ran += 1
+        if on_task is not None:
+            on_task(name, args)
+    return ran

@@ -1,0 +1,158 @@
+"""The `autodidact` command: API keys, database, workers, gateway, embedded runs and the demo."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Autodidact: self-improvement loops for language models.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+console = Console()
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@keys_app.command("create")
+def keys_create(workspace: str = typer.Option(..., help="workspace name (created if new)"),
+                role: str = typer.Option("member", help="admin | member")) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    from shared import crud
+    from shared.db import session_scope
+
+    with session_scope() as s:
+        ws = crud.get_or_create_workspace(s, name=workspace)
+        try:
+            plain, _ = crud.create_api_key(s, workspace_id=ws.id, role=role)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--role")
+    typer.echo(plain)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations to AUTODIDACT_DATABASE_URL."""
+    from shared.migrate import upgrade
+
+    upgrade()
+    console.print("schema is up to date")
+
+
+@app.command()
+def worker(queue: str = typer.Option(..., help="conductor | generation | judging | refinement | training"),
+           concurrency: int = typer.Option(1, help="processes (the training queue always uses 1)"),
+           loglevel: str = "INFO") -> None:
+    """Start a Celery worker for one queue (training: solo pool, one task at a time)."""
+    from shared.queue import QUEUES, celery_app
+
+    if queue not in QUEUES:
+        raise typer.BadParameter(f"choose one of {QUEUES}", param_hint="--queue")
+    argv = ["worker", "-Q", queue, "-n", f"{queue}@%h", f"--loglevel={loglevel}", "--without-gossip",
+            "--without-mingle"]
+    if queue in ("training", "generation") or concurrency == 1:
+        argv += ["--pool", "solo"]  # one model per process; GPU work one task at a time
+    else:
+        argv += ["--pool", "prefork", f"--concurrency={concurrency}"]
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def beat(loglevel: str = "INFO") -> None:
+    """Start Celery beat (the conductor's periodic sweep)."""
+    from shared.queue import celery_app
+
+    celery_app.start(["beat", f"--loglevel={loglevel}"])
+
+
+@app.command()
+def gateway(host: str = "0.0.0.0", port: int = 8000, migrate: bool = True) -> None:
+    """Serve the HTTP API (applies migrations first unless --no-migrate)."""
+    import uvicorn
+
+    if migrate:
+        from shared.migrate import upgrade
+
+        upgrade()
+    uvicorn.run("services.gateway.main:app", host=host, port=port)
+
+
+@app.command("tiny-model")
+def tiny_model(out: Path) -> None:
+    """Write a tiny random model + tokenizer (for trying the stack without a real model)."""
+    from shared.tinymodel import build_tiny_model
+
+    console.print(str(build_tiny_model(out)))
+
+
+@app.command()
+def run(embedded: bool = typer.Option(False, "--embedded", help="run in-process with SQLite"),
+        method: str = "spin", prompts: Path = typer.Option(..., exists=True, dir_okay=False),
+        eval_prompts: Optional[Path] = typer.Option(None, "--eval", exists=True, dir_okay=False),
+        model: str = typer.Option("gemma", help="'gemma' or a local model directory"),
+        rounds: int = 1, config: str = typer.Option("{}", help="method config as JSON"),
+        db: Optional[Path] = typer.Option(None, help="SQLite file (default: user cache)")) -> None:
+    """Run a method. Only --embedded is supported here; the distributed stack takes runs over HTTP."""
+    if not embedded:
+        raise typer.BadParameter("submit distributed runs with POST /v1/runs; use --embedded to run here",
+                                 param_hint="--embedded")
+    _run_embedded(method=method, prompts=prompts, eval_prompts=eval_prompts, model=model, rounds=rounds,
+                  config=json.loads(config), db=db)
+
+
+def _run_embedded(**kw) -> int:
+    from services import embedded
+
+    logging.basicConfig(level=logging.WARNING)
+    embedded.configure(kw.pop("db"))
+    run_id = embedded.create_run(method=kw["method"], prompts=kw["prompts"], model=kw["model"],
+                                 rounds=kw["rounds"], config=kw["config"], eval_prompts=kw["eval_prompts"])
+    embedded.drive(run_id)
+    _print_run(run_id)
+    return run_id
+
+
+def _print_run(run_id: int) -> None:
+    from shared import crud
+    from shared.db import session_scope
+
+    with session_scope() as s:
+        run_row = crud.get_run(s, run_id=run_id)
+        rounds = crud.rounds_of_run(s, run_id=run_id)
+        table = Table(title=f"run {run_id} · {run_row.method} · {run_row.status}")
+        for col in ("round", "pairs", "loss", "reward acc", "log-ratio margin before → after",
+                    "held-out strict acc", "seconds by stage"):
+            table.add_column(col)
+        for r in rounds:
+            t = r.metrics.get("train", {})
+            ev = r.metrics.get("eval", {})
+            secs = ", ".join(f"{k} {v.get('seconds', 0):.0f}" for k, v in r.stages.items())
+            margin = (f"{t['logp_margin_before']:.2f} → {t['logp_margin_after']:.2f}"
+                      if "logp_margin_before" in t else "-")
+            table.add_row(str(r.number), str(r.metrics.get("pairs", "-")), _fmt(t.get("loss")),
+                          _fmt(t.get("reward_accuracy")), margin, _fmt(ev.get("prompt_strict_acc")), secs)
+        console.print(table)
+        if run_row.error:
+            console.print(f"[red]error:[/red] {run_row.error}")
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+@app.command()
+def demo(rounds: int = 1, model: str = "gemma", db: Optional[Path] = None) -> None:
+    """One SPIN round on Gemma 3 270M with the shipped example prompts; prints before/after."""
+    config = {"learning_rate": 5e-5, "later_learning_rate": 5e-5, "epochs": 2, "batch_size": 4,
+              "max_new_tokens": 64, "max_response_tokens": 128, "temperature": 0.8, "top_p": 0.95}
+    _run_embedded(method="spin", prompts=EXAMPLES / "spin_demo.jsonl", eval_prompts=None, model=model,
+                  rounds=rounds, config=config, db=db)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,179 @@
+"""The conductor: a round's state machine, driven only by rows in the database.
+
+`advance(round_id)` looks at the round's current stage: with no StageTasks yet it plans them and
+enqueues them; when all are done it records the stage and moves to the next; when the last stage
+is done it closes the round and opens the next one (or closes the run). Workers call it after each
+StageTask and `sweep` calls it periodically (Celery beat), so a conductor that was down simply
+picks up where the rows say the round stands. Advancing twice is harmless: the round row is
+locked, and planning happens only when no StageTask exists for the stage.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlmodel import Session, select
+
+from services.methods import get_recipe, parse_config
+from services.methods.base import PlanInput
+from shared import crud
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.models import Round, Run, StageTask, utcnow
+from shared.queue import enqueue, task
+
+log = logging.getLogger(__name__)
+
+RESEND_AFTER = timedelta(minutes=10)  # a pending StageTask not picked up by then is sent again
+
+
+def _stage_state(rnd: Round, name: str, **changes) -> None:
+    stages = dict(rnd.stages or {})
+    stages[name] = {**stages.get(name, {}), **changes}
+    rnd.stages = stages  # reassign so the JSON column is marked dirty
+
+
+def _plan_input(session: Session, run: Run, rnd: Round, config) -> PlanInput:
+    prompts = crud.prompts_of_sets(session, prompt_set_ids=run.prompt_set_ids)
+    evals = crud.prompts_of_sets(session, prompt_set_ids=run.eval_prompt_set_ids or [])
+    return PlanInput(prompt_ids=[p.id for p in prompts], eval_prompt_ids=[p.id for p in evals],
+                     round_number=rnd.number, total_rounds=run.rounds,
+                     shard_size=get_settings().generation_shard_size, config=config)
+
+
+def _close_round(session: Session, run: Run, rnd: Round, to_send: list) -> None:
+    rnd.status, rnd.finished_at = "succeeded", utcnow()
+    more = rnd.number < run.rounds or (run.continuous and not _stop_rule_met(session, run))
+    if not more:
+        run.status, run.finished_at = "succeeded", utcnow()
+        return
+    policy = rnd.produced_version_id or rnd.policy_version_id
+    crud.upsert(session, Round, [{"run_id": run.id, "number": rnd.number + 1, "status": "running",
+                                  "stage_index": 0, "stages": {}, "metrics": {},
+                                  "policy_version_id": policy, "created_at": utcnow()}],
+                keys=["run_id", "number"], update=[])
+    nxt = session.exec(select(Round).where(Round.run_id == run.id, Round.number == rnd.number + 1)).one()
+    to_send.append(("conductor.advance", nxt.id))
+
+
+def _stop_rule_met(session: Session, run: Run) -> bool:
+    """Continuous runs: stop at max_rounds, or when held-out accuracy has not improved by `delta`
+    for `patience` rounds."""
+    rule = run.stopping or {}
+    rounds = crud.rounds_of_run(session, run_id=run.id)
+    if len(rounds) >= int(rule.get("max_rounds", 100)):
+        return True
+    patience, delta = int(rule.get("patience", 0)), float(rule.get("delta", 0.0))
+    accs = [r.metrics.get("eval", {}).get("prompt_strict_acc") for r in rounds]
+    accs = [a for a in accs if a is not None]
+    if patience <= 0 or len(accs) <= patience:
+        return False
+    best_before = max(accs[:-patience])
+    return max(accs[-patience:]) < best_before + delta
+
+
+def _fail(run: Run, rnd: Round, stage: str, error: str | None) -> None:
+    rnd.status, rnd.finished_at = "failed", utcnow()
+    _stage_state(rnd, stage, status="failed", error=error)
+    run.status, run.finished_at = "failed", utcnow()
+    run.error = f"round {rnd.number}, stage {stage}: {error}"
+
+
+def _advance_locked(session: Session, rnd: Round, to_send: list) -> None:
+    run = session.get(Run, rnd.run_id)
+    if rnd.status != "running":
+        return
+    if run.status == "cancelled":
+        rnd.status, rnd.finished_at = "cancelled", utcnow()
+        return
+    recipe = get_recipe(run.method)
+    config, errors = parse_config(recipe.config_cls, run.config)
+    if errors:
+        _fail(run, rnd, "config", str(errors))
+        return
+    stages = recipe.stages(config, bool(run.eval_prompt_set_ids))
+    if run.status == "queued":
+        run.status = "running"
+    while rnd.stage_index < len(stages):
+        stage = stages[rnd.stage_index]
+        tasks = crud.stage_tasks(session, round_id=rnd.id, stage=stage.name)
+        if not tasks:
+            payloads = stage.plan(_plan_input(session, run, rnd, config))
+            now = utcnow()
+            if not payloads:
+                _stage_state(rnd, stage.name, status="skipped", started_at=now.isoformat())
+                rnd.stage_index += 1
+                continue
+            rows = [StageTask(round_id=rnd.id, stage=stage.name, shard=i, payload=p, enqueued_at=now)
+                    for i, p in enumerate(payloads)]
+            session.add_all(rows)
+            session.flush()
+            to_send.extend((stage.task, r.id) for r in rows)
+            _stage_state(rnd, stage.name, status="running", started_at=now.isoformat(),
+                         shards=len(rows), shards_done=0)
+            return
+        failed = [t for t in tasks if t.status == "failed"]
+        if failed:
+            _fail(run, rnd, stage.name, failed[0].error)
+            return
+        done = sum(t.status == "done" for t in tasks)
+        _stage_state(rnd, stage.name, shards_done=done)
+        if done < len(tasks):
+            return
+        started = min(t.started_at or t.enqueued_at for t in tasks)
+        finished = max(t.finished_at for t in tasks)
+        _stage_state(rnd, stage.name, status="succeeded", finished_at=finished.isoformat(),
+                     seconds=round((finished - started).total_seconds(), 3))
+        rnd.stage_index += 1
+    _close_round(session, run, rnd, to_send)
+
+
+@task("conductor.advance")
+def advance(round_id: int) -> None:
+    to_send: list[tuple[str, int]] = []
+    with session_scope() as session:
+        rnd = crud.lock_round(session, round_id=round_id)
+        if rnd is None:
+            log.warning("advance: round %s does not exist", round_id)
+            return
+        _advance_locked(session, rnd, to_send)
+    for name, arg in to_send:  # after commit: a worker must find the rows it is sent
+        enqueue(name, arg)
+
+
+@task("conductor.sweep")
+def sweep() -> None:
+    """Periodic safety net: advance every open round and resend StageTasks that sat pending."""
+    cutoff = utcnow() - RESEND_AFTER
+    with session_scope() as session:
+        open_rounds = session.exec(select(Round.id).where(Round.status == "running")).all()
+        stale = session.exec(select(StageTask).join(Round, Round.id == StageTask.round_id).where(
+            Round.status == "running", StageTask.status == "pending", StageTask.enqueued_at < cutoff)).all()
+        resend = []
+        for st in stale:
+            st.enqueued_at = utcnow()
+            stage = next(s for s in _stages_of(session, st.round_id) if s.name == st.stage)
+            resend.append((stage.task, st.id))
+    for name, arg in resend:
+        enqueue(name, arg)
+    for round_id in open_rounds:
+        enqueue("conductor.advance", round_id)
+
+
+def _stages_of(session: Session, round_id: int):
+    rnd = session.get(Round, round_id)
+    run = session.get(Run, rnd.run_id)
+    recipe = get_recipe(run.method)
+    config, _ = parse_config(recipe.config_cls, run.config)
+    return recipe.stages(config, bool(run.eval_prompt_set_ids))
+
+
+def start_run(session: Session, run: Run) -> Round:
+    """Open round 1 of a freshly created run (in the caller's transaction); the caller enqueues
+    `conductor.advance` for it after commit."""
+    base = crud.base_version(session, workspace_id=run.workspace_id, base_model=run.base_model)
+    run.base_version_id = base.id
+    rnd = Round(run_id=run.id, number=1, policy_version_id=base.id)
+    session.add(rnd)
+    session.flush()
+    return rnd

@@ -1,0 +1,141 @@
+"""Runs (create, show, cancel, export pairs) and model versions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import StreamingResponse
+from sqlmodel import select
+
+from services.gateway.conductor import start_run
+from services.gateway.deps import KeyDep, SessionDep, owned
+from services.methods import get_recipe, parse_config
+from shared import crud
+from shared.models import (
+    ModelVersion, ModelVersionPublic, PreferencePair, Prompt, PromptSet, Round, RoundPublic, Run,
+    RunCreate, RunPublic, utcnow,
+)
+from shared.queue import enqueue
+
+router = APIRouter(tags=["runs"])
+MAX_ROUNDS = 100
+
+
+def _public(session, run: Run) -> RunPublic:
+    out = RunPublic.model_validate(run, from_attributes=True)
+    out.round_details = [RoundPublic.model_validate(r, from_attributes=True)
+                         for r in crud.rounds_of_run(session, run_id=run.id)]
+    return out
+
+
+def _check_base_model(name: str) -> list[dict]:
+    if name == "gemma" or (Path(name).expanduser() / "config.json").exists():
+        return []
+    return [{"loc": ["base_model"], "msg": f"{name!r} is neither 'gemma' nor a model directory "
+             "(with config.json) visible to the gateway and workers"}]
+
+
+@router.post("/v1/runs", status_code=201, response_model=RunPublic)
+def create_run(body: RunCreate, session: SessionDep, key: KeyDep) -> RunPublic:
+    errors: list[dict] = []
+    try:
+        recipe = get_recipe(body.method)
+    except ValueError as exc:
+        raise HTTPException(422, [{"loc": ["method"], "msg": str(exc)}])
+    config, cfg_errors = parse_config(recipe.config_cls, body.config)
+    errors += cfg_errors
+    if not 1 <= body.rounds <= MAX_ROUNDS:
+        errors.append({"loc": ["rounds"], "msg": f"must be in 1..{MAX_ROUNDS}"})
+    errors += _check_base_model(body.base_model)
+    if not body.prompt_set_ids:
+        errors.append({"loc": ["prompt_set_ids"], "msg": "give at least one prompt set id"})
+    for field in ("prompt_set_ids", "eval_prompt_set_ids"):
+        for i, sid in enumerate(getattr(body, field)):
+            ps = session.get(PromptSet, sid)
+            if ps is None or ps.workspace_id != key.workspace_id:
+                errors.append({"loc": [field, i], "msg": f"prompt set {sid} not found"})
+            elif field == "eval_prompt_set_ids" and not any(
+                    p.constraints for p in session.exec(select(Prompt).where(Prompt.prompt_set_id == sid))):
+                errors.append({"loc": [field, i], "msg": f"prompt set {sid} has no prompts with "
+                               "constraints to evaluate"})
+    if body.method == "spin" and not errors:
+        missing = session.exec(select(Prompt.prompt_set_id).where(
+            Prompt.prompt_set_id.in_(body.prompt_set_ids), Prompt.reference.is_(None))).all()
+        if missing:
+            errors.append({"loc": ["prompt_set_ids"], "msg": f"SPIN needs a gold `reference` for every "
+                           f"prompt; {len(missing)} prompt(s) in set(s) {sorted(set(missing))} have none"})
+    unknown_stop = sorted(set(body.stopping) - {"max_rounds", "patience", "delta"})
+    if unknown_stop:
+        errors.append({"loc": ["stopping", unknown_stop[0]], "msg": "allowed keys: max_rounds, patience, delta"})
+    if errors:
+        raise HTTPException(422, errors)
+    run = Run(workspace_id=key.workspace_id, method=body.method, base_model=body.base_model,
+              prompt_set_ids=body.prompt_set_ids, eval_prompt_set_ids=body.eval_prompt_set_ids,
+              config=_config_json(config), rounds=body.rounds, continuous=body.continuous,
+              stopping=body.stopping)
+    session.add(run)
+    session.flush()
+    rnd = start_run(session, run)
+    session.commit()
+    enqueue("conductor.advance", rnd.id)
+    return _public(session, run)
+
+
+def _config_json(config) -> dict:
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+@router.get("/v1/runs", response_model=list[RunPublic])
+def list_runs(session: SessionDep, key: KeyDep) -> list[RunPublic]:
+    runs = session.exec(select(Run).where(Run.workspace_id == key.workspace_id).order_by(Run.id)).all()
+    return [_public(session, r) for r in runs]
+
+
+@router.get("/v1/runs/{run_id}", response_model=RunPublic)
+def get_run(run_id: int, session: SessionDep, key: KeyDep) -> RunPublic:
+    return _public(session, owned(session, Run, run_id, key, "run"))
+
+
+@router.post("/v1/runs/{run_id}/cancel", response_model=RunPublic)
+def cancel_run(run_id: int, session: SessionDep, key: KeyDep) -> RunPublic:
+    run = owned(session, Run, run_id, key, "run")
+    if run.status in ("succeeded", "failed", "cancelled"):
+        raise HTTPException(409, f"run {run_id} already ended with status {run.status!r}")
+    run.status, run.finished_at = "cancelled", utcnow()
+    for rnd in session.exec(select(Round).where(Round.run_id == run.id, Round.status == "running")):
+        rnd.status, rnd.finished_at = "cancelled", utcnow()
+    session.commit()
+    return _public(session, run)
+
+
+@router.get("/v1/runs/{run_id}/pairs")
+def export_pairs(run_id: int, session: SessionDep, key: KeyDep, round: int | None = None) -> StreamingResponse:
+    """Preference pairs as JSONL in TRL's conversational prompt/chosen/rejected format."""
+    run = owned(session, Run, run_id, key, "run")
+    q = (select(PreferencePair, Prompt, Round).join(Prompt, Prompt.id == PreferencePair.prompt_id)
+         .join(Round, Round.id == PreferencePair.round_id).where(Round.run_id == run.id))
+    if round is not None:
+        q = q.where(Round.number == round)
+    rows = session.exec(q.order_by(Round.number, PreferencePair.prompt_id, PreferencePair.index)).all()
+
+    def lines():
+        for pair, prompt, _ in rows:
+            yield json.dumps({"prompt": prompt.messages,
+                              "chosen": [{"role": "assistant", "content": pair.chosen}],
+                              "rejected": [{"role": "assistant", "content": pair.rejected}]}) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.get("/v1/models", response_model=list[ModelVersionPublic])
+def list_models(session: SessionDep, key: KeyDep) -> list[ModelVersion]:
+    return list(session.exec(select(ModelVersion).where(ModelVersion.workspace_id == key.workspace_id)
+                             .order_by(ModelVersion.id)))
+
+
+@router.get("/v1/models/{version_id}", response_model=ModelVersionPublic)
+def get_model(version_id: int, session: SessionDep, key: KeyDep) -> ModelVersion:
+    return owned(session, ModelVersion, version_id, key, "model version")

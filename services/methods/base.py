@@ -1,0 +1,89 @@
+"""What a method recipe is: a validated config dataclass plus the ordered stages of one round.
+
+A stage names the task that does its work and how the work is split into StageTasks (shards).
+The conductor only ever sees this shape, so adding a method never touches the conductor.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    """Plain data a stage's planner may use to split its work."""
+
+    prompt_ids: list[int]  # the run's training prompts, in a stable order
+    eval_prompt_ids: list[int]  # held-out prompts (may be empty)
+    round_number: int
+    total_rounds: int
+    shard_size: int
+    config: Any
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    task: str  # Celery task name, '<queue>.<verb>'
+    plan: Callable[[PlanInput], list[dict]]  # one payload per StageTask; [] skips the stage
+
+
+@dataclass(frozen=True)
+class Recipe:
+    method: str
+    config_cls: type
+    stages: Callable[[Any, bool], list[Stage]]  # (config, has_eval_prompts) -> stages
+
+
+def shard_prompts(key: str = "prompt_ids", **extra: Any) -> Callable[[PlanInput], list[dict]]:
+    """Planner: split the run's (or held-out) prompts into shards of `shard_size`."""
+
+    def plan(inp: PlanInput) -> list[dict]:
+        ids = inp.prompt_ids if key == "prompt_ids" else inp.eval_prompt_ids
+        size = max(1, inp.shard_size)
+        return [{"prompt_ids": ids[i:i + size], **extra} for i in range(0, len(ids), size)]
+
+    return plan
+
+
+def single(inp: PlanInput) -> list[dict]:
+    """Planner: the whole stage is one task."""
+    return [{}]
+
+
+def parse_config(config_cls: type, data: dict | None) -> tuple[Any, list[dict]]:
+    """Build a method config from user JSON. Returns (config, []) or (None, errors) where each
+    error is {"loc": [...], "msg": ...} naming the offending field."""
+    data = dict(data or {})
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        return None, [{"loc": ["config", k], "msg": f"unknown key {k!r}; allowed: {sorted(names)}"}
+                      for k in unknown]
+    try:
+        return config_cls(**data), []
+    except (TypeError, ValueError) as exc:
+        field = getattr(exc, "field", None) or _field_in_message(str(exc), names)
+        return None, [{"loc": ["config"] + ([field] if field else []), "msg": str(exc)}]
+
+
+def _field_in_message(msg: str, names: set[str]) -> str | None:
+    hits = [n for n in names if n in msg]
+    return max(hits, key=len) if hits else None
+
+
+def get_recipe(method: str) -> Recipe:
+    from services.methods.registry import RECIPES
+
+    if method not in RECIPES:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[method]
+
+
+def check(cond: bool, field: str, msg: str) -> None:
+    """Config validation helper: raise a ValueError that names the field."""
+    if not cond:
+        err = ValueError(f"{field}: {msg}")
+        err.field = field  # type: ignore[attr-defined]
+        raise err

@@ -1,0 +1,4 @@
+"""Method name → recipe."""
+from services.methods import spin
+
+RECIPES = {spin.RECIPE.method: spin.RECIPE}

@@ -1,0 +1,108 @@
+"""SPIN (Chen et al., 2024, arXiv 2401.01335): self-play against the previous iterate.
+
+Round t samples y' ~ π_θ(t-1)(·|x) for each prompt with a gold response y, pairs (chosen=y,
+rejected=y') and trains θt from θ(t-1) with DPO's sigmoid loss, reference = θ(t-1).
+
+Departures from the paper: LoRA adapters instead of full fine-tuning by default (the adapter of
+round t starts from the adapter of round t-1), and the paper's mixing of the previous round's pairs
+into round ≥2 is on by default but can be turned off.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.methods.base import Recipe, Stage, check, shard_prompts, single
+
+
+@dataclass
+class SPINConfig:
+    beta: float = 0.1  # λ in the paper
+    last_round_beta: float | None = 5.0  # the paper raises λ to 5.0 in its last iteration
+    learning_rate: float = 5e-7
+    later_learning_rate: float = 1e-7  # paper: 5e-7 in early iterations, 1e-7 later
+    later_from_round: int = 3
+    epochs: int = 2
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    mix_previous_pairs: bool = True  # paper: round ≥2 trains on the previous round's pairs too
+    samples_per_prompt: int = 1
+    max_new_tokens: int = 256  # paper: 256
+    temperature: float = 1.0  # sample from the model's own distribution
+    top_p: float = 1.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    max_prompt_tokens: int = 512
+    max_response_tokens: int = 512
+    seed: int = 0
+    train: dict = field(default_factory=dict)  # any other TrainConfig field, e.g. {"schedule": "cosine"}
+
+    def __post_init__(self) -> None:
+        check(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
+        check(self.last_round_beta is None or self.last_round_beta > 0, "last_round_beta",
+              "must be > 0 or null to keep beta")
+        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(self.later_learning_rate > 0, "later_learning_rate", "must be > 0")
+        check(self.later_from_round >= 1, "later_from_round", "must be >= 1")
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        check(1 <= self.samples_per_prompt <= 64, "samples_per_prompt", "must be in 1..64")
+        check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
+        check(self.temperature > 0, "temperature", "must be > 0 (SPIN samples, it does not decode greedily)")
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        check(self.lora_r >= 1, "lora_r", "must be >= 1")
+        check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
+        self.train_config(1, 1)  # validates the `train` overrides now, not at round time
+
+    def train_config(self, round_number: int, total_rounds: int):
+        """The trainer's settings for round t, with the paper's schedule of β and learning rate."""
+        from services.training.config import TrainConfig
+
+        last = round_number == total_rounds and total_rounds > 1
+        lr = self.later_learning_rate if round_number >= self.later_from_round else self.learning_rate
+        base = dict(loss="sigmoid", beta=self.last_round_beta if last and self.last_round_beta else self.beta,
+                    learning_rate=lr, epochs=self.epochs, batch_size=self.batch_size,
+                    grad_accum=self.grad_accum, warmup_ratio=self.warmup_ratio, seed=self.seed,
+                    lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+                    max_prompt_tokens=self.max_prompt_tokens, max_response_tokens=self.max_response_tokens)
+        unknown = set(self.train) - set(TrainConfig.__dataclass_fields__)
+        check(not unknown, "train", f"unknown trainer fields {sorted(unknown)}")
+        try:
+            return TrainConfig(**{**base, **self.train})
+        except (TypeError, ValueError) as exc:
+            check(False, "train", str(exc))
+
+
+def build_pairs(prompts: list[dict], samples: list[dict]) -> tuple[list[dict], int]:
+    """SPIN pairs: the gold response is chosen, each self-generated response is rejected.
+
+    prompts: [{"id", "reference"}]; samples: [{"prompt_id", "index", "text"}].
+    Returns (pairs, skipped) — a sample identical to its gold response carries no signal and is
+    skipped, as are prompts without a reference.
+    """
+    gold = {p["id"]: p.get("reference") for p in prompts}
+    pairs, skipped = [], 0
+    for s in samples:
+        ref = gold.get(s["prompt_id"])
+        if not ref or s["text"].strip() == ref.strip():
+            skipped += 1
+            continue
+        pairs.append({"prompt_id": s["prompt_id"], "index": s["index"], "source": "gold_vs_generated",
+                      "chosen": ref, "rejected": s["text"]})
+    return pairs, skipped
+
+
+def _stages(cfg: SPINConfig, has_eval: bool) -> list[Stage]:
+    stages = [
+        Stage("generate", "generation.generate_shard", shard_prompts(role="policy")),
+        Stage("pairs", "judging.build_pairs", single),
+        Stage("train", "training.train_round", single),
+    ]
+    if has_eval:
+        stages.append(Stage("evaluate", "judging.evaluate", single))
+    return stages
+
+
+RECIPE = Recipe(method="spin", config_cls=SPINConfig, stages=_stages)

@@ -1,0 +1,85 @@
+"""TrainConfig: every knob of one SFT or pairwise training call, validated on construction.
+
+Defaults follow the papers in METHODS.md (SPIN: β 0.1, lr 5e-7, 2 epochs; SPaR: an SFT term of
+weight 0.1 on chosen) and TRL's DPOConfig where the papers are silent (AdamW without weight decay,
+linear decay after warmup, clipping at 1.0). The config is plain data: `asdict` / `from_dict`
+round-trip through JSON, which is how a run stores it and how launch.py hands it to its workers.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+LOSSES = ("sigmoid", "ipo", "hinge", "sft")
+SCHEDULES = ("linear", "cosine", "constant")
+DISTRIBUTED = ("none", "ddp", "fsdp")
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainConfig:
+    # sigmoid = DPO / SPIN (Rafailov et al. 2023, Chen et al. 2024); ipo = Azar et al. 2023, with
+    # log-ratios averaged per token as TRL does; hinge = SLiC (Zhao et al. 2023); sft = NLL of chosen.
+    loss: str = "sigmoid"
+    beta: float = 0.1
+    sft_weight: float = 0.0  # extra NLL term on chosen (SPaR uses 0.1)
+    learning_rate: float = 5e-7
+    epochs: int = 2
+    batch_size: int = 8  # pairs (or examples) per forward; an optimizer step sees batch_size * grad_accum
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    schedule: str = "linear"
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    seed: int = 0
+    lora: bool = True  # False = full fine-tuning
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    max_prompt_tokens: int = 512  # the prompt keeps its end (the part next to the response)
+    max_response_tokens: int = 512  # the response keeps its start
+    logprob_chunk: int = 1024  # response positions per lm_head chunk
+    checkpoint_every: int = 50  # optimizer steps; 0 = never
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    distributed: str = "none"  # none | ddp | fsdp (see launch.py)
+
+    def __post_init__(self):
+        def bad(name: str, want: str):
+            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {want}")
+
+        if self.loss not in LOSSES:
+            bad("loss", f"use one of {', '.join(LOSSES)}")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"use one of {', '.join(SCHEDULES)}")
+        if self.distributed not in DISTRIBUTED:
+            bad("distributed", f"use one of {', '.join(DISTRIBUTED)}")
+        for name in ("beta", "learning_rate", "lora_alpha"):
+            if not getattr(self, name) > 0:
+                bad(name, "must be > 0")
+        for name in ("epochs", "batch_size", "grad_accum", "lora_r", "max_prompt_tokens",
+                     "max_response_tokens", "logprob_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                bad(name, "must be an integer >= 1")
+        for name in ("sft_weight", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        if not 0 <= self.warmup_ratio < 1:
+            bad("warmup_ratio", "must be in [0, 1)")
+        if not 0 <= self.lora_dropout < 1:
+            bad("lora_dropout", "must be in [0, 1)")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            bad("checkpoint_every", "must be an integer >= 0 (0 = never)")
+        if not self.lora_target_modules or not all(isinstance(m, str) for m in self.lora_target_modules):
+            bad("lora_target_modules", "must be a non-empty list of module names such as 'q_proj'")
+        self.lora_target_modules = list(self.lora_target_modules)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields are {sorted(known)}")
+        return cls(**data)

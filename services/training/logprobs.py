@@ -1,0 +1,197 @@
+"""Response log-probabilities of a causal LM without materialising [batch, length, vocab] logits.
+
+Gemma 3 has a 262k vocabulary: full logits for one batch of 16 sequences × 128 tokens are 2 GiB in
+float32, and autograd would keep them for the backward. So:
+1. The decoder body runs on right-padded sequences (prompt + response minus its last token, which
+   predicts nothing we score) and returns hidden states. No attention mask is passed: with right
+   padding a real position only ever attends to earlier, real positions, and the plain causal
+   path is the fastest one.
+2. Only the hidden states that predict a response token are kept (index_select), and
+3. the LM head is applied to them in chunks of `chunk` positions by `_HeadLogProb`, which takes
+   log-softmax and the target's entry per chunk. When the head's weight is frozen (LoRA; Gemma ties
+   it to the embeddings), the forward also computes the one-vector-per-position derivative
+   d log p / d h = (onehot − p)·W, so the backward is a scale of stored [N, hidden] vectors:
+   two vocab-sized matmuls per position in all, instead of three for forward + recompute + grad.
+   With a trainable head (full fine-tuning) the backward recomputes each chunk instead.
+Gemma's `final_logit_softcapping` (cap·tanh(z/cap)) is applied when the config sets it.
+
+`Scorer` wraps a (peft) causal LM as an nn.Module whose forward returns per-sequence sums, so that
+DDP's hooks see the whole computation when accelerate wraps it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from shared.modeling import prompt_ids, response_ids
+
+
+def encode(tokenizer, messages: list[dict], response: str, max_prompt: int,
+           max_response: int) -> tuple[list[int], list[int]]:
+    """(prompt ids keeping their end, response ids keeping their start, end-of-turn included)."""
+    p = prompt_ids(tokenizer, messages)[-max_prompt:]
+    r = response_ids(tokenizer, response)[:max_response]
+    return p, r
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T] right-padded
+    positions: torch.Tensor  # [N] flat indices into B*T whose hidden state predicts a response token
+    targets: torch.Tensor  # [N] the response tokens
+    seq_index: torch.Tensor  # [N] which sequence each position belongs to
+    n_tokens: torch.Tensor  # [B] response tokens per sequence
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.positions, self.targets,
+                                               self.seq_index, self.n_tokens)))
+
+
+def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
+    width = max(len(p) + len(r) - 1 for p, r in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    positions, targets, seq_index, n_tokens = [], [], [], []
+    for b, (p, r) in enumerate(seqs):
+        row = (p + r)[:-1]
+        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        start = b * width + len(p) - 1  # the last prompt position predicts the first response token
+        positions.extend(range(start, start + len(r)))
+        targets.extend(r)
+        seq_index.extend([b] * len(r))
+        n_tokens.append(len(r))
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    return Batch(ids, as_long(positions), as_long(targets), as_long(seq_index), as_long(n_tokens))
+
+
+def length_batches(lengths: list[int], batch_size: int, seed: int, *, window: int = 32) -> list[list[int]]:
+    """Batches of indices with little padding, in a seeded random order.
+
+    Shuffle, cut into windows of `window` batches, sort each window by length, cut it into batches,
+    then shuffle the batches: neighbours in length share a batch, yet batch contents and order
+    change with the seed (plain global sorting would give identical batches every epoch)."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * window
+    batches = []
+    for w in range(0, len(order), span):
+        chunk = sorted(order[w: w + span], key=lambda i: lengths[i])
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class _HeadLogProb(torch.autograd.Function):
+    """log softmax(h·Wᵀ)[target] per row of h, chunked over rows (see module docstring)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, softcap, chunk):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        jac = torch.empty_like(hidden) if need_h and not need_w else None
+        log_z = torch.empty_like(out)
+        for s in range(0, hidden.shape[0], chunk):
+            h, t = hidden[s: s + chunk], targets[s: s + chunk]
+            probs, tanh, lz, picked = _chunk_softmax(h, weight, t, softcap)
+            out[s: s + len(h)] = picked - lz
+            log_z[s: s + len(h)] = lz
+            if jac is not None:
+                jac[s: s + len(h)] = _logit_grad(probs, tanh, t, softcap).to(weight.dtype) @ weight
+            del probs, tanh
+        ctx.softcap, ctx.chunk = softcap, chunk
+        if jac is not None:
+            ctx.save_for_backward(jac)
+        else:
+            ctx.save_for_backward(hidden, weight, targets, log_z)
+        ctx.jac_path = jac is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.jac_path:
+            (jac,) = ctx.saved_tensors
+            return (grad_out.unsqueeze(1) * jac).to(jac.dtype), None, None, None, None
+        hidden, weight, targets, _ = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h, t = hidden[s: s + ctx.chunk], targets[s: s + ctx.chunk]
+            probs, tanh, _, _ = _chunk_softmax(h, weight, t, ctx.softcap)
+            g = _logit_grad(probs, tanh, t, ctx.softcap).mul_(grad_out[s: s + len(h)].unsqueeze(1))
+            if grad_h is not None:
+                grad_h[s: s + len(h)] = g.to(weight.dtype) @ weight
+            if grad_w is not None:
+                grad_w.addmm_(g.t(), h.float())
+            del probs, tanh, g
+        return grad_h, (grad_w.to(weight.dtype) if grad_w is not None else None), None, None, None
+
+
+def _chunk_softmax(h, weight, targets, softcap):
+    """Softmax probabilities of one chunk (computed in place in one [n, V] float32 buffer), the
+    tanh of the soft-capped logits (or None), log Z and the targets' logits."""
+    z = (h @ weight.t()).float()
+    tanh = None
+    if softcap:
+        tanh = z.div_(softcap).tanh_()
+        z = tanh * softcap
+    picked = z.gather(1, targets.unsqueeze(1)).squeeze(1)
+    top = z.amax(dim=1, keepdim=True)
+    probs = z.sub_(top).exp_()
+    total = probs.sum(dim=1, keepdim=True)
+    probs.div_(total)
+    return probs, tanh, (top + total.log()).squeeze(1), picked
+
+
+def _logit_grad(probs, tanh, targets, softcap):
+    """d log p[target] / d raw logits = (onehot − p), times the soft-cap's derivative 1 − tanh²."""
+    g = probs.neg_()
+    g.scatter_add_(1, targets.unsqueeze(1), torch.ones_like(targets, dtype=g.dtype).unsqueeze(1))
+    if softcap:
+        g.mul_(1 - tanh * tanh)
+    return g
+
+
+def causal_lm_parts(model):
+    """(decoder body, lm_head weight, final logit soft-cap) of a plain or peft-wrapped causal LM."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
+    text_config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    return body, lm.get_output_embeddings().weight, getattr(text_config, "final_logit_softcapping", None)
+
+
+class Scorer(nn.Module):
+    """Per-sequence sums of response-token log-probs: forward(batch) -> [B] float32."""
+
+    def __init__(self, model, chunk: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk = chunk
+
+    def forward(self, input_ids, positions, targets, seq_index, n_seqs: int):
+        body, weight, softcap = causal_lm_parts(self.model)
+        hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+        logp = _HeadLogProb.apply(picked, weight, targets, softcap, self.chunk)
+        return torch.zeros(n_seqs, dtype=logp.dtype, device=logp.device).index_add(0, seq_index, logp)
+
+
+def score(scorer: nn.Module, batch: Batch) -> torch.Tensor:
+    return scorer(batch.input_ids, batch.positions, batch.targets, batch.seq_index, len(batch.n_tokens))
+
+
+@torch.no_grad()
+def score_all(scorer: nn.Module, seqs: list[tuple[list[int], list[int]]], pad_id: int, device,
+              batch_size: int) -> list[float]:
+    """Log π(response|prompt) for every (prompt, response), batched by length, in input order."""
+    out = [0.0] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        values = score(scorer, collate([seqs[i] for i in idx], pad_id).to(device))
+        for i, v in zip(idx, values.tolist()):
+            out[i] = v
+    return out

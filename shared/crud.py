@@ -1,0 +1,156 @@
+"""Keyword-only database helpers shared by the gateway, the conductor and the workers.
+
+Writes that a retried task may repeat are upserts on the table's natural key (INSERT ... ON
+CONFLICT), so redelivery never duplicates a row. Both Postgres and SQLite support that statement.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel, func, select
+
+from shared.models import (
+    ApiKey, Judgment, ModelVersion, PreferencePair, Prompt, PromptSet, Round, Run, Sample,
+    StageTask, Workspace, utcnow,
+)
+
+KEY_PREFIX = "adk_"
+
+
+# ---------------------------------------------------------------- generic upsert
+def upsert(session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]], *,
+           keys: Sequence[str], update: Sequence[str] | None = None) -> None:
+    """Insert rows; where the natural key `keys` exists, overwrite the `update` columns
+    (None: all non-key columns; []: keep the existing row untouched)."""
+    if not rows:
+        return
+    table = model.__table__
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table).values(list(rows))
+    cols = update if update is not None else [c for c in rows[0] if c not in keys and c != "id"]
+    if cols:
+        stmt = stmt.on_conflict_do_update(index_elements=list(keys),
+                                          set_={c: stmt.excluded[c] for c in cols})
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+    session.exec(stmt)
+
+
+# ---------------------------------------------------------------- tenancy
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_or_create_workspace(session: Session, *, name: str) -> Workspace:
+    ws = session.exec(select(Workspace).where(Workspace.name == name)).first()
+    if ws is None:
+        ws = Workspace(name=name)
+        session.add(ws)
+        session.flush()
+    return ws
+
+
+def create_api_key(session: Session, *, workspace_id: int, role: str) -> tuple[str, ApiKey]:
+    """A new key; the plain key is returned once and only its hash is stored."""
+    if role not in ("admin", "member"):
+        raise ValueError(f"role must be 'admin' or 'member', got {role!r}")
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(workspace_id=workspace_id, prefix=plain[:10], key_hash=hash_key(plain), role=role)
+    session.add(row)
+    session.flush()
+    return plain, row
+
+
+def find_api_key(session: Session, *, key: str) -> ApiKey | None:
+    row = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).first()
+    return None if row is None or row.revoked else row
+
+
+# ---------------------------------------------------------------- prompt sets
+def create_prompt_set(session: Session, *, workspace_id: int, name: str, items: list[dict],
+                      description: str = "", split: str = "train") -> PromptSet:
+    """Store a validated prompt set and its prompts in the caller's transaction (all or nothing)."""
+    ps = PromptSet(workspace_id=workspace_id, name=name, description=description, split=split,
+                   size=len(items))
+    session.add(ps)
+    session.flush()
+    session.add_all([Prompt(prompt_set_id=ps.id, position=i, **item) for i, item in enumerate(items)])
+    session.flush()
+    return ps
+
+
+def prompts_of_sets(session: Session, *, prompt_set_ids: Sequence[int]) -> list[Prompt]:
+    return list(session.exec(select(Prompt).where(Prompt.prompt_set_id.in_(list(prompt_set_ids)))
+                             .order_by(Prompt.prompt_set_id, Prompt.position)))
+
+
+def prompts_by_id(session: Session, *, ids: Sequence[int]) -> dict[int, Prompt]:
+    return {p.id: p for p in session.exec(select(Prompt).where(Prompt.id.in_(list(ids))))}
+
+
+# ---------------------------------------------------------------- versions
+def get_or_create_version(session: Session, *, workspace_id: int, key: str, **fields: Any) -> ModelVersion:
+    """The ModelVersion with natural key `key`, created with `fields` if absent. Publishing twice
+    (a redelivered training task) returns the first row."""
+    upsert(session, ModelVersion, [{"workspace_id": workspace_id, "key": key, "metrics": {},
+                                    "promoted": False, "created_at": utcnow(), **fields}],
+           keys=["workspace_id", "key"], update=[])
+    return session.exec(select(ModelVersion).where(ModelVersion.workspace_id == workspace_id,
+                                                   ModelVersion.key == key)).one()
+
+
+def base_version(session: Session, *, workspace_id: int, base_model: str) -> ModelVersion:
+    return get_or_create_version(session, workspace_id=workspace_id, key=f"base:{base_model}",
+                                 kind="base", base_model=base_model)
+
+
+# ---------------------------------------------------------------- runs and rounds
+def lock_round(session: Session, *, round_id: int) -> Round | None:
+    """The round row, locked for update on Postgres (SQLite serialises writers anyway)."""
+    return session.exec(select(Round).where(Round.id == round_id).with_for_update()).first()
+
+
+def stage_tasks(session: Session, *, round_id: int, stage: str) -> list[StageTask]:
+    return list(session.exec(select(StageTask).where(StageTask.round_id == round_id,
+                                                     StageTask.stage == stage).order_by(StageTask.shard)))
+
+
+def samples_of_round(session: Session, *, round_id: int, role: str | None = None) -> list[Sample]:
+    q = select(Sample).where(Sample.round_id == round_id)
+    if role is not None:
+        q = q.where(Sample.role == role)
+    return list(session.exec(q.order_by(Sample.prompt_id, Sample.index)))
+
+
+def pairs_of_round(session: Session, *, round_id: int) -> list[PreferencePair]:
+    return list(session.exec(select(PreferencePair).where(PreferencePair.round_id == round_id)
+                             .order_by(PreferencePair.prompt_id, PreferencePair.index)))
+
+
+def rounds_of_run(session: Session, *, run_id: int) -> list[Round]:
+    return list(session.exec(select(Round).where(Round.run_id == run_id).order_by(Round.number)))
+
+
+def count(session: Session, model: type[SQLModel], *where: Any) -> int:
+    return session.exec(select(func.count()).select_from(model).where(*where)).one()
+
+
+def upsert_samples(session: Session, *, rows: list[dict]) -> None:
+    upsert(session, Sample, rows, keys=["round_id", "prompt_id", "index", "role"])
+
+
+def upsert_pairs(session: Session, *, rows: list[dict]) -> None:
+    upsert(session, PreferencePair, rows, keys=["round_id", "prompt_id", "source", "index"])
+
+
+def upsert_judgments(session: Session, *, rows: list[dict]) -> None:
+    upsert(session, Judgment, rows, keys=["sample_id", "kind", "vote_index"])
+
+
+def get_run(session: Session, *, run_id: int) -> Run | None:
+    return session.get(Run, run_id)

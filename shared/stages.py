@@ -1,0 +1,107 @@
+"""The life of one StageTask inside a worker: claim it, do the work, record the outcome, and wake
+the conductor. Every stage task goes through `execute`, so all of them are idempotent the same way:
+a task that is already done is skipped, a redelivered one reruns its (upserting) work, and a
+cancelled run does no more work.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from shared.crud import get_run
+from shared.db import session_scope
+from shared.models import ModelVersion, Round, StageTask, utcnow
+from shared.queue import enqueue
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """Raised inside a task when its run was cancelled meanwhile."""
+
+
+@dataclass(frozen=True)
+class StageContext:
+    stage_task_id: int
+    stage: str
+    shard: int
+    payload: dict
+    round_id: int
+    round_number: int
+    run_id: int
+    workspace_id: int
+    method: str
+    config: dict
+    total_rounds: int
+    base_model: str
+    policy_version_id: int | None
+    policy_adapter: str | None  # LoRA dir of the policy θ(t-1); None when it is the base
+
+    def recipe_config(self) -> Any:
+        from services.methods import get_recipe, parse_config
+
+        cfg, errors = parse_config(get_recipe(self.method).config_cls, self.config)
+        if errors:
+            raise ValueError(f"run {self.run_id} has an invalid stored config: {errors}")
+        return cfg
+
+
+def run_cancelled(run_id: int) -> bool:
+    with session_scope() as s:
+        run = get_run(s, run_id=run_id)
+        return run is None or run.status == "cancelled"
+
+
+def _claim(stage_task_id: int) -> StageContext | None:
+    with session_scope() as s:
+        st = s.get(StageTask, stage_task_id)
+        if st is None:
+            log.warning("stage task %s does not exist; dropping", stage_task_id)
+            return None
+        rnd = s.get(Round, st.round_id)
+        run = get_run(s, run_id=rnd.run_id)
+        if st.status == "done" or run.status in ("cancelled", "failed") or rnd.status != "running":
+            return None
+        st.status, st.attempts, st.started_at, st.error = "running", st.attempts + 1, utcnow(), None
+        policy = s.get(ModelVersion, rnd.policy_version_id) if rnd.policy_version_id else None
+        return StageContext(
+            stage_task_id=st.id, stage=st.stage, shard=st.shard, payload=dict(st.payload or {}),
+            round_id=rnd.id, round_number=rnd.number, run_id=run.id, workspace_id=run.workspace_id,
+            method=run.method, config=dict(run.config), total_rounds=run.rounds,
+            base_model=run.base_model, policy_version_id=rnd.policy_version_id,
+            policy_adapter=policy.uri if policy is not None and policy.kind == "adapter" else None,
+        )
+
+
+def _finish(stage_task_id: int, *, error: str | None) -> int:
+    with session_scope() as s:
+        st = s.get(StageTask, stage_task_id)
+        st.status = "failed" if error else "done"
+        st.error = error
+        st.finished_at = utcnow()
+        return st.round_id
+
+
+def execute(stage_task_id: int, work: Callable[[StageContext], None]) -> None:
+    """Run `work` for one StageTask with the claim/record/advance protocol described above."""
+    ctx = _claim(stage_task_id)
+    if ctx is None:
+        with session_scope() as s:
+            st = s.get(StageTask, stage_task_id)
+            round_id = st.round_id if st is not None else None
+        if round_id is not None:
+            enqueue("conductor.advance", round_id)
+        return
+    error = None
+    try:
+        work(ctx)
+    except Cancelled:
+        log.info("stage task %s stopped: run %s was cancelled", stage_task_id, ctx.run_id)
+        return
+    except Exception as exc:  # recorded on the row and surfaced on the run; the conductor decides
+        log.exception("stage task %s (%s) failed", stage_task_id, ctx.stage)
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+    round_id = _finish(stage_task_id, error=error)
+    enqueue("conductor.advance", round_id)
