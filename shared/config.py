@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     visibility_timeout: int = 6 * 3600
     # Prompts per generation shard: a round's generation fans out over this many-sized shards.
     generation_shard_size: int = 16
+    generation_batch_size: int = 8  # prompts per backend call inside a shard (progress is saved per batch)
     # Generation backend for workers: local | tgi | openai (settings for remote ones below).
     generation_backend: str = "local"
     tgi_urls: str = ""  # comma-separated

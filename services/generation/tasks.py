@@ -55,7 +55,7 @@ def _generate(ctx: StageContext) -> None:
         log.info("shard %s: %d of %d prompts already sampled (redelivery)", ctx.shard, len(ids) - len(todo), len(ids))
     model = ModelRef(base_model=ctx.base_model, adapter_path=ctx.policy_adapter,
                      version_id=ctx.policy_version_id)
-    batch_size = max(1, int(ctx.payload.get("batch_size", 8)))
+    batch_size = max(1, get_settings().generation_batch_size)
     for b, start in enumerate(range(0, len(todo), batch_size)):
         if run_cancelled(ctx.run_id):
             raise Cancelled()

@@ -135,11 +135,11 @@ def _kwarg_error(where: str, name: str, kind: str, value: Any) -> str | None:
             except re.error:
                 return (f"{where}.{name}: {word!r} is not a valid regular expression (lm_eval's "
                         "checker searches keywords as regexes); escape its special characters")
-    if kind in (_STR,) and name == "keyword":
+    if name == "keyword":  # keywords:frequency also searches its keyword as a regex
         try:
             re.compile(value)
         except re.error:
-            return f"{where}.{name}: {value!r} is not a valid regular expression; escape it"
+            return f"{where}.{name}: {value!r} is not a valid regular expression; escape its special characters"
     return None
 
 
@@ -279,7 +279,8 @@ def exact_answer_reward(response: str, answer: str) -> float:
         candidates.append(lines[-1])
     marks = list(_ANSWER_MARK.finditer(response))
     if marks:
-        candidates.append(response[marks[-1].end():].strip().splitlines()[0] if response[marks[-1].end():].strip() else "")
+        after = response[marks[-1].end():].strip()
+        candidates.append(after.splitlines()[0] if after else "")
     if boxed:
         candidates.append(boxed[-1])
     want = _norm(answer)

@@ -1,0 +1,153 @@
+"""Shared fixtures. Service tests run against the real Postgres and Redis of the machine (they fail,
+never skip, when those are down: `.ci/run` starts them); Celery workers are real subprocesses."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Settings are read from the environment; fix them before any project module builds an engine
+# or the Celery app. Redis DB 15 keeps test queues apart from anything else on the server.
+PG_ADMIN = os.environ.get("AUTODIDACT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("AUTODIDACT_TEST_REDIS", "redis://127.0.0.1:6379/15")
+os.environ["AUTODIDACT_REDIS_URL"] = REDIS_URL
+os.environ.setdefault("AUTODIDACT_VISIBILITY_TIMEOUT", "10")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from shared.tinymodel import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh Postgres database with the migrations applied, dropped afterwards."""
+    import psycopg
+
+    name = f"autodidact_test_{uuid.uuid4().hex[:8]}"
+    admin = PG_ADMIN.replace("postgresql://", "postgresql://", 1)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = admin.rsplit("/", 1)[0] + "/" + name
+    from shared.migrate import upgrade
+
+    upgrade(url)
+    yield url
+    from shared.db import _engine_for
+
+    _engine_for.cache_clear()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    client.ping()  # fails loudly when Redis is down
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def services_env(pg_url, redis_client, tmp_path_factory):
+    """Point this process (and the workers it starts) at the test Postgres, Redis and artifacts."""
+    from shared.config import get_settings
+
+    env = {
+        "AUTODIDACT_DATABASE_URL": pg_url,
+        "AUTODIDACT_REDIS_URL": REDIS_URL,
+        "AUTODIDACT_EXECUTION": "celery",
+        "AUTODIDACT_ARTIFACT_DIR": str(tmp_path_factory.mktemp("artifacts")),
+        "AUTODIDACT_GENERATION_SHARD_SIZE": "4",
+        "AUTODIDACT_GENERATION_BATCH_SIZE": "2",
+    }
+    os.environ.update(env)
+    get_settings.cache_clear()
+    yield env
+    get_settings.cache_clear()
+
+
+def _key(workspace: str, role: str = "admin") -> str:
+    from shared import crud
+    from shared.db import session_scope
+
+    with session_scope() as s:
+        ws = crud.get_or_create_workspace(s, name=workspace)
+        plain, _ = crud.create_api_key(s, workspace_id=ws.id, role=role)
+    return plain
+
+
+@pytest.fixture(scope="session")
+def api(services_env):
+    """(TestClient, headers of workspace A, headers of workspace B)."""
+    from fastapi.testclient import TestClient
+
+    from services.gateway.main import create_app
+
+    client = TestClient(create_app())
+    a = {"Authorization": f"Bearer {_key('ws-a')}"}
+    b = {"Authorization": f"Bearer {_key('ws-b')}"}
+    return client, a, b
+
+
+class Workers:
+    """Real `autodidact worker` subprocesses, one per queue; can kill and restart one."""
+
+    def __init__(self, env: dict, log_dir: Path):
+        self.env = {**os.environ, **env}
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, queue: str) -> None:
+        log = open(self.log_dir / f"{queue}-{time.time():.0f}.log", "w")
+        self.procs[queue] = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "worker", "--queue", queue, "--loglevel", "INFO"],
+            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, queue: str) -> None:
+        proc = self.procs.pop(queue)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for queue in list(self.procs):
+            proc = self.procs.pop(queue)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+
+@pytest.fixture(scope="session")
+def workers(services_env, tmp_path_factory):
+    w = Workers(services_env, tmp_path_factory.mktemp("worker-logs"))
+    for q in ("conductor", "generation", "judging", "training"):
+        w.start(q)
+    yield w
+    w.stop_all()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,59 @@
+"""SPIN recipe: pair building and config validation (pure)."""
+from __future__ import annotations
+
+import pytest
+
+from services.methods import get_recipe, parse_config
+from services.methods.base import PlanInput, shard_prompts
+from services.methods.spin import SPINConfig, build_pairs
+
+
+def test_pairs_put_gold_as_chosen_and_skip_useless_samples():
+    prompts = [{"id": 1, "reference": "gold one"}, {"id": 2, "reference": None}, {"id": 3, "reference": "g3"}]
+    samples = [{"prompt_id": 1, "index": 0, "text": "gen a"}, {"prompt_id": 1, "index": 1, "text": " gold one "},
+               {"prompt_id": 2, "index": 0, "text": "x"}, {"prompt_id": 3, "index": 0, "text": "y"}]
+    pairs, skipped = build_pairs(prompts, samples)
+    assert skipped == 2
+    assert pairs == [
+        {"prompt_id": 1, "index": 0, "source": "gold_vs_generated", "chosen": "gold one", "rejected": "gen a"},
+        {"prompt_id": 3, "index": 0, "source": "gold_vs_generated", "chosen": "g3", "rejected": "y"},
+    ]
+
+
+@pytest.mark.parametrize("data,loc", [
+    ({"unknown": 1}, ["config", "unknown"]),
+    ({"beta": 0}, ["config", "beta"]),
+    ({"temperature": 0}, ["config", "temperature"]),
+    ({"top_p": 1.5}, ["config", "top_p"]),
+    ({"epochs": 0}, ["config", "epochs"]),
+    ({"samples_per_prompt": 0}, ["config", "samples_per_prompt"]),
+    ({"train": {"nope": 1}}, ["config", "train"]),
+    ({"lora_r": "big"}, ["config"]),
+])
+def test_config_errors_name_the_field(data, loc):
+    cfg, errors = parse_config(SPINConfig, data)
+    assert cfg is None
+    assert errors and errors[0]["loc"][:len(loc)] == loc, errors
+
+
+def test_paper_schedule_of_beta_and_learning_rate():
+    cfg = SPINConfig()
+    r1, r3 = cfg.train_config(1, 3), cfg.train_config(3, 3)
+    assert (r1.beta, r1.learning_rate, r1.loss) == (0.1, 5e-7, "sigmoid")
+    assert (r3.beta, r3.learning_rate) == (5.0, 1e-7)  # last round: λ=5.0; later rounds: lr 1e-7
+    assert SPINConfig(last_round_beta=None).train_config(3, 3).beta == 0.1
+    assert SPINConfig(train={"schedule": "cosine"}).train_config(1, 1).schedule == "cosine"
+
+
+def test_stages_and_sharding():
+    recipe = get_recipe("spin")
+    names = [s.name for s in recipe.stages(SPINConfig(), False)]
+    assert names == ["generate", "pairs", "train"]
+    assert [s.name for s in recipe.stages(SPINConfig(), True)][-1] == "evaluate"
+    inp = PlanInput(prompt_ids=list(range(10)), eval_prompt_ids=[], round_number=1, total_rounds=1,
+                    shard_size=4, config=SPINConfig())
+    shards = shard_prompts(role="policy")(inp)
+    assert [s["prompt_ids"] for s in shards] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert all(s["role"] == "policy" for s in shards)
+    with pytest.raises(ValueError, match="unknown method"):
+        get_recipe("alchemy")
