@@ -146,6 +146,27 @@ def _fmt(v) -> str:
 
 
 @app.command()
+def plot(run_id: int, out: Path = typer.Option(Path("run.png")),
+         db: Optional[Path] = typer.Option(None, help="embedded SQLite file (default: settings)")) -> None:
+    """Draw a run's held-out accuracy and response length per round to a PNG."""
+    from services.gateway.routes_runs import eval_series
+    from services.judging.evaluation import plot_run
+    from shared import crud
+    from shared.db import session_scope
+
+    if db is not None:
+        from services import embedded
+
+        embedded.configure(db)
+    with session_scope() as s:
+        series = eval_series(crud.rounds_of_run(s, run_id=run_id))
+    if not series:
+        raise typer.BadParameter(f"run {run_id} has no evaluation metrics", param_hint="run_id")
+    plot_run(series, out)
+    console.print(f"wrote {out}")
+
+
+@app.command()
 def demo(rounds: int = 1, model: str = "gemma", db: Optional[Path] = None) -> None:
     """One SPIN round on Gemma 3 270M with the shipped example prompts; prints before/after."""
     config = {"learning_rate": 5e-5, "later_learning_rate": 5e-5, "epochs": 2, "batch_size": 4,

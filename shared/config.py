@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     execution: str = "celery"
     # Longer than the longest training task: Redis redelivers unacked tasks after this many seconds.
     visibility_timeout: int = 6 * 3600
+    # The conductor's sweep resends a StageTask still pending this long after it was sent (a lost
+    # message: broker flushed, or the sender died between commit and send).
+    resend_after_seconds: int = 600
     # Prompts per generation shard: a round's generation fans out over this many-sized shards.
     generation_shard_size: int = 16
     generation_batch_size: int = 8  # prompts per backend call inside a shard (progress is saved per batch)

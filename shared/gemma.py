@@ -81,6 +81,7 @@ def prepare_gemma() -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}-", dir=cache_root()))
         try:
             _convert(tmp)
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
             if target.exists():  # a partial directory from an older, interrupted layout
                 shutil.rmtree(target)
             tmp.rename(target)
@@ -134,9 +135,12 @@ def _convert(out: Path) -> None:
 
 
 def _demo() -> None:
-    """Convert if needed, load, answer one question greedily; log the timings."""
-    from shared.modeling import end_of_turn_ids, load_base, load_tokenizer, prompt_ids
+    """Convert if needed, load, answer a question greedily; log the timings. The model is the
+    pretrained (not instruction-tuned) Gemma, so we ask both in plain text, where it answers well,
+    and in the chat format, which it only learns to follow once fine-tuned."""
     import torch
+
+    from shared.modeling import end_of_turn_ids, load_base, load_tokenizer, prompt_ids
 
     t0 = time.perf_counter()
     path = prepare_gemma()
@@ -144,13 +148,18 @@ def _demo() -> None:
     tok = load_tokenizer("gemma")
     model = load_base("gemma")
     t2 = time.perf_counter()
-    ids = torch.tensor([prompt_ids(tok, [{"role": "user", "content": "What is the capital of France?"}])])
-    out = model.generate(ids.to(model.device), max_new_tokens=24, do_sample=False,
-                         eos_token_id=end_of_turn_ids(tok))
-    answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    question = "What is the capital of France?"
+    plain = tok(f"Question: {question}\nAnswer:", return_tensors="pt").input_ids
+    chat = torch.tensor([prompt_ids(tok, [{"role": "user", "content": question}])])
+    answers = []
+    for ids in (plain, chat):
+        out = model.generate(ids.to(model.device), max_new_tokens=16, do_sample=False,
+                             eos_token_id=end_of_turn_ids(tok))
+        answers.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     t3 = time.perf_counter()
-    log.info("prepare %.1f s, load %.1f s, answer %.1f s; model dir %s", t1 - t0, t2 - t1, t3 - t2, path)
-    log.info("Q: What is the capital of France?  A: %r", answer)
+    log.info("prepare %.1f s, load %.1f s, two answers %.1f s; model dir %s", t1 - t0, t2 - t1, t3 - t2, path)
+    log.info("plain text: Q: %s A: %r", question, answers[0])
+    log.info("chat format (before any fine-tuning): %r", answers[1])
 
 
 if __name__ == "__main__":

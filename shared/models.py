@@ -57,6 +57,7 @@ class Prompt(SQLModel, table=True):
     reference: Optional[str] = Field(default=None, sa_column=Column(Text))
     constraints: Optional[list] = _json()  # [{id, kwargs}] in IFEval's instruction ids
     answer: Optional[str] = None
+    topic: Optional[str] = None  # free label (the curriculum's topics); not used for training
 
 
 # ---------------------------------------------------------------- runs
@@ -187,6 +188,7 @@ class PromptItem(SQLModel):
     reference: Optional[str] = None
     constraints: Optional[list[dict]] = None
     answer: Optional[str] = None
+    topic: Optional[str] = None
 
 
 class PromptSetCreate(SQLModel):
@@ -212,6 +214,7 @@ class PromptPublic(SQLModel):
     reference: Optional[str]
     constraints: Optional[list]
     answer: Optional[str]
+    topic: Optional[str] = None
 
 
 class Page(SQLModel):

@@ -24,8 +24,6 @@ from shared.queue import enqueue, task
 
 log = logging.getLogger(__name__)
 
-RESEND_AFTER = timedelta(minutes=10)  # a pending StageTask not picked up by then is sent again
-
 
 def _stage_state(rnd: Round, name: str, **changes) -> None:
     stages = dict(rnd.stages or {})
@@ -144,7 +142,7 @@ def advance(round_id: int) -> None:
 @task("conductor.sweep")
 def sweep() -> None:
     """Periodic safety net: advance every open round and resend StageTasks that sat pending."""
-    cutoff = utcnow() - RESEND_AFTER
+    cutoff = utcnow() - timedelta(seconds=get_settings().resend_after_seconds)
     with session_scope() as session:
         open_rounds = session.exec(select(Round.id).where(Round.status == "running")).all()
         stale = session.exec(select(StageTask).join(Round, Round.id == StageTask.round_id).where(

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from sqlmodel import select
 
 from services.gateway.conductor import start_run
@@ -128,6 +128,32 @@ def export_pairs(run_id: int, session: SessionDep, key: KeyDep, round: int | Non
                               "rejected": [{"role": "assistant", "content": pair.rejected}]}) + "\n"
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def eval_series(rounds: list[Round]) -> list[dict]:
+    """Held-out metrics per round for plotting: round 0 is the base (measured in round 1)."""
+    series = []
+    if rounds and "eval_base" in rounds[0].metrics:
+        series.append({"round": 0, **rounds[0].metrics["eval_base"]})
+    series += [{"round": r.number, **r.metrics["eval"]} for r in rounds if "eval" in r.metrics]
+    return series
+
+
+@router.get("/v1/runs/{run_id}/plot.png")
+def plot_run(run_id: int, session: SessionDep, key: KeyDep) -> Response:
+    """Held-out accuracy and response length per round, as a PNG."""
+    import io
+
+    from services.judging.evaluation import plot_run as draw
+
+    run = owned(session, Run, run_id, key, "run")
+    series = eval_series(crud.rounds_of_run(session, run_id=run.id))
+    if not series:
+        raise HTTPException(409, f"run {run_id} has no evaluation yet: create runs with "
+                                 "eval_prompt_set_ids and wait for a round to finish")
+    buf = io.BytesIO()
+    draw(series, buf)
+    return Response(buf.getvalue(), media_type="image/png")
 
 
 @router.get("/v1/models", response_model=list[ModelVersionPublic])

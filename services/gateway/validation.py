@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
-FIELDS = ("prompt", "reference", "constraints", "answer")
+FIELDS = ("prompt", "reference", "constraints", "answer", "topic")
 
 
 def _err(loc: list, msg: str) -> dict:
@@ -68,14 +68,14 @@ def validate_item(item: Any, loc: list, errors: list) -> dict | None:
         errors.append(_err(loc + ["prompt"], "field required"))
         return None
     messages = _messages(item["prompt"], loc + ["prompt"], errors)
-    for name in ("reference", "answer"):
+    for name in ("reference", "answer", "topic"):
         if item.get(name) is not None and not isinstance(item[name], str):
             errors.append(_err(loc + [name], f"{name} must be a string"))
     constraints = _constraints(item.get("constraints"), loc + ["constraints"], errors)
     if len(errors) > before:
         return None
     return {"messages": messages, "reference": item.get("reference"), "constraints": constraints,
-            "answer": item.get("answer")}
+            "answer": item.get("answer"), "topic": item.get("topic")}
 
 
 def validate_items(items: Any, *, where: str = "items") -> tuple[list[dict], list[dict]]:

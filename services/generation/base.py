@@ -79,6 +79,11 @@ class ModelRef:
         return "a" + hashlib.sha1(str(self.adapter_path).encode()).hexdigest()[:12]
 
 
+class TransientBackendError(RuntimeError):
+    """A generation server stayed unavailable (down, overloaded, timing out) through all retries.
+    Worth retrying the whole task later; every other failure is a ValueError or a bug."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     def generate(self, prompts: list[list[dict]], model: ModelRef,

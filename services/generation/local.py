@@ -78,10 +78,13 @@ def _sample(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor
 class LocalBackend:
     """Sample from a base model (+ LoRA adapter) in this process. `device`: "auto" | "cpu" |
     "cuda" | "cuda:1"...; `max_batch_rows`: rows decoded together (default 64 on CPU, 256 on GPU);
-    `max_adapters`: adapters kept loaded per base model (least recently used are dropped)."""
+    `max_adapters`: adapters kept loaded per base model (least recently used are dropped);
+    `ignore_eos`: never stop on end-of-turn / EOS (benchmarks use it to force equal lengths)."""
 
-    def __init__(self, device: str = "auto", max_batch_rows: int | None = None, max_adapters: int = 8):
+    def __init__(self, device: str = "auto", max_batch_rows: int | None = None, max_adapters: int = 8,
+                 ignore_eos: bool = False):
         self.device = device
+        self.ignore_eos = ignore_eos
         dev = pick_device(device)
         self.max_batch_rows = max_batch_rows or (256 if dev.type == "cuda" else 64)
         if self.max_batch_rows < 1:
@@ -189,7 +192,10 @@ class LocalBackend:
         finish: list[str | None] = [None] * len(batch)
         live = list(range(len(batch)))  # batch rows still decoding, in cache order
         window = 4 * max((len(s) for s in params.stop), default=0) + 4
+        banned = torch.tensor(sorted(stops), device=device) if self.ignore_eos else None
         for step in range(params.max_new_tokens):
+            if banned is not None:
+                logits = logits.index_fill(-1, banned, float("-inf"))
             uniforms = torch.tensor([rngs[r].random() for r in live], dtype=torch.float32)
             nxt = _sample(logits, params, uniforms)
             keep = []

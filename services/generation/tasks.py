@@ -14,7 +14,7 @@ from sqlmodel import select
 from shared import crud
 from shared.config import get_settings
 from shared.db import session_scope
-from shared.models import Sample
+from shared.models import ModelVersion, Round, Sample
 from shared.queue import task
 from shared.stages import Cancelled, StageContext, execute, run_cancelled
 
@@ -40,7 +40,7 @@ def shard_seed(base_seed: int, round_number: int, shard: int, batch: int) -> int
 
 
 def _generate(ctx: StageContext) -> None:
-    from services.generation.base import ModelRef, SamplingParams
+    from services.generation.base import SamplingParams
 
     cfg = ctx.recipe_config()
     n = int(ctx.payload.get("n", getattr(cfg, "samples_per_prompt", 1)))
@@ -53,24 +53,40 @@ def _generate(ctx: StageContext) -> None:
     todo = [pid for pid in ids if any((pid, i) not in have for i in range(n))]
     if len(todo) < len(ids):
         log.info("shard %s: %d of %d prompts already sampled (redelivery)", ctx.shard, len(ids) - len(todo), len(ids))
-    model = ModelRef(base_model=ctx.base_model, adapter_path=ctx.policy_adapter,
-                     version_id=ctx.policy_version_id)
+    model = _model_for(ctx, ctx.payload.get("model", "policy"))
+    greedy = bool(ctx.payload.get("greedy", False))
     batch_size = max(1, get_settings().generation_batch_size)
     for b, start in enumerate(range(0, len(todo), batch_size)):
         if run_cancelled(ctx.run_id):
             raise Cancelled()
         batch = todo[start:start + batch_size]
-        params = SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p,
-                                top_k=getattr(cfg, "top_k", 0), max_new_tokens=cfg.max_new_tokens,
+        params = SamplingParams(n=n, temperature=0.0 if greedy else cfg.temperature,
+                                top_p=1.0 if greedy else cfg.top_p, top_k=0 if greedy else getattr(cfg, "top_k", 0),
+                                max_new_tokens=cfg.max_new_tokens,
                                 seed=shard_seed(cfg.seed, ctx.round_number, ctx.shard, b))
         outs = backend().generate([prompts[p].messages for p in batch], model, params)
         rows = [{"round_id": ctx.round_id, "prompt_id": pid, "index": i, "role": role,
                  "text": c.text, "token_count": c.token_count, "finish_reason": c.finish_reason,
-                 "generator_version_id": ctx.policy_version_id}
+                 "generator_version_id": model.version_id}
                 for pid, comps in zip(batch, outs) for i, c in enumerate(comps)
                 if (pid, i) not in have]
         with session_scope() as s:
             crud.upsert(s, Sample, rows, keys=["round_id", "prompt_id", "index", "role"], update=[])
+
+
+def _model_for(ctx: StageContext, which: str):
+    """The policy θ(t-1) the round samples from, or the version the round produced (evaluation)."""
+    from services.generation.base import ModelRef
+
+    if which == "policy":
+        return ModelRef(base_model=ctx.base_model, adapter_path=ctx.policy_adapter,
+                        version_id=ctx.policy_version_id)
+    with session_scope() as s:
+        version = s.get(ModelVersion, s.get(Round, ctx.round_id).produced_version_id)
+        if version is None:
+            raise ValueError(f"round {ctx.round_number} has produced no version to sample from")
+        return ModelRef(base_model=version.base_model,
+                        adapter_path=version.uri if version.kind == "adapter" else None, version_id=version.id)
 
 
 @task("generation.generate_shard")

@@ -51,7 +51,9 @@ _VERDICT_LINE = re.compile(
     r"^[\s>*_#-]*(?:final\s+)?verdict[\s*_]*[:=][\s*_]*(yes|no)\b[\s*_.!]*$",
     re.IGNORECASE | re.MULTILINE,
 )
-_MARK = re.compile(r"^[\s*_#]*refined response[\s*_]*:[\s*_]*", re.IGNORECASE | re.MULTILINE)
+# The marker line, with optional markdown bold around it; only spaces after it on the same line
+# are eaten, so a refinement that starts with a `*` bullet on the next line keeps it.
+_MARK = re.compile(r"^[ \t*_#]*refined response[ \t*_]*:[ \t]*(?:\*\*|__)?[ \t]*", re.IGNORECASE | re.MULTILINE)
 
 
 def judge_messages(prompt_messages: list[dict], response: str) -> list[dict]:

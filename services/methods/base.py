@@ -87,3 +87,21 @@ def check(cond: bool, field: str, msg: str) -> None:
         err = ValueError(f"{field}: {msg}")
         err.field = field  # type: ignore[attr-defined]
         raise err
+
+
+def eval_shards(inp: PlanInput) -> list[dict]:
+    """Planner of the evaluation's generation: greedy answers to the held-out prompts from the
+    version the round produced, and in round 1 also from the base (the 'before' point)."""
+    size = max(1, inp.shard_size)
+    ids = inp.eval_prompt_ids
+    roles = [("eval", "produced")] + ([("eval_base", "policy")] if inp.round_number == 1 else [])
+    return [{"prompt_ids": ids[i:i + size], "role": role, "model": model, "greedy": True, "n": 1}
+            for role, model in roles for i in range(0, len(ids), size)]
+
+
+def evaluation_stages(has_eval: bool) -> list[Stage]:
+    """The stages every recipe ends with when the run has held-out prompts."""
+    if not has_eval:
+        return []
+    return [Stage("eval_generate", "generation.generate_shard", eval_shards),
+            Stage("evaluate", "judging.evaluate", single)]

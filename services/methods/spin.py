@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.methods.base import Recipe, Stage, check, shard_prompts, single
+from services.methods.base import Recipe, Stage, check, evaluation_stages, shard_prompts, single
 
 
 @dataclass
@@ -100,9 +100,7 @@ def _stages(cfg: SPINConfig, has_eval: bool) -> list[Stage]:
         Stage("pairs", "judging.build_pairs", single),
         Stage("train", "training.train_round", single),
     ]
-    if has_eval:
-        stages.append(Stage("evaluate", "judging.evaluate", single))
-    return stages
+    return stages + evaluation_stages(has_eval)
 
 
 RECIPE = Recipe(method="spin", config_cls=SPINConfig, stages=_stages)

@@ -58,9 +58,9 @@ def build_launch_command(spec_path: str | Path, num_gpus: int, distributed: str,
     if port is not None:
         cmd += ["--main_process_port", str(port)]
     if cpu:
-        cmd += ["--cpu", "--mixed_precision", "no"]
-        if num_gpus > 1:
-            cmd += ["--multi_gpu"]  # accelerate's switch for multi-process DDP, on CPU it uses gloo
+        # accelerate's --cpu launcher starts one process (or needs MPI); its torchrun-based
+        # --multi_gpu launcher also runs CPU processes, and the trainer picks gloo there.
+        cmd += ["--mixed_precision", "no"] + (["--multi_gpu"] if num_gpus > 1 else ["--cpu"])
     else:
         cmd += ["--mixed_precision", "bf16"]
         if distributed == "fsdp":

@@ -157,3 +157,19 @@ def test_adapters_swap_on_one_cached_base(tiny, adapters, backend):
     ids = torch.tensor([prompt_ids(tok, PROMPTS[0])])
     plain = base_model.generate(ids, do_sample=False, max_new_tokens=24)[0, ids.shape[1]:]
     assert tok.decode(plain, skip_special_tokens=True) == base_out[0][0]
+
+
+def test_registry_builds_and_caches_backends():
+    from services.generation.openai_compat import OpenAIBackend
+    from services.generation.registry import get_backend
+    from services.generation.tgi import TGIBackend
+
+    local = get_backend("local", device="cpu")
+    assert isinstance(local, LocalBackend) and get_backend("local", device="cpu") is local
+    assert isinstance(get_backend("tgi", urls=["http://127.0.0.1:9"]), TGIBackend)
+    assert isinstance(get_backend("tgi", url="http://127.0.0.1:9"), TGIBackend)
+    assert isinstance(get_backend("openai", base_url="http://127.0.0.1:9/v1"), OpenAIBackend)
+    with pytest.raises(ValueError, match="unknown generation backend"):
+        get_backend("llamacpp")
+    with pytest.raises(ValueError, match="does not take option"):
+        get_backend("local", urls=["http://x"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.methods import get_recipe, parse_config
-from services.methods.base import PlanInput, shard_prompts
+from services.methods.base import PlanInput, eval_shards, shard_prompts
 from services.methods.spin import SPINConfig, build_pairs
 
 
@@ -49,11 +49,17 @@ def test_stages_and_sharding():
     recipe = get_recipe("spin")
     names = [s.name for s in recipe.stages(SPINConfig(), False)]
     assert names == ["generate", "pairs", "train"]
-    assert [s.name for s in recipe.stages(SPINConfig(), True)][-1] == "evaluate"
+    assert [s.name for s in recipe.stages(SPINConfig(), True)][-2:] == ["eval_generate", "evaluate"]
     inp = PlanInput(prompt_ids=list(range(10)), eval_prompt_ids=[], round_number=1, total_rounds=1,
                     shard_size=4, config=SPINConfig())
     shards = shard_prompts(role="policy")(inp)
     assert [s["prompt_ids"] for s in shards] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert all(s["role"] == "policy" for s in shards)
+    evals = eval_shards(PlanInput(prompt_ids=[], eval_prompt_ids=[1, 2, 3], round_number=1, total_rounds=2,
+                                  shard_size=2, config=None))
+    assert [(s["role"], s["model"], s["prompt_ids"]) for s in evals] == [
+        ("eval", "produced", [1, 2]), ("eval", "produced", [3]), ("eval_base", "policy", [1, 2]),
+        ("eval_base", "policy", [3])]
+    assert all(s["greedy"] and s["n"] == 1 for s in evals)
     with pytest.raises(ValueError, match="unknown method"):
         get_recipe("alchemy")

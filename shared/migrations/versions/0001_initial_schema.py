@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 12:18:27.272434
+Create Date: 2026-11-23 12:31:17.261975
 """
 from alembic import op
 import sqlalchemy as sa
@@ -110,6 +110,7 @@ def upgrade() -> None:
     sa.Column('reference', sa.Text(), nullable=True),
     sa.Column('constraints', sa.JSON(), nullable=True),
     sa.Column('answer', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('topic', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.ForeignKeyConstraint(['prompt_set_id'], ['promptset.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('prompt_set_id', 'position')

@@ -1,0 +1,150 @@
+"""Evaluation aggregates for a round, a plot of a run, and judge-quality agreement numbers.
+
+`aggregate` scores one response per held-out prompt the IFEval way: prompt-level accuracy (all
+instructions followed) and instruction-level accuracy (each instruction on its own), strict and
+loose, plus the mean judge score and the mean response length (to catch length blow-up).
+Prompts without constraints count for length and judge score but not for accuracy.
+
+`plot_run` draws accuracy and length per round (round 0 = the base model) with matplotlib's Agg
+canvas directly, not pyplot, so it is safe in worker threads and needs no display.
+
+The agreement helpers measure a judge against the verifier (the ground truth we have):
+- rubric pairwise accuracy: over pairs of responses to one prompt where the verifier passes one
+  and fails the other, the fraction where the rubric scores the passing one higher. Ties are
+  reported separately and count as half in `accuracy` (so a judge that always ties scores 0.5,
+  like a coin); `accuracy_without_ties` leaves them out. Pairs with an unparsed score are skipped.
+- refiner verdict accuracy: agreement of the refiner's (majority) verdict with the strict
+  verifier verdict; undecided verdicts (None) are reported separately, not counted as wrong.
+"""
+from __future__ import annotations
+
+import logging
+from itertools import product
+
+from services.judging import verifier
+
+log = logging.getLogger(__name__)
+
+
+def aggregate(items: list[dict], judge_scores: list[float | None] | None = None) -> dict:
+    """items: [{"response": str, "constraints": [{id, kwargs}] | None, "prompt": str (optional)}],
+    one per prompt; judge_scores: optional, aligned with items (None = unjudged)."""
+    if judge_scores is not None and len(judge_scores) != len(items):
+        raise ValueError(f"judge_scores has {len(judge_scores)} entries for {len(items)} items; align them")
+    prompt_strict = prompt_loose = 0
+    inst_strict: list[bool] = []
+    inst_loose: list[bool] = []
+    n_checked = 0
+    words: list[int] = []
+    for item in items:
+        response = item.get("response") or ""
+        words.append(verifier.count_words(response))
+        constraints = item.get("constraints") or []
+        if not constraints:
+            continue
+        verdict = verifier.verify(response, constraints, item.get("prompt", ""))
+        n_checked += 1
+        prompt_strict += verdict.strict
+        prompt_loose += verdict.loose
+        inst_strict += verdict.strict_per_instruction
+        inst_loose += verdict.loose_per_instruction
+
+    def frac(num: float, den: int) -> float | None:
+        return num / den if den else None
+
+    metrics = {
+        "prompt_strict_acc": frac(prompt_strict, n_checked),
+        "prompt_loose_acc": frac(prompt_loose, n_checked),
+        "instruction_strict_acc": frac(sum(inst_strict), len(inst_strict)),
+        "instruction_loose_acc": frac(sum(inst_loose), len(inst_loose)),
+        "mean_response_words": frac(sum(words), len(words)),
+        "n": n_checked,
+        "n_responses": len(items),
+    }
+    if judge_scores is not None:
+        parsed = [s for s in judge_scores if s is not None]
+        metrics["mean_judge_score"] = frac(sum(parsed), len(parsed))
+        metrics["n_judged"] = len(parsed)
+    return metrics
+
+
+def rubric_pairwise_accuracy(groups: list[list[tuple[bool, float | None]]]) -> dict:
+    """groups: per prompt, (verifier pass, rubric score) for each of its responses."""
+    correct = ties = wrong = skipped = 0
+    for group in groups:
+        passing = [score for ok, score in group if ok]
+        failing = [score for ok, score in group if not ok]
+        for good, bad in product(passing, failing):
+            if good is None or bad is None:
+                skipped += 1
+            elif good > bad:
+                correct += 1
+            elif good == bad:
+                ties += 1
+            else:
+                wrong += 1
+    pairs = correct + ties + wrong
+    return {
+        "pairs": pairs,
+        "correct": correct,
+        "ties": ties,
+        "wrong": wrong,
+        "skipped_unparsed": skipped,
+        "accuracy": (correct + 0.5 * ties) / pairs if pairs else None,
+        "accuracy_without_ties": correct / (correct + wrong) if correct + wrong else None,
+    }
+
+
+def verdict_accuracy(pairs: list[tuple[bool | None, bool]]) -> dict:
+    """pairs: (refiner verdict, verifier strict pass) per judged response."""
+    counts = {"tp": 0, "tn": 0, "fp": 0, "fn": 0}
+    undecided = 0
+    for verdict, truth in pairs:
+        if verdict is None:
+            undecided += 1
+            continue
+        key = ("t" if verdict == truth else "f") + ("p" if verdict else "n")
+        counts[key] += 1
+    decided = sum(counts.values())
+    return {
+        "n": len(pairs),
+        "decided": decided,
+        "undecided": undecided,
+        "accuracy": (counts["tp"] + counts["tn"]) / decided if decided else None,
+        **counts,
+    }
+
+
+def plot_run(rounds_metrics: list[dict], path_or_buffer) -> None:
+    """A PNG with prompt-level accuracy (strict and loose) and mean response words per round.
+    Each dict is a round's metrics (as from `aggregate`), optionally with "round"; without it the
+    list index is the round number (index 0 = the base model)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rounds_metrics:
+        raise ValueError("rounds_metrics is empty; evaluate at least the base model (round 0) first")
+    rounds = [m.get("round", i) for i, m in enumerate(rounds_metrics)]
+
+    def series(key: str) -> list[float]:
+        return [float("nan") if m.get(key) is None else float(m[key]) for m in rounds_metrics]
+
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    acc, length = fig.subplots(1, 2)
+    for key, label, style in [
+        ("prompt_strict_acc", "prompt strict", "o-"),
+        ("prompt_loose_acc", "prompt loose", "s--"),
+        ("instruction_strict_acc", "instruction strict", "^:"),
+    ]:
+        if any(m.get(key) is not None for m in rounds_metrics):
+            acc.plot(rounds, series(key), style, label=label)
+    acc.set(title="Verifiable-instruction accuracy", xlabel="round (0 = base)", ylabel="accuracy", ylim=(0, 1))
+    acc.legend(loc="lower right", fontsize=8)
+    length.plot(rounds, series("mean_response_words"), "o-", color="tab:purple")
+    length.set(title="Mean response length", xlabel="round (0 = base)", ylabel="words")
+    for ax in (acc, length):
+        ax.set_xticks(rounds)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path_or_buffer, format="png")

@@ -1,0 +1,36 @@
+"""Embedded mode: `autodidact run --embedded` runs a SPIN round in one process on SQLite, through
+the same task functions the workers run, and prints the per-round table."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_embedded_spin_round_on_sqlite(tiny_model, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"list {i} fruits", "reference": "apple , banana ."}) + "\n"
+                               for i in range(6)))
+    db = tmp_path / "run.db"
+    config = {"max_new_tokens": 16, "learning_rate": 1e-3, "epochs": 1, "batch_size": 4, "lora_r": 4}
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("AUTODIDACT_DATABASE_URL", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "run", "--embedded", "--method", "spin", "--prompts", str(prompts),
+         "--model", tiny_model, "--rounds", "1", "--db", str(db), "--config", json.dumps(config)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "succeeded" in out.stdout and "→" in out.stdout
+    con = sqlite3.connect(db)
+    assert con.execute("select status from run").fetchall() == [("succeeded",)]
+    assert con.execute("select count(*) from sample").fetchone()[0] == 6
+    (uri,) = con.execute("select uri from modelversion where kind = 'adapter'").fetchone()
+    assert Path(uri).is_relative_to(tmp_path) and any(Path(uri).glob("*.safetensors"))
+    stages = json.loads(con.execute("select stages from round").fetchone()[0])
+    assert {k: v["status"] for k, v in stages.items()} == {"generate": "succeeded", "pairs": "succeeded",
+                                                            "train": "succeeded"}

@@ -1,0 +1,109 @@
+"""The `openai` backend against fake vLLM-like servers over real HTTP: completions with n, chat
+completions, run-time LoRA loading for policy refresh, retries and a server down."""
+from __future__ import annotations
+
+import pytest
+from fake_openai import FakeOpenAI
+
+from services.generation.base import ModelRef, SamplingParams
+from services.generation.openai_compat import OpenAIBackend
+from services.generation.servers import RetryPolicy
+from shared.modeling import load_tokenizer, prompt_ids
+from shared.tinymodel import build_tiny_model
+
+PROMPTS = [[{"role": "user", "content": "list three fruits"}],
+           [{"role": "user", "content": "answer with yes or no . is the sky blue ?"}]]
+FAST = RetryPolicy(retries=4, backoff=0.01, max_backoff=0.05, down_cooldown=0.5)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-openai")))
+
+
+@pytest.fixture
+def servers():
+    started: list[FakeOpenAI] = []
+
+    def make(**kwargs) -> FakeOpenAI:
+        started.append(FakeOpenAI(**kwargs).start())
+        return started[-1]
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+def backend(*fakes: FakeOpenAI, **kwargs) -> OpenAIBackend:
+    kwargs.setdefault("retry", FAST)
+    kwargs.setdefault("poll_interval", 0.05)
+    return OpenAIBackend(urls=[f.url for f in fakes], **kwargs)
+
+
+def test_completions_with_n_on_token_id_prompts(tiny, servers):
+    fake = servers()
+    params = SamplingParams(n=3, seed=5, max_new_tokens=6, top_k=20)
+    out = backend(fake).generate(PROMPTS, ModelRef(tiny), params)
+    sent = fake.posts("/v1/completions")
+    assert len(sent) == 2 and all(b["n"] == 3 and b["seed"] == 5 and b["top_k"] == 20 for b in sent)
+    assert all(b["model"] == "tiny-base" for b in sent)
+    tok = load_tokenizer(tiny)
+    assert sorted(b["prompt"] for b in sent) == sorted(prompt_ids(tok, p) for p in PROMPTS)
+    assert [len(x) for x in out] == [3, 3]
+    assert all(len({c.text for c in per_prompt}) > 1 for per_prompt in out)
+    # n > 1: per-response counts are the text re-tokenized, plus the end-of-turn token on "stop".
+    for c in (c for per_prompt in out for c in per_prompt):
+        words = len(tok(c.text, add_special_tokens=False)["input_ids"])
+        assert c.token_count == words + (1 if c.finish_reason == "stop" else 0)
+    assert backend(fake).generate(PROMPTS, ModelRef(tiny), params) == out
+
+
+def test_single_sample_counts_come_from_usage_and_stops_cut(tiny, servers):
+    fake = servers()
+    out = backend(fake).generate(PROMPTS * 4, ModelRef(tiny), SamplingParams(stop=["."], max_new_tokens=20, seed=2))
+    flat = [per_prompt[0] for per_prompt in out]
+    assert all("." not in c.text for c in flat)
+    assert any(c.finish_reason == "stop" for c in flat)
+    assert all(1 <= c.token_count <= 21 for c in flat)
+
+
+def test_chat_endpoint_sends_messages(tiny, servers):
+    fake = servers()
+    out = backend(fake, endpoint="chat").generate(PROMPTS, ModelRef(tiny), SamplingParams(n=2, max_new_tokens=4))
+    sent = fake.posts("/v1/chat/completions")
+    assert sorted(map(str, (b["messages"] for b in sent))) == sorted(map(str, PROMPTS))
+    assert [len(x) for x in out] == [2, 2]
+
+
+def test_policy_refresh_loads_the_adapter_at_run_time_once(tiny, servers):
+    a, b = servers(), servers(adapters={"v5": "/artifacts/v5"})  # b got it from another worker
+    openai = backend(a, b)
+    model = ModelRef(tiny, adapter_path="/artifacts/v5", version_id=5)
+    openai.generate(PROMPTS, model, SamplingParams(max_new_tokens=4))
+    openai.generate(PROMPTS, model, SamplingParams(max_new_tokens=4))
+    assert a.posts("/v1/load_lora_adapter") == [{"lora_name": "v5", "lora_path": "/artifacts/v5"}]
+    assert b.posts("/v1/load_lora_adapter") == []
+    sampled = a.posts("/v1/completions") + b.posts("/v1/completions")
+    assert len(sampled) == 4 and {s["model"] for s in sampled} == {"v5"}
+
+
+def test_runtime_loading_disabled_is_an_actionable_error(tiny, servers):
+    fake = servers(runtime_lora=False)
+    with pytest.raises(ValueError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
+        backend(fake).generate(PROMPTS, ModelRef(tiny, "/artifacts/v6", 6), SamplingParams())
+
+
+def test_retries_and_skips_a_down_server(tiny, servers):
+    a, b = servers(), servers()
+    b.stop()
+    a.overload_next(2)
+    out = backend(a, b).generate(PROMPTS, ModelRef(tiny), SamplingParams(n=2, max_new_tokens=4))
+    assert [len(x) for x in out] == [2, 2]
+    assert a.rejected == 2 and len(a.posts("/v1/completions")) == 2
+
+
+def test_bad_configuration_fails_fast():
+    with pytest.raises(ValueError, match="endpoint"):
+        OpenAIBackend("http://127.0.0.1:1", endpoint="responses")
+    with pytest.raises(ValueError, match="no server URLs"):
+        OpenAIBackend()
