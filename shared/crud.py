@@ -28,6 +28,7 @@ def upsert(session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any
     (None: all non-key columns; []: keep the existing row untouched)."""
     if not rows:
         return
+    rows = [{k: _storable(v) for k, v in r.items()} for r in rows]
     table = model.__table__
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -39,6 +40,11 @@ def upsert(session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
     session.exec(stmt)
+
+
+def _storable(value: Any) -> Any:
+    """Model output may hold NUL characters, which Postgres text columns refuse: replace them."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
 # ---------------------------------------------------------------- tenancy

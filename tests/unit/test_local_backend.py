@@ -173,3 +173,31 @@ def test_registry_builds_and_caches_backends():
         get_backend("llamacpp")
     with pytest.raises(ValueError, match="does not take option"):
         get_backend("local", urls=["http://x"])
+
+
+def test_gemma_cache_fast_path_and_env_override(tmp_path, monkeypatch):
+    from shared import gemma
+
+    monkeypatch.setenv("AUTODIDACT_MODEL_CACHE", str(tmp_path))
+    ready = tmp_path / gemma.MODEL_DIR_NAME
+    ready.mkdir()
+    (ready / gemma._DONE).write_text("done")
+    assert gemma.prepare_gemma() == ready  # found, nothing converted
+
+
+@pytest.mark.parametrize("messages, expected", [
+    ([{"role": "user", "content": "Hi"}],
+     "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"),
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye "}],
+     "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+     "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"),
+])
+def test_gemma_chat_template(messages, expected):
+    import jinja2
+
+    from shared.gemma import CHAT_TEMPLATE
+
+    rendered = jinja2.Environment().from_string(CHAT_TEMPLATE).render(
+        messages=messages, bos_token="<bos>", add_generation_prompt=True)
+    assert rendered == expected
