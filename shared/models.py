@@ -45,6 +45,8 @@ class PromptSet(SQLModel, table=True):
     description: str = ""
     split: str = "train"  # train | heldout (evaluation prompts)
     size: int = 0
+    # Set on prompt sets a run wrote itself (Self-Rewarding's self-instruction in that round).
+    source_round_id: Optional[int] = Field(default=None, foreign_key="round.id", index=True)
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -146,7 +148,9 @@ class RefinementNode(SQLModel, table=True):
     parent_path: Optional[str] = None
     depth: int = 0
     text: str = Field(sa_column=Column(Text, nullable=False))
-    passed: Optional[bool] = None
+    passed: Optional[bool] = None  # the refiner's majority verdict on this node
+    score: Optional[float] = None  # fraction of 'yes' votes
+    judgment: Optional[str] = Field(default=None, sa_column=Column(Text))  # judge text used to refine it
 
 
 class PreferencePair(SQLModel, table=True):

@@ -19,6 +19,7 @@ TASK_MODULES = (
     "services.gateway.conductor",
     "services.generation.tasks",
     "services.judging.tasks",
+    "services.refinement.tasks",
     "services.training.tasks",
 )
 

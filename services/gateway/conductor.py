@@ -36,7 +36,8 @@ def _plan_input(session: Session, run: Run, rnd: Round, config) -> PlanInput:
     evals = crud.prompts_of_sets(session, prompt_set_ids=run.eval_prompt_set_ids or [])
     return PlanInput(prompt_ids=[p.id for p in prompts], eval_prompt_ids=[p.id for p in evals],
                      round_number=rnd.number, total_rounds=run.rounds,
-                     shard_size=get_settings().generation_shard_size, config=config)
+                     shard_size=get_settings().generation_shard_size, config=config,
+                     round_id=rnd.id, session=session)
 
 
 def _close_round(session: Session, run: Run, rnd: Round, to_send: list) -> None:

@@ -53,7 +53,7 @@ def _generate(ctx: StageContext) -> None:
     todo = [pid for pid in ids if any((pid, i) not in have for i in range(n))]
     if len(todo) < len(ids):
         log.info("shard %s: %d of %d prompts already sampled (redelivery)", ctx.shard, len(ids) - len(todo), len(ids))
-    model = _model_for(ctx, ctx.payload.get("model", "policy"))
+    model = model_for(ctx, ctx.payload.get("model", "policy"))
     greedy = bool(ctx.payload.get("greedy", False))
     batch_size = max(1, get_settings().generation_batch_size)
     for b, start in enumerate(range(0, len(todo), batch_size)):
@@ -74,21 +74,86 @@ def _generate(ctx: StageContext) -> None:
             crud.upsert(s, Sample, rows, keys=["round_id", "prompt_id", "index", "role"], update=[])
 
 
-def _model_for(ctx: StageContext, which: str):
-    """The policy θ(t-1) the round samples from, or the version the round produced (evaluation)."""
+def version_ref(version: ModelVersion):
     from services.generation.base import ModelRef
 
-    if which == "policy":
-        return ModelRef(base_model=ctx.base_model, adapter_path=ctx.policy_adapter,
-                        version_id=ctx.policy_version_id)
+    return ModelRef(base_model=version.base_model,
+                    adapter_path=version.uri if version.kind == "adapter" else None, version_id=version.id)
+
+
+def model_for(ctx: StageContext, which: str):
+    """The model a stage samples from: "policy" θ(t-1), "produced" (the version this round made,
+    for evaluation), "refiner" (SPaR's refiner: its latest version, else the base) or "judge"
+    (the config's judge_version_id, else the policy)."""
+    from services.generation.base import ModelRef
+
     with session_scope() as s:
-        version = s.get(ModelVersion, s.get(Round, ctx.round_id).produced_version_id)
-        if version is None:
-            raise ValueError(f"round {ctx.round_number} has produced no version to sample from")
-        return ModelRef(base_model=version.base_model,
-                        adapter_path=version.uri if version.kind == "adapter" else None, version_id=version.id)
+        if which == "produced":
+            version = s.get(ModelVersion, s.get(Round, ctx.round_id).produced_version_id)
+            if version is None:
+                raise ValueError(f"round {ctx.round_number} has produced no version to sample from")
+            return version_ref(version)
+        if which == "refiner":
+            for t in range(ctx.round_number - 1, 0, -1):
+                v = crud.version_by_key(s, workspace_id=ctx.workspace_id, key=f"run:{ctx.run_id}:round:{t}:refiner")
+                if v is not None:
+                    return version_ref(v)
+            return ModelRef(base_model=ctx.base_model)
+        judge_id = ctx.config.get("judge_version_id") if which == "judge" else None
+        if judge_id is not None:
+            version = s.get(ModelVersion, judge_id)
+            if version is None or version.workspace_id != ctx.workspace_id:
+                raise ValueError(f"judge_version_id {judge_id} is not a model version of this workspace")
+            return version_ref(version)
+    if which not in ("policy", "judge"):
+        raise ValueError(f"unknown model choice {which!r}")
+    return ModelRef(base_model=ctx.base_model, adapter_path=ctx.policy_adapter,
+                    version_id=ctx.policy_version_id)
 
 
 @task("generation.generate_shard")
 def generate_shard(stage_task_id: int) -> None:
     execute(stage_task_id, _generate)
+
+
+def _self_instruct(ctx: StageContext) -> None:
+    """Self-Rewarding's self-instruction: few-shot new prompts from the run's seed prompts, parsed,
+    deduplicated against the seeds and each other, stored as this round's own prompt set."""
+    import random
+
+    from services.generation.base import SamplingParams
+    from services.methods.self_reward import dedupe, instruct_messages, parse_new_prompt
+    from shared.models import PromptSet, Run
+
+    cfg = ctx.recipe_config()
+    with session_scope() as s:
+        if crud.prompts_of_round(s, round_id=ctx.round_id):
+            return  # redelivered after the set was stored
+        run = s.get(Run, ctx.run_id)
+        seeds = [p.messages[-1]["content"] for p in crud.prompts_of_sets(s, prompt_set_ids=run.prompt_set_ids)]
+        earlier = [p.messages[-1]["content"] for ps in s.exec(select(PromptSet.id).where(
+            PromptSet.source_round_id.in_(select(Round.id).where(Round.run_id == ctx.run_id)))).all()
+            for p in crud.prompts_of_sets(s, prompt_set_ids=[ps])]
+    if not seeds:
+        raise ValueError("self-instruction needs seed prompts in the run's prompt sets")
+    rng = random.Random(shard_seed(cfg.seed, ctx.round_number, 0, 0))
+    want = int(ctx.payload.get("count", cfg.new_prompts_per_round))
+    requests = [instruct_messages(seeds, rng, cfg.few_shot) for _ in range(2 * want)]  # headroom for rejects
+    params = SamplingParams(n=1, temperature=cfg.instruct_temperature, top_p=cfg.instruct_top_p,
+                            max_new_tokens=96, seed=shard_seed(cfg.seed, ctx.round_number, 1, 0))
+    outs = backend().generate(requests, model_for(ctx, "policy"), params)
+    parsed = [parse_new_prompt(o[0].text) for o in outs]
+    new = dedupe([p for p in parsed if p], seeds + earlier, cfg.dedupe_threshold)[:want]
+    log.info("self-instruct: %d requests, %d parsed, %d kept", len(requests), sum(p is not None for p in parsed), len(new))
+    with session_scope() as s:
+        crud.create_prompt_set(s, workspace_id=ctx.workspace_id, name=f"run{ctx.run_id}-round{ctx.round_number}-self-instruct",
+                               items=[{"messages": [{"role": "user", "content": t}]} for t in new],
+                               source_round_id=ctx.round_id)
+        rnd = s.get(Round, ctx.round_id)
+        rnd.metrics = {**rnd.metrics, "self_instruct": {"requested": len(requests), "kept": len(new),
+                                                        "unparsed": sum(p is None for p in parsed)}}
+
+
+@task("generation.self_instruct")
+def self_instruct(stage_task_id: int) -> None:
+    execute(stage_task_id, _self_instruct)

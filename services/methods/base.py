@@ -20,6 +20,10 @@ class PlanInput:
     total_rounds: int
     shard_size: int
     config: Any
+    round_id: int = 0
+    # An open DB session, for planners that split work by rows earlier stages wrote (failed
+    # samples, self-instructed prompts). Planners only read through it.
+    session: Any = None
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,17 @@ class Recipe:
     stages: Callable[[Any, bool], list[Stage]]  # (config, has_eval_prompts) -> stages
 
 
+def shards(ids: list[int], size: int, **extra: Any) -> list[dict]:
+    size = max(1, size)
+    return [{"prompt_ids": ids[i:i + size], **extra} for i in range(0, len(ids), size)]
+
+
 def shard_prompts(key: str = "prompt_ids", **extra: Any) -> Callable[[PlanInput], list[dict]]:
     """Planner: split the run's (or held-out) prompts into shards of `shard_size`."""
 
     def plan(inp: PlanInput) -> list[dict]:
         ids = inp.prompt_ids if key == "prompt_ids" else inp.eval_prompt_ids
-        size = max(1, inp.shard_size)
-        return [{"prompt_ids": ids[i:i + size], **extra} for i in range(0, len(ids), size)]
+        return shards(ids, inp.shard_size, **extra)
 
     return plan
 
@@ -92,11 +100,9 @@ def check(cond: bool, field: str, msg: str) -> None:
 def eval_shards(inp: PlanInput) -> list[dict]:
     """Planner of the evaluation's generation: greedy answers to the held-out prompts from the
     version the round produced, and in round 1 also from the base (the 'before' point)."""
-    size = max(1, inp.shard_size)
-    ids = inp.eval_prompt_ids
     roles = [("eval", "produced")] + ([("eval_base", "policy")] if inp.round_number == 1 else [])
-    return [{"prompt_ids": ids[i:i + size], "role": role, "model": model, "greedy": True, "n": 1}
-            for role, model in roles for i in range(0, len(ids), size)]
+    return [shard for role, model in roles
+            for shard in shards(inp.eval_prompt_ids, inp.shard_size, role=role, model=model, greedy=True, n=1)]
 
 
 def evaluation_stages(has_eval: bool) -> list[Stage]:
@@ -105,3 +111,24 @@ def evaluation_stages(has_eval: bool) -> list[Stage]:
         return []
     return [Stage("eval_generate", "generation.generate_shard", eval_shards),
             Stage("evaluate", "judging.evaluate", single)]
+
+
+TRAINER_FIELDS = ("epochs", "batch_size", "grad_accum", "seed", "lora_r", "lora_alpha",
+                  "max_prompt_tokens", "max_response_tokens")
+
+
+def trainer_config(cfg: Any, **settings: Any):
+    """A TrainConfig from a method config: its shared trainer fields, the method's `settings`, and
+    the user's `train` overrides last. Errors name the method config's `train` field."""
+    from services.training.config import TrainConfig
+
+    base = {f: getattr(cfg, f) for f in TRAINER_FIELDS if hasattr(cfg, f)}
+    if hasattr(cfg, "warmup_ratio"):
+        base["warmup_ratio"] = cfg.warmup_ratio
+    overrides = getattr(cfg, "train", {}) or {}
+    unknown = set(overrides) - set(TrainConfig.__dataclass_fields__)
+    check(not unknown, "train", f"unknown trainer fields {sorted(unknown)}")
+    try:
+        return TrainConfig(**{**base, **settings, **overrides})
+    except (TypeError, ValueError) as exc:
+        check(False, "train", str(exc))

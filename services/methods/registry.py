@@ -1,4 +1,4 @@
 """Method name → recipe."""
-from services.methods import spin
+from services.methods import rest_em, self_reward, spar, spin
 
-RECIPES = {spin.RECIPE.method: spin.RECIPE}
+RECIPES = {r.method: r for r in (spin.RECIPE, rest_em.RECIPE, self_reward.RECIPE, spar.RECIPE)}

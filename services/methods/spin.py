@@ -58,21 +58,12 @@ class SPINConfig:
 
     def train_config(self, round_number: int, total_rounds: int):
         """The trainer's settings for round t, with the paper's schedule of β and learning rate."""
-        from services.training.config import TrainConfig
+        from services.methods.base import trainer_config
 
         last = round_number == total_rounds and total_rounds > 1
         lr = self.later_learning_rate if round_number >= self.later_from_round else self.learning_rate
-        base = dict(loss="sigmoid", beta=self.last_round_beta if last and self.last_round_beta else self.beta,
-                    learning_rate=lr, epochs=self.epochs, batch_size=self.batch_size,
-                    grad_accum=self.grad_accum, warmup_ratio=self.warmup_ratio, seed=self.seed,
-                    lora_r=self.lora_r, lora_alpha=self.lora_alpha,
-                    max_prompt_tokens=self.max_prompt_tokens, max_response_tokens=self.max_response_tokens)
-        unknown = set(self.train) - set(TrainConfig.__dataclass_fields__)
-        check(not unknown, "train", f"unknown trainer fields {sorted(unknown)}")
-        try:
-            return TrainConfig(**{**base, **self.train})
-        except (TypeError, ValueError) as exc:
-            check(False, "train", str(exc))
+        beta = self.last_round_beta if last and self.last_round_beta else self.beta
+        return trainer_config(self, loss="sigmoid", beta=beta, learning_rate=lr)
 
 
 def build_pairs(prompts: list[dict], samples: list[dict]) -> tuple[list[dict], int]:

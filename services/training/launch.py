@@ -120,8 +120,8 @@ def run_distributed(*, kind, base_model, items, out_dir, config, init_adapter=No
 def _relay_metrics(path: Path, seen: int, on_step) -> int:
     if not path.exists():
         return seen
-    lines = path.read_text().splitlines()
-    complete = lines if path.read_text().endswith("\n") else lines[:-1]
+    text = path.read_text()
+    complete = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]  # skip a half-written line
     for line in complete[seen:]:
         if on_step is not None:
             on_step(json.loads(line))

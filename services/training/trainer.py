@@ -25,6 +25,7 @@ head's chunk), packing, mixed-precision autocast (the base runs in bf16 on GPU, 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -151,6 +152,8 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     t0 = time.monotonic()
     acc = _accelerator(config)
     world, rank, dev = acc.num_processes, acc.process_index, acc.device
+    if dev.type == "cpu":
+        _return_big_frees_to_os()
     tok = load_tokenizer(base_model)
     pad = tok.pad_token_id
     cut = (config.max_prompt_tokens, config.max_response_tokens)
@@ -332,6 +335,20 @@ def _summary(kind, history, steps, trained_items, seconds, start, lengths) -> di
     else:
         out["examples_per_s"] = trained_items / seconds
     return out
+
+
+def _return_big_frees_to_os() -> None:
+    """Make glibc serve allocations of 4 MiB and more with mmap, so they go back to the OS on free.
+
+    By default glibc raises its mmap threshold up to 32 MiB as big blocks are freed, after which a
+    step's activations (10-20 MiB tensors for Gemma 3 270M) are carved from the heap and stay
+    resident: we measured 4 -> 6 -> 8 GiB of RSS over the first steps, against a flat 1.8 GiB
+    between steps with this setting, for about 3 % more time (page faults). It is a process-wide
+    allocator setting, harmless elsewhere; training workers are dedicated processes anyway."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 # --- checkpoints and publishing ------------------------------------------------------------------

@@ -12,7 +12,7 @@ from shared.db import session_scope
 from shared.models import ModelVersion, Round, Sample
 from tests.conftest import wait_for
 
-N_PROMPTS, N_SAMPLES = 32, 2
+N_PROMPTS, N_SAMPLES = 16, 2
 WORDS = "apple banana cherry river mountain cloud seven green quick lazy dog fox sea poem".split()
 
 
@@ -42,7 +42,7 @@ def _adapter_digest(uri: str) -> str:
 def test_two_round_spin_with_a_killed_generation_worker(api, workers, tiny_model):
     client, a, _ = api
     ps = client.post("/v1/prompt-sets", json={"name": "e2e", "items": _items()}, headers=a).json()
-    config = {"samples_per_prompt": N_SAMPLES, "max_new_tokens": 64, "learning_rate": 2e-3,
+    config = {"samples_per_prompt": N_SAMPLES, "max_new_tokens": 32, "learning_rate": 2e-3,
               "later_learning_rate": 2e-3, "epochs": 1, "batch_size": 8, "lora_r": 4, "lora_alpha": 8,
               "last_round_beta": None, "train": {"checkpoint_every": 2}}
     r = client.post("/v1/runs", headers=a, json={"method": "spin", "base_model": tiny_model,
@@ -67,6 +67,7 @@ def test_two_round_spin_with_a_killed_generation_worker(api, workers, tiny_model
     except AssertionError:
         print(workers.logs())
         raise
+    print({r["number"]: {k: v.get("seconds") for k, v in r["stages"].items()} for r in run["round_details"]})
     assert run["status"] == "succeeded", (run["error"], workers.logs())
     r1, r2 = run["round_details"]
     for rnd in (r1, r2):

@@ -201,3 +201,37 @@ def test_gemma_chat_template(messages, expected):
     rendered = jinja2.Environment().from_string(CHAT_TEMPLATE).render(
         messages=messages, bos_token="<bos>", add_generation_prompt=True)
     assert rendered == expected
+
+
+def test_build_once_builds_once_under_concurrency_and_never_half(tmp_path):
+    import threading
+    import time
+
+    from shared.gemma import build_once, is_prepared
+
+    calls = []
+
+    def slow_build(out):
+        calls.append(out)
+        time.sleep(0.2)
+        (out / "weights.bin").write_text("w")
+
+    target = tmp_path / "model"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(build_once(target, slow_build))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results == [target] * 3
+    assert (target / "weights.bin").exists() and is_prepared(target)
+
+    def broken_build(out):
+        (out / "half.bin").write_text("x")
+        raise RuntimeError("killed mid-way")
+
+    other = tmp_path / "other"
+    with pytest.raises(RuntimeError):
+        build_once(other, broken_build)
+    assert not other.exists() and not list(tmp_path.glob(".other-*"))
+    assert build_once(other, slow_build) == other and len(calls) == 2

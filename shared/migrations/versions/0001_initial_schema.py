@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 12:31:17.261975
+Create Date: 2026-11-23 12:46:46.879715
 """
 from alembic import op
 import sqlalchemy as sa
@@ -41,20 +41,6 @@ def upgrade() -> None:
     with op.batch_alter_table('apikey', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_apikey_prefix'), ['prefix'], unique=False)
         batch_op.create_index(batch_op.f('ix_apikey_workspace_id'), ['workspace_id'], unique=False)
-
-    op.create_table('promptset',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('workspace_id', sa.Integer(), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('description', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('split', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('size', sa.Integer(), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['workspace_id'], ['workspace.id'], ),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('promptset', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_promptset_workspace_id'), ['workspace_id'], unique=False)
 
     op.create_table('run',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -102,22 +88,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_modelversion_run_id'), ['run_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_modelversion_workspace_id'), ['workspace_id'], unique=False)
 
-    op.create_table('prompt',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('prompt_set_id', sa.Integer(), nullable=False),
-    sa.Column('position', sa.Integer(), nullable=False),
-    sa.Column('messages', sa.JSON(), nullable=False),
-    sa.Column('reference', sa.Text(), nullable=True),
-    sa.Column('constraints', sa.JSON(), nullable=True),
-    sa.Column('answer', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('topic', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.ForeignKeyConstraint(['prompt_set_id'], ['promptset.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('prompt_set_id', 'position')
-    )
-    with op.batch_alter_table('prompt', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_prompt_prompt_set_id'), ['prompt_set_id'], unique=False)
-
     op.create_table('round',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('run_id', sa.Integer(), nullable=False),
@@ -138,6 +108,58 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('round', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_round_run_id'), ['run_id'], unique=False)
+
+    op.create_table('promptset',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('workspace_id', sa.Integer(), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('description', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('split', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('size', sa.Integer(), nullable=False),
+    sa.Column('source_round_id', sa.Integer(), nullable=True),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['source_round_id'], ['round.id'], ),
+    sa.ForeignKeyConstraint(['workspace_id'], ['workspace.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('promptset', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_promptset_source_round_id'), ['source_round_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_promptset_workspace_id'), ['workspace_id'], unique=False)
+
+    op.create_table('stagetask',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('round_id', sa.Integer(), nullable=False),
+    sa.Column('stage', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('shard', sa.Integer(), nullable=False),
+    sa.Column('payload', sa.JSON(), nullable=True),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('enqueued_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('started_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('finished_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['round_id'], ['round.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('round_id', 'stage', 'shard')
+    )
+    with op.batch_alter_table('stagetask', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_stagetask_round_id'), ['round_id'], unique=False)
+
+    op.create_table('prompt',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('prompt_set_id', sa.Integer(), nullable=False),
+    sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('messages', sa.JSON(), nullable=False),
+    sa.Column('reference', sa.Text(), nullable=True),
+    sa.Column('constraints', sa.JSON(), nullable=True),
+    sa.Column('answer', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('topic', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.ForeignKeyConstraint(['prompt_set_id'], ['promptset.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('prompt_set_id', 'position')
+    )
+    with op.batch_alter_table('prompt', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_prompt_prompt_set_id'), ['prompt_set_id'], unique=False)
 
     op.create_table('preferencepair',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -178,25 +200,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_sample_prompt_id'), ['prompt_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_sample_round_id'), ['round_id'], unique=False)
 
-    op.create_table('stagetask',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('round_id', sa.Integer(), nullable=False),
-    sa.Column('stage', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('shard', sa.Integer(), nullable=False),
-    sa.Column('payload', sa.JSON(), nullable=True),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('error', sa.Text(), nullable=True),
-    sa.Column('enqueued_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.Column('started_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.Column('finished_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.ForeignKeyConstraint(['round_id'], ['round.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('round_id', 'stage', 'shard')
-    )
-    with op.batch_alter_table('stagetask', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_stagetask_round_id'), ['round_id'], unique=False)
-
     op.create_table('judgment',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('sample_id', sa.Integer(), nullable=False),
@@ -220,6 +223,8 @@ def upgrade() -> None:
     sa.Column('depth', sa.Integer(), nullable=False),
     sa.Column('text', sa.Text(), nullable=False),
     sa.Column('passed', sa.Boolean(), nullable=True),
+    sa.Column('score', sa.Float(), nullable=True),
+    sa.Column('judgment', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['sample_id'], ['sample.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('sample_id', 'path')
@@ -240,10 +245,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_judgment_sample_id'))
 
     op.drop_table('judgment')
-    with op.batch_alter_table('stagetask', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_stagetask_round_id'))
-
-    op.drop_table('stagetask')
     with op.batch_alter_table('sample', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_sample_round_id'))
         batch_op.drop_index(batch_op.f('ix_sample_prompt_id'))
@@ -254,14 +255,23 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_preferencepair_prompt_id'))
 
     op.drop_table('preferencepair')
-    with op.batch_alter_table('round', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_round_run_id'))
-
-    op.drop_table('round')
     with op.batch_alter_table('prompt', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_prompt_prompt_set_id'))
 
     op.drop_table('prompt')
+    with op.batch_alter_table('stagetask', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_stagetask_round_id'))
+
+    op.drop_table('stagetask')
+    with op.batch_alter_table('promptset', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_promptset_workspace_id'))
+        batch_op.drop_index(batch_op.f('ix_promptset_source_round_id'))
+
+    op.drop_table('promptset')
+    with op.batch_alter_table('round', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_round_run_id'))
+
+    op.drop_table('round')
     with op.batch_alter_table('modelversion', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_modelversion_workspace_id'))
         batch_op.drop_index(batch_op.f('ix_modelversion_run_id'))
@@ -272,10 +282,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_run_workspace_id'))
 
     op.drop_table('run')
-    with op.batch_alter_table('promptset', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_promptset_workspace_id'))
-
-    op.drop_table('promptset')
     with op.batch_alter_table('apikey', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_apikey_workspace_id'))
         batch_op.drop_index(batch_op.f('ix_apikey_prefix'))

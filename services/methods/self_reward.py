@@ -1,0 +1,177 @@
+"""Self-Rewarding Language Models (Yuan et al., 2024, arXiv 2401.10020).
+
+M1 = SFT of the base on instruction data (IFT: the run's prompts with references) plus evaluation
+data (EFT: judge requests answered with a justification and `Score: N`), done in round 1's
+`bootstrap` stage when `bootstrap_sft` is on. Each round then: self-instruction (few-shot new
+prompts from the seed prompts, deduplicated), N candidates per new prompt from θ(t-1), the rubric
+judge (θ(t-1) itself unless `judge_version_id` names another version) sampled k times and averaged,
+pairs of highest vs lowest mean score with ties dropped, and DPO from θ(t-1) with reference θ(t-1).
+
+Departures: deduplication uses word-set Jaccard similarity instead of the paper's ROUGE-L filter;
+the number of new prompts per round is small by default so that a round fits on one CPU.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from services.methods.base import (
+    PlanInput, Recipe, Stage, check, evaluation_stages, shards, single,
+)
+
+
+@dataclass
+class SelfRewardConfig:
+    bootstrap_sft: bool = True  # round 1 first makes M1 by SFT on IFT + EFT data
+    eft_prompt_set_ids: list = field(default_factory=list)  # judge-training sets (prompt → judgment)
+    bootstrap_learning_rate: float = 1e-4
+    new_prompts_per_round: int = 32
+    few_shot: int = 8  # [8-shot]
+    instruct_temperature: float = 0.6  # [0.6]
+    instruct_top_p: float = 0.9  # [0.9]
+    dedupe_threshold: float = 0.7  # Jaccard similarity above which a new prompt is a duplicate
+    samples_per_prompt: int = 4  # N [4]
+    temperature: float = 0.7  # [0.7]
+    top_p: float = 0.9  # [0.9]
+    max_new_tokens: int = 256
+    judge_samples: int = 3  # k [3]
+    judge_temperature: float = 0.7
+    judge_max_new_tokens: int = 256
+    judge_version_id: int | None = None  # None: the policy judges itself
+    beta: float = 0.1  # [0.1]
+    learning_rate: float = 1e-6  # [1e-6 → 1e-7 over training]
+    epochs: int = 1
+    batch_size: int = 8
+    grad_accum: int = 1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    max_prompt_tokens: int = 512
+    max_response_tokens: int = 512
+    seed: int = 0
+    train: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.eft_prompt_set_ids, list), "eft_prompt_set_ids", "must be a list of ids")
+        check(self.bootstrap_learning_rate > 0, "bootstrap_learning_rate", "must be > 0")
+        check(1 <= self.new_prompts_per_round <= 100_000, "new_prompts_per_round", "must be in 1..100000")
+        check(1 <= self.few_shot <= 32, "few_shot", "must be in 1..32")
+        check(self.instruct_temperature > 0, "instruct_temperature", "must be > 0")
+        check(0 < self.instruct_top_p <= 1, "instruct_top_p", "must be in (0, 1]")
+        check(0 < self.dedupe_threshold <= 1, "dedupe_threshold", "must be in (0, 1]")
+        check(2 <= self.samples_per_prompt <= 64, "samples_per_prompt", "must be in 2..64 (pairs need two)")
+        check(self.temperature > 0, "temperature", "must be > 0")
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
+        check(1 <= self.judge_samples <= 16, "judge_samples", "must be in 1..16")
+        check(self.judge_temperature > 0, "judge_temperature", "must be > 0 (votes are sampled)")
+        check(self.beta > 0, "beta", "must be > 0")
+        check(self.learning_rate > 0, "learning_rate", "must be > 0")
+        check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
+        self.train_config(1, 1)
+
+    def train_config(self, round_number: int, total_rounds: int):
+        from services.methods.base import trainer_config
+
+        return trainer_config(self, loss="sigmoid", beta=self.beta, learning_rate=self.learning_rate)
+
+    def bootstrap_config(self):
+        from services.methods.base import trainer_config
+
+        return trainer_config(self, loss="sft", learning_rate=self.bootstrap_learning_rate)
+
+
+# ---------------------------------------------------------------- self-instruction
+def instruct_messages(seed_prompts: list[str], rng: random.Random, k: int) -> list[dict]:
+    """A few-shot request for one new task, with k seed tasks drawn by `rng`."""
+    shots = rng.sample(seed_prompts, min(k, len(seed_prompts)))
+    listing = "\n".join(f"Task {i + 1}: {' '.join(p.split())}" for i, p in enumerate(shots))
+    return [{"role": "user", "content":
+             "Here are some tasks people ask an assistant to do:\n" + listing +
+             f"\n\nWrite one new task in the same spirit but on a different subject. "
+             f"Reply with the task only, starting with 'Task {len(shots) + 1}:'."}]
+
+
+def parse_new_prompt(text: str) -> str | None:
+    """The task text from a self-instruction answer, or None when nothing usable came back."""
+    text = re.sub(r"^\s*(Task\s*\d*\s*:)\s*", "", text.strip(), flags=re.I)
+    text = text.split("\nTask")[0].split("\n\n")[0].strip()
+    return text if 3 <= len(text.split()) <= 200 else None
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def dedupe(candidates: list[str], existing: list[str], threshold: float) -> list[str]:
+    """Keep candidates whose word-set Jaccard similarity to every existing and earlier kept prompt
+    is below `threshold`."""
+    kept: list[str] = []
+    pool = [_words(e) for e in existing]
+    for c in candidates:
+        w = _words(c)
+        if not w or any(len(w & o) / len(w | o) >= threshold for o in pool if o):
+            continue
+        kept.append(c)
+        pool.append(w)
+    return kept
+
+
+# ---------------------------------------------------------------- pairs
+def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]]) -> tuple[list[dict], dict]:
+    """Per prompt: chosen = highest mean judge score, rejected = lowest; prompts whose extremes tie,
+    or with fewer than two scored candidates, give no pair.
+
+    candidates: {prompt_id: [(index, text, mean score or None)]}.
+    """
+    pairs, ties, unscored = [], 0, 0
+    for pid, cands in sorted(candidates.items()):
+        scored = [(s, i, t) for i, t, s in cands if s is not None]
+        if len(scored) < 2:
+            unscored += 1
+            continue
+        best = max(scored, key=lambda x: (x[0], -x[1]))
+        worst = min(scored, key=lambda x: (x[0], x[1]))
+        if best[0] == worst[0]:
+            ties += 1
+            continue
+        pairs.append({"prompt_id": pid, "index": 0, "source": "judge_best_worst", "chosen": best[2],
+                      "rejected": worst[2], "margin": best[0] - worst[0]})
+    return pairs, {"pairs": len(pairs), "ties_dropped": ties, "unscored_prompts": unscored}
+
+
+# ---------------------------------------------------------------- stages
+def _self_instruct_plan(inp: PlanInput) -> list[dict]:
+    return [{"count": inp.config.new_prompts_per_round}]
+
+
+def _candidate_shards(inp: PlanInput) -> list[dict]:
+    from shared.crud import prompts_of_round
+
+    ids = [p.id for p in prompts_of_round(inp.session, round_id=inp.round_id)]
+    return shards(ids, inp.shard_size, role="candidate", n=inp.config.samples_per_prompt)
+
+
+def _judge_shards(inp: PlanInput) -> list[dict]:
+    from shared.crud import prompts_of_round
+
+    ids = [p.id for p in prompts_of_round(inp.session, round_id=inp.round_id)]
+    return shards(ids, inp.shard_size, role="candidate")
+
+
+def _bootstrap_plan(inp: PlanInput) -> list[dict]:
+    return [{"role": "bootstrap"}] if inp.round_number == 1 and inp.config.bootstrap_sft else []
+
+
+def _stages(cfg: SelfRewardConfig, has_eval: bool) -> list[Stage]:
+    return [
+        Stage("bootstrap", "training.train_round", _bootstrap_plan),
+        Stage("self_instruct", "generation.self_instruct", _self_instruct_plan),
+        Stage("generate", "generation.generate_shard", _candidate_shards),
+        Stage("judge", "judging.rubric_shard", _judge_shards),
+        Stage("pairs", "judging.build_pairs", single),
+        Stage("train", "training.train_round", single),
+    ] + evaluation_stages(has_eval)
+
+
+RECIPE = Recipe(method="self_reward", config_cls=SelfRewardConfig, stages=_stages)

@@ -1,0 +1,213 @@
+"""SPaR's tree search over refinements (Cheng et al., 2024, arXiv 2412.11605, section 3.2).
+
+The root is a response the refiner judged as failing. Each expansion asks the refiner for
+`branching` rewrites of a node given its judgment; the rewrites are judged (majority of sampled
+verdicts, done by the caller's `judge`) and the search stops at the first one judged correct,
+which becomes `chosen` against the root as `rejected`. Breadth-first keeps a beam of the `keep`
+best nodes per level; depth-first follows the best child down and backtracks.
+
+The search is pure: model calls come in as two callables, so the Celery task, the embedded mode
+and the tests run the same code. It does not build prompts, parse model text or store anything.
+
+Where it departs from the paper:
+- A budget caps the refinement candidates generated in total (the paper only bounds depth and
+  branching). An expansion costs `branching` candidates whatever comes back, and is only started
+  when the whole cost fits, so `refinements_used` never exceeds `budget`.
+- Siblings are ranked by the fraction of 'yes' votes (ties: earlier created first). The paper
+  keeps the better children by the refiner's judgment without saying how to rank failures; the
+  yes-fraction is what the majority vote already gives us.
+- Breadth-first judges all children of a level in one `judge` call (one batched model run) before
+  looking for a solution, so the refinements of a level are all generated even when the first
+  would have passed; among the passing children of the level the earliest created wins.
+- Rewrites that are empty, unusable (None) or equal to the parent or to an earlier sibling after
+  whitespace normalisation are dropped and counted (`dropped`): an edit that changes nothing is
+  no refinement. Undecided verdicts (an even vote) never count as solved but may be expanded.
+- Child paths number the kept children of a node from 0 in creation order: "0" is the root,
+  "0.0" its first kept child, "0.0.1" the second kept child of that one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("bfs", "dfs")
+
+# refine(prompt_messages, text, judgment) -> `branching` rewrites (None = unusable output)
+Refine = Callable[[list[dict], str, str], list]
+# judge(prompt_messages, texts) -> per text (majority verdict, yes-fraction, a judgment text)
+Judge = Callable[[list[dict], list[str]], list]
+
+
+@dataclass
+class SearchConfig:
+    strategy: str = "bfs"  # bfs | dfs
+    branching: int = 3  # refinements asked per expanded node [paper: 3]
+    keep: int = 2  # BFS: beam width per level; DFS: children explored per node [paper: 2]
+    max_depth: int = 3  # root is depth 0 [paper: 3]
+    budget: int = 30  # refinement candidates generated in total (ours, not in the paper)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        for name in ("branching", "keep", "max_depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.budget, int) or isinstance(self.budget, bool) or self.budget < self.branching:
+            raise ValueError(f"budget must be an integer >= branching ({self.branching}) so that at least "
+                             f"one expansion fits, got {self.budget!r}")
+
+
+@dataclass
+class Node:
+    path: str  # "0" root, "0.1", "0.1.2" ...
+    parent_path: str | None
+    depth: int  # root 0
+    text: str
+    passed: bool | None  # majority verdict; None = undecided
+    score: float  # fraction of 'yes' votes, ranks siblings
+    judgment: str  # the judge text used to refine this node
+
+
+@dataclass
+class SearchResult:
+    nodes: list[Node]  # every node kept, root first, in creation order
+    solution: Node | None  # first node judged correct, else None
+    refinements_used: int
+    stopped: str  # solved | budget | depth | exhausted
+    dropped: int = 0  # candidates that were None, empty or duplicates (included in refinements_used)
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _clean_verdict(entry) -> tuple[bool | None, float, str]:
+    """A judge entry as (passed, score, judgment); anything malformed reads as undecided."""
+    try:
+        passed, score, judgment = entry
+    except (TypeError, ValueError):
+        log.warning("unreadable judge entry %r: treated as undecided", entry)
+        return None, 0.0, ""
+    passed = passed if passed is True or passed is False else None
+    try:
+        score = float(score)
+    except (TypeError, ValueError):
+        score = 0.0
+    if not math.isfinite(score):
+        score = 0.0
+    return passed, score, judgment if isinstance(judgment, str) else ""
+
+
+class _Search:
+    """The state shared by both strategies: the tree so far and the budget spent."""
+
+    def __init__(self, prompt_messages, refine, judge, config):
+        self.prompt, self.refine, self.judge, self.config = prompt_messages, refine, judge, config
+        self.nodes: list[Node] = []
+        self.used = 0
+        self.dropped = 0
+        self.hit_depth = False
+
+    def affordable(self) -> bool:
+        return self.used + self.config.branching <= self.config.budget
+
+    def expand(self, parent: Node) -> list[Node]:
+        """Ask for `branching` rewrites of `parent`; returns the usable ones as unjudged nodes."""
+        n = self.config.branching
+        raw = list(self.refine(self.prompt, parent.text, parent.judgment) or [])
+        if len(raw) != n:
+            log.warning("refine returned %d candidates for %s, asked %d", len(raw), parent.path, n)
+        raw = (raw + [None] * n)[:n]  # missing candidates count as unusable, extras are ignored
+        self.used += n
+        seen = {_normalise(parent.text)}
+        children: list[Node] = []
+        for text in raw:
+            key = _normalise(text) if isinstance(text, str) else ""
+            if not key or key in seen:
+                self.dropped += 1
+                continue
+            seen.add(key)
+            children.append(Node(path=f"{parent.path}.{len(children)}", parent_path=parent.path,
+                                 depth=parent.depth + 1, text=text, passed=None, score=0.0, judgment=""))
+        self.nodes.extend(children)
+        return children
+
+    def judge_all(self, children: list[Node]) -> Node | None:
+        """Judge `children` in one call; returns the earliest created that passed."""
+        if not children:
+            return None
+        verdicts = list(self.judge(self.prompt, [c.text for c in children]))
+        if len(verdicts) != len(children):
+            raise ValueError(f"judge returned {len(verdicts)} verdicts for {len(children)} texts; "
+                             "it must return one (passed, score, judgment) per text, in order")
+        for child, entry in zip(children, verdicts):
+            child.passed, child.score, child.judgment = _clean_verdict(entry)
+        return next((c for c in children if c.passed is True), None)
+
+    def ranked(self, nodes: list[Node]) -> list[Node]:
+        """The `keep` best by yes-fraction; sorted() is stable, so ties keep creation order."""
+        return sorted(nodes, key=lambda node: -node.score)[: self.config.keep]
+
+    def bfs(self, root: Node) -> tuple[Node | None, str]:
+        frontier = [root]
+        for depth in range(1, self.config.max_depth + 1):
+            level: list[Node] = []
+            out_of_budget = False
+            for parent in frontier:
+                if not self.affordable():
+                    out_of_budget = True
+                    break
+                level.extend(self.expand(parent))
+            solved = self.judge_all(level)  # what was paid for is judged even if the budget ran out
+            if solved is not None:
+                return solved, "solved"
+            if out_of_budget:
+                return None, "budget"
+            if not level:
+                return None, "exhausted"
+            frontier = self.ranked(level)
+        return None, "depth"
+
+    def dfs(self, node: Node) -> tuple[Node | None, str | None]:
+        """Returns (solution, reason) to stop the whole search, or (None, None) to backtrack."""
+        if node.depth >= self.config.max_depth:
+            self.hit_depth = True
+            return None, None
+        if not self.affordable():
+            return None, "budget"
+        children = self.expand(node)
+        solved = self.judge_all(children)
+        if solved is not None:
+            return solved, "solved"
+        for child in self.ranked(children):
+            found, reason = self.dfs(child)
+            if reason is not None:
+                return found, reason
+        return None, None
+
+
+def tree_search(prompt_messages: list[dict], root_text: str, root_judgment: tuple[bool | None, float, str],
+                *, refine: Refine, judge: Judge, config: SearchConfig) -> SearchResult:
+    """Refine the failed `root_text` until a rewrite is judged correct, the budget is spent, the
+    depth limit is reached or no usable rewrite is left (see the module docstring)."""
+    passed, score, judgment = _clean_verdict(root_judgment)
+    if passed is True:
+        raise ValueError("root_judgment says the root already passed; tree search refines failed "
+                         "(or undecided) responses only")
+    search = _Search(prompt_messages, refine, judge, config)
+    root = Node(path="0", parent_path=None, depth=0, text=root_text, passed=passed, score=score, judgment=judgment)
+    search.nodes.append(root)
+    if config.strategy == "bfs":
+        solution, stopped = search.bfs(root)
+    else:
+        solution, stopped = search.dfs(root)
+        stopped = stopped or ("depth" if search.hit_depth else "exhausted")
+    log.info("tree search (%s): %s after %d refinements, %d nodes, %d dropped", config.strategy, stopped,
+             search.used, len(search.nodes), search.dropped)
+    return SearchResult(nodes=search.nodes, solution=solution, refinements_used=search.used,
+                        stopped=stopped, dropped=search.dropped)
