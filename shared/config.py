@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     # Prompts per generation shard: a round's generation fans out over this many-sized shards.
     generation_shard_size: int = 16
     generation_batch_size: int = 8  # prompts per backend call inside a shard (progress is saved per batch)
-    # Generation backend for workers: local | tgi | openai (settings for remote ones below).
+    # local | tgi | openai, or a plug-in "package.module:factory" returning a Backend
     generation_backend: str = "local"
     tgi_urls: str = ""  # comma-separated
     openai_base_url: str = ""

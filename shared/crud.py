@@ -189,3 +189,12 @@ def failed_samples(session: Session, *, round_id: int) -> list[int]:
 def version_by_key(session: Session, *, workspace_id: int, key: str) -> ModelVersion | None:
     return session.exec(select(ModelVersion).where(ModelVersion.workspace_id == workspace_id,
                                                    ModelVersion.key == key)).first()
+
+
+def promote(session: Session, *, version: ModelVersion) -> None:
+    """Mark `version` promoted, and unmark the other versions of the same run."""
+    if version.run_id is not None:
+        for other in session.exec(select(ModelVersion).where(ModelVersion.run_id == version.run_id,
+                                                             ModelVersion.id != version.id)):
+            other.promoted = False
+    version.promoted = True

@@ -72,6 +72,9 @@ def services_env(pg_url, redis_client, tmp_path_factory):
         "AUTODIDACT_ARTIFACT_DIR": str(tmp_path_factory.mktemp("artifacts")),
         "AUTODIDACT_GENERATION_SHARD_SIZE": "4",
         "AUTODIDACT_GENERATION_BATCH_SIZE": "2",
+        # Policy requests go to the real local backend; judge / refine / self-instruct requests get
+        # scripted answers (a tiny random model cannot judge): see tests/fakes.py.
+        "AUTODIDACT_GENERATION_BACKEND": "tests.fakes:scripted_backend",
     }
     os.environ.update(env)
     get_settings.cache_clear()
@@ -137,7 +140,7 @@ class Workers:
 @pytest.fixture(scope="session")
 def workers(services_env, tmp_path_factory):
     w = Workers(services_env, tmp_path_factory.mktemp("worker-logs"))
-    for q in ("conductor", "generation", "judging", "training"):
+    for q in ("conductor", "generation", "judging", "refinement", "training"):
         w.start(q)
     yield w
     w.stop_all()

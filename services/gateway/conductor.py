@@ -19,7 +19,7 @@ from services.methods.base import PlanInput
 from shared import crud
 from shared.config import get_settings
 from shared.db import session_scope
-from shared.models import Round, Run, StageTask, utcnow
+from shared.models import ModelVersion, Round, Run, StageTask, utcnow
 from shared.queue import enqueue, task
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def _close_round(session: Session, run: Run, rnd: Round, to_send: list) -> None:
     more = rnd.number < run.rounds or (run.continuous and not _stop_rule_met(session, run))
     if not more:
         run.status, run.finished_at = "succeeded", utcnow()
+        _promote_best(session, run)
         return
     policy = rnd.produced_version_id or rnd.policy_version_id
     crud.upsert(session, Round, [{"run_id": run.id, "number": rnd.number + 1, "status": "running",
@@ -69,6 +70,16 @@ def _stop_rule_met(session: Session, run: Run) -> bool:
         return False
     best_before = max(accs[:-patience])
     return max(accs[-patience:]) < best_before + delta
+
+
+def _promote_best(session: Session, run: Run) -> None:
+    """At the end of a run, promote the policy version with the best held-out strict accuracy
+    (the last one when the run was not evaluated)."""
+    rounds = [r for r in crud.rounds_of_run(session, run_id=run.id) if r.produced_version_id]
+    if not rounds:
+        return
+    best = max(rounds, key=lambda r: (r.metrics.get("eval", {}).get("prompt_strict_acc") or -1.0, r.number))
+    crud.promote(session, version=session.get(ModelVersion, best.produced_version_id))
 
 
 def _fail(run: Run, rnd: Round, stage: str, error: str | None) -> None:

@@ -59,12 +59,8 @@ def create_run(body: RunCreate, session: SessionDep, key: KeyDep) -> RunPublic:
                     p.constraints for p in session.exec(select(Prompt).where(Prompt.prompt_set_id == sid))):
                 errors.append({"loc": [field, i], "msg": f"prompt set {sid} has no prompts with "
                                "constraints to evaluate"})
-    if body.method == "spin" and not errors:
-        missing = session.exec(select(Prompt.prompt_set_id).where(
-            Prompt.prompt_set_id.in_(body.prompt_set_ids), Prompt.reference.is_(None))).all()
-        if missing:
-            errors.append({"loc": ["prompt_set_ids"], "msg": f"SPIN needs a gold `reference` for every "
-                           f"prompt; {len(missing)} prompt(s) in set(s) {sorted(set(missing))} have none"})
+    if not errors:
+        errors += _method_data_errors(session, key, body.method, body.prompt_set_ids, config)
     unknown_stop = sorted(set(body.stopping) - {"max_rounds", "patience", "delta"})
     if unknown_stop:
         errors.append({"loc": ["stopping", unknown_stop[0]], "msg": "allowed keys: max_rounds, patience, delta"})
@@ -80,6 +76,29 @@ def create_run(body: RunCreate, session: SessionDep, key: KeyDep) -> RunPublic:
     session.commit()
     enqueue("conductor.advance", rnd.id)
     return _public(session, run)
+
+
+def _method_data_errors(session, key, method: str, set_ids: list[int], config) -> list[dict]:
+    """Refuse runs whose prompts cannot feed the method, before any work is queued."""
+    prompts = session.exec(select(Prompt).where(Prompt.prompt_set_id.in_(set_ids))).all()
+    if method == "spin":
+        missing = sorted({p.prompt_set_id for p in prompts if p.reference is None})
+        if missing:
+            return [{"loc": ["prompt_set_ids"], "msg": f"SPIN needs a gold `reference` for every prompt; "
+                     f"set(s) {missing} have prompts without one"}]
+    if method == "rest_em" and not any(p.constraints or p.answer for p in prompts):
+        return [{"loc": ["prompt_set_ids"], "msg": "ReST-EM needs a checkable reward: give prompts "
+                 "`constraints` or an `answer`"}]
+    if method == "self_reward":
+        for i, sid in enumerate(config.eft_prompt_set_ids):
+            ps = session.get(PromptSet, sid)
+            if ps is None or ps.workspace_id != key.workspace_id:
+                return [{"loc": ["config", "eft_prompt_set_ids", i], "msg": f"prompt set {sid} not found"}]
+        if config.judge_version_id is not None:
+            v = session.get(ModelVersion, config.judge_version_id)
+            if v is None or v.workspace_id != key.workspace_id:
+                return [{"loc": ["config", "judge_version_id"], "msg": f"model version {config.judge_version_id} not found"}]
+    return []
 
 
 def _config_json(config) -> dict:
@@ -109,6 +128,29 @@ def cancel_run(run_id: int, session: SessionDep, key: KeyDep) -> RunPublic:
         rnd.status, rnd.finished_at = "cancelled", utcnow()
     session.commit()
     return _public(session, run)
+
+
+@router.post("/v1/runs/{run_id}/prompt-sets", response_model=RunPublic)
+def add_prompt_sets(run_id: int, body: dict, session: SessionDep, key: KeyDep) -> RunPublic:
+    """Add prompt sets to a running run: they join from the next round the conductor plans."""
+    run = owned(session, Run, run_id, key, "run")
+    ids = body.get("prompt_set_ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+        raise HTTPException(422, [{"loc": ["prompt_set_ids"], "msg": "give a non-empty list of prompt set ids"}])
+    if run.status not in ("queued", "running"):
+        raise HTTPException(409, f"run {run_id} already ended with status {run.status!r}")
+    for i, sid in enumerate(ids):
+        ps = session.get(PromptSet, sid)
+        if ps is None or ps.workspace_id != key.workspace_id:
+            raise HTTPException(422, [{"loc": ["prompt_set_ids", i], "msg": f"prompt set {sid} not found"}])
+    config, _ = parse_config(get_recipe(run.method).config_cls, run.config)
+    errors = _method_data_errors(session, key, run.method, ids, config)
+    if errors:
+        raise HTTPException(422, errors)
+    locked = session.exec(select(Run).where(Run.id == run.id).with_for_update()).one()
+    locked.prompt_set_ids = list(dict.fromkeys(list(locked.prompt_set_ids) + ids))
+    session.commit()
+    return _public(session, locked)
 
 
 @router.get("/v1/runs/{run_id}/pairs")
@@ -165,3 +207,12 @@ def list_models(session: SessionDep, key: KeyDep) -> list[ModelVersion]:
 @router.get("/v1/models/{version_id}", response_model=ModelVersionPublic)
 def get_model(version_id: int, session: SessionDep, key: KeyDep) -> ModelVersion:
     return owned(session, ModelVersion, version_id, key, "model version")
+
+
+@router.post("/v1/models/{version_id}/promote", response_model=ModelVersionPublic)
+def promote_model(version_id: int, session: SessionDep, key: KeyDep) -> ModelVersion:
+    """Mark a version as the one to serve; other versions of its run lose the mark."""
+    version = owned(session, ModelVersion, version_id, key, "model version")
+    crud.promote(session, version=version)
+    session.commit()
+    return version

@@ -14,7 +14,7 @@ from sqlmodel import select
 from shared import crud
 from shared.config import get_settings
 from shared.db import session_scope
-from shared.models import ModelVersion, Round, Sample
+from shared.models import ModelVersion, Round, Run, Sample
 from shared.queue import task
 from shared.stages import Cancelled, StageContext, execute, run_cancelled
 
@@ -27,6 +27,11 @@ def backend():
     from services.generation.registry import get_backend
 
     s = get_settings()
+    if ":" in s.generation_backend:  # a plug-in: "package.module:factory", called with device=...
+        import importlib
+
+        module, attr = s.generation_backend.split(":", 1)
+        return getattr(importlib.import_module(module), attr)(device=s.device)
     if s.generation_backend == "tgi":
         return get_backend("tgi", urls=[u for u in s.tgi_urls.split(",") if u])
     if s.generation_backend == "openai":
@@ -98,7 +103,7 @@ def model_for(ctx: StageContext, which: str):
                 v = crud.version_by_key(s, workspace_id=ctx.workspace_id, key=f"run:{ctx.run_id}:round:{t}:refiner")
                 if v is not None:
                     return version_ref(v)
-            return ModelRef(base_model=ctx.base_model)
+            return ModelRef(base_model=ctx.base_model, version_id=s.get(Run, ctx.run_id).base_version_id)
         judge_id = ctx.config.get("judge_version_id") if which == "judge" else None
         if judge_id is not None:
             version = s.get(ModelVersion, judge_id)
@@ -123,7 +128,7 @@ def _self_instruct(ctx: StageContext) -> None:
 
     from services.generation.base import SamplingParams
     from services.methods.self_reward import dedupe, instruct_messages, parse_new_prompt
-    from shared.models import PromptSet, Run
+    from shared.models import PromptSet
 
     cfg = ctx.recipe_config()
     with session_scope() as s:

@@ -1,0 +1,63 @@
+"""A scripted judge for end-to-end tests of the LLM-judged methods.
+
+A tiny random model cannot write `Score: N` or `Verdict: yes`, so the Self-Rewarding and SPaR runs
+of the tests use this backend: requests for judgments, refinements and self-instructed prompts get
+deterministic scripted answers that depend on the text being judged; every other request (the
+policy's own answers) goes to the real local backend and the tiny model. Workers load it through
+the settings' plug-in form, AUTODIDACT_GENERATION_BACKEND=tests.fakes:scripted_backend.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from services.generation.base import Completion, ModelRef, SamplingParams
+
+WORDS = ("river lantern copper orchard violin glacier meadow harbor comet saddle thimble "
+         "falcon quarry tundra pepper velvet marble canyon").split()
+
+
+def _between(text: str, tag: str) -> str:
+    m = re.search(rf"<{tag}>\n?(.*?)\n?</{tag}>", text, re.S)
+    return m.group(1) if m else ""
+
+
+def judge_passes(response: str) -> bool:
+    """The scripted refiner's verdict: refined texts pass, others pass when their length is even."""
+    return "fixed" in response or len(response) % 2 == 0
+
+
+def rubric_score(response: str) -> int:
+    return len(response.split()) % 6
+
+
+class ScriptedBackend:
+    def __init__(self, real):
+        self.real = real
+        self.rng = random.Random(0)
+
+    def _scripted(self, text: str, i: int) -> str | None:
+        if "additive 5-point scale" in text:
+            return f"It addresses the request.\nScore: {rubric_score(_between(text, 'response'))}"
+        if 'exactly "Verdict: yes"' in text:
+            return "Checked each instruction.\nVerdict: " + ("yes" if judge_passes(_between(text, "response")) else "no")
+        if "Refined response:" in text and "<judgment>" in text:
+            return f"Refined response:\n{_between(text, 'response')} fixed {i}"
+        if "Here are some tasks people ask" in text:
+            return "Task 9: describe the " + " ".join(self.rng.sample(WORDS, 4))
+        return None
+
+    def generate(self, prompts: list[list[dict]], model: ModelRef, params: SamplingParams) -> list[list[Completion]]:
+        scripted = [[self._scripted(p[-1]["content"], i) for i in range(params.n)] for p in prompts]
+        real_idx = [k for k, s in enumerate(scripted) if s[0] is None]
+        real = self.real.generate([prompts[k] for k in real_idx], model, params) if real_idx else []
+        out, it = [], iter(real)
+        for s in scripted:
+            out.append(next(it) if s[0] is None else [Completion(t, len(t.split()), "stop") for t in s])
+        return out
+
+
+def scripted_backend(**options) -> ScriptedBackend:
+    from services.generation.registry import get_backend
+
+    return ScriptedBackend(get_backend("local", **options))
