@@ -18,12 +18,14 @@ WORDS = ("river lantern copper orchard violin glacier meadow harbor comet saddle
 
 
 def _between(text: str, tag: str) -> str:
-    m = re.search(rf"<{tag}>\n?(.*?)\n?</{tag}>", text, re.S)
+    m = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S)
     return m.group(1) if m else ""
 
 
 def judge_passes(response: str) -> bool:
-    """The scripted refiner's verdict: refined texts pass, others pass when their length is even."""
+    """The scripted refiner's verdict: refined texts pass, others pass when their length is even
+    (judge prompts carry the response stripped, so the verdict is on the stripped text)."""
+    response = response.strip()
     return "fixed" in response or len(response) % 2 == 0
 
 

@@ -57,19 +57,20 @@ def _close_round(session: Session, run: Run, rnd: Round, to_send: list) -> None:
 
 
 def _stop_rule_met(session: Session, run: Run) -> bool:
-    """Continuous runs: stop at max_rounds, or when held-out accuracy has not improved by `delta`
-    for `patience` rounds."""
-    rule = run.stopping or {}
     rounds = crud.rounds_of_run(session, run_id=run.id)
-    if len(rounds) >= int(rule.get("max_rounds", 100)):
+    accs = [r.metrics.get("eval", {}).get("prompt_strict_acc") for r in rounds]
+    return stop_rule_met(run.stopping or {}, [a for a in accs if a is not None], len(rounds))
+
+
+def stop_rule_met(rule: dict, accs: list[float], rounds_done: int) -> bool:
+    """Continuous runs stop after `max_rounds` (default 100), or when held-out strict accuracy has
+    not improved by `delta` over the best earlier round for `patience` rounds (0 = never)."""
+    if rounds_done >= int(rule.get("max_rounds", 100)):
         return True
     patience, delta = int(rule.get("patience", 0)), float(rule.get("delta", 0.0))
-    accs = [r.metrics.get("eval", {}).get("prompt_strict_acc") for r in rounds]
-    accs = [a for a in accs if a is not None]
     if patience <= 0 or len(accs) <= patience:
         return False
-    best_before = max(accs[:-patience])
-    return max(accs[-patience:]) < best_before + delta
+    return max(accs[-patience:]) < max(accs[:-patience]) + delta
 
 
 def _promote_best(session: Session, run: Run) -> None:

@@ -1,0 +1,90 @@
+"""Pure pieces of the ReST-EM, Self-Rewarding and SPaR recipes, and their config validation."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from services.methods import get_recipe, parse_config
+from services.methods.rest_em import RestEMConfig, select_correct
+from services.methods.self_reward import (
+    SelfRewardConfig, best_worst_pairs, dedupe, instruct_messages, parse_new_prompt,
+)
+from services.methods.spar import SPaRConfig, refined_pairs
+
+
+def test_select_correct_keeps_at_most_k_distinct_correct_per_prompt():
+    samples = [{"prompt_id": 1, "index": i, "text": t, "reward": r} for i, (t, r) in enumerate(
+        [("a", 1.0), ("b", 0.0), ("a ", 1.0), ("c", 1.0), ("d", 1.0), ("e", None)])]
+    samples.append({"prompt_id": 2, "index": 0, "text": "z", "reward": 0.0})
+    kept, counts = select_correct(samples, k=2)
+    assert [(s["prompt_id"], s["text"]) for s in kept] == [(1, "a"), (1, "c")]
+    assert counts == {"correct": 4, "kept": 2, "prompts_with_correct": 1}
+
+
+@pytest.mark.parametrize("cands,expected,stats", [
+    ({1: [(0, "x", 4.0), (1, "y", 1.0), (2, "w", 2.5)]}, [("x", "y", 3.0)], {"pairs": 1, "ties_dropped": 0, "unscored_prompts": 0}),
+    ({1: [(0, "x", 3.0), (1, "y", 3.0)]}, [], {"pairs": 0, "ties_dropped": 1, "unscored_prompts": 0}),
+    ({1: [(0, "x", None), (1, "y", 2.0)]}, [], {"pairs": 0, "ties_dropped": 0, "unscored_prompts": 1}),
+    ({1: [(0, "x", 5.0), (1, "y", None), (2, "v", 0.0)]}, [("x", "v", 5.0)], {"pairs": 1, "ties_dropped": 0, "unscored_prompts": 0}),
+])
+def test_best_worst_pairs_drop_ties_and_unscored(cands, expected, stats):
+    pairs, counts = best_worst_pairs(cands)
+    assert [(p["chosen"], p["rejected"], p["margin"]) for p in pairs] == expected
+    assert counts == stats
+
+
+def test_self_instruction_prompt_parse_and_dedupe():
+    msgs = instruct_messages(["a", "b", "c", "d"], random.Random(0), k=3)
+    assert msgs[0]["role"] == "user" and "Task 4:" in msgs[0]["content"]
+    assert parse_new_prompt("Task 5: Write a haiku about snow.\nTask 6: more") == "Write a haiku about snow."
+    assert parse_new_prompt("  ") is None and parse_new_prompt("Task 5: hi") is None
+    kept = dedupe(["write a poem about the sea", "Write a poem about the sea!", "list three rivers in europe"],
+                  ["write a poem about the moon"], threshold=0.7)
+    assert kept == ["list three rivers in europe"]
+
+
+def test_refined_pairs_pair_each_solution_with_its_own_root():
+    trees = [{"prompt_id": 1, "sample_index": 2, "root": "bad, text", "solution": "bad text"},
+             {"prompt_id": 2, "sample_index": 0, "root": "r", "solution": None},
+             {"prompt_id": 3, "sample_index": 1, "root": "same", "solution": " same "}]
+    assert refined_pairs(trees) == [{"prompt_id": 1, "index": 2, "source": "refined_vs_original",
+                                     "chosen": "bad text", "rejected": "bad, text"}]
+
+
+@pytest.mark.parametrize("method,data,field", [
+    ("rest_em", {"samples_per_prompt": 0}, "samples_per_prompt"),
+    ("rest_em", {"max_correct_per_prompt": 0}, "max_correct_per_prompt"),
+    ("rest_em", {"temperature": 0}, "temperature"),
+    ("self_reward", {"samples_per_prompt": 1}, "samples_per_prompt"),
+    ("self_reward", {"judge_samples": 0}, "judge_samples"),
+    ("self_reward", {"eft_prompt_set_ids": 3}, "eft_prompt_set_ids"),
+    ("spar", {"search": "astar"}, "search"),
+    ("spar", {"judge_votes": 0}, "judge_votes"),
+    ("spar", {"sft_weight": -1}, "sft_weight"),
+    ("spar", {"train": {"loss": "nope"}}, "train"),
+])
+def test_config_errors_name_the_field(method, data, field):
+    cfg, errors = parse_config(get_recipe(method).config_cls, data)
+    assert cfg is None and errors[0]["loc"] == ["config", field], errors
+
+
+def test_paper_defaults_and_trainer_settings():
+    rest = RestEMConfig()
+    assert (rest.samples_per_prompt, rest.max_correct_per_prompt, rest.temperature, rest.top_k) == (32, 10, 0.7, 40)
+    assert rest.train_config(2, 3).loss == "sft"
+    sr = SelfRewardConfig()
+    assert (sr.few_shot, sr.samples_per_prompt, sr.judge_samples, sr.beta) == (8, 4, 3, 0.1)
+    assert sr.bootstrap_config().loss == "sft"
+    spar = SPaRConfig()
+    assert (spar.samples_per_prompt, spar.judge_votes, spar.branching, spar.keep, spar.max_depth) == (5, 5, 3, 2, 3)
+    tc = spar.train_config(1, 2)
+    assert (tc.loss, tc.beta, tc.sft_weight) == ("sigmoid", 0.1, 0.1)
+    assert spar.search_config().strategy == "bfs"
+
+
+def test_stage_lists():
+    names = lambda m, cfg: [s.name for s in get_recipe(m).stages(cfg, False)]  # noqa: E731
+    assert names("rest_em", RestEMConfig()) == ["generate", "verify", "train"]
+    assert names("self_reward", SelfRewardConfig()) == ["bootstrap", "self_instruct", "generate", "judge", "pairs", "train"]
+    assert names("spar", SPaRConfig()) == ["generate", "judge", "refine", "pairs", "train", "train_refiner"]
