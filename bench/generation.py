@@ -85,13 +85,14 @@ def main() -> None:
     print(f"model {args.model} loaded in {time.perf_counter() - t0:.1f} s on {model.device} "
           f"({platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
           f"{torch.get_num_threads()}); {args.prompts} prompts x {args.samples} samples x "
-          f"{args.new_tokens} new tokens")
+          f"{args.new_tokens} new tokens", flush=True)
 
     warm = SamplingParams(n=1, max_new_tokens=4, seed=1)  # first-call costs out of the timings
     naive(model, tok, prompts[:1], warm)
     ours(backend, args.model, prompts[:2], warm)
 
     ours_tokens, ours_s = ours(backend, args.model, prompts, params)
+    print(f"ours done: {ours_tokens} tokens in {ours_s:.1f} s; now the naive loop", flush=True)
     naive_tokens, naive_s = naive(model, tok, prompts, params)
     expected = args.prompts * args.samples * args.new_tokens
     assert ours_tokens == naive_tokens == expected, (ours_tokens, naive_tokens, expected)
