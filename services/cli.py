@@ -111,7 +111,8 @@ def _run_embedded(**kw) -> int:
     logging.basicConfig(level=logging.WARNING)
     embedded.configure(kw.pop("db"))
     run_id = embedded.create_run(method=kw["method"], prompts=kw["prompts"], model=kw["model"],
-                                 rounds=kw["rounds"], config=kw["config"], eval_prompts=kw["eval_prompts"])
+                                 rounds=kw["rounds"], config=kw["config"], eval_prompts=kw["eval_prompts"],
+                                 config_sets=kw.get("config_sets"))
     embedded.drive(run_id)
     _print_run(run_id)
     return run_id
@@ -192,14 +193,62 @@ def plot(run_id: int, out: Path = typer.Option(Path("run.png")),
     console.print(f"wrote {out}")
 
 
+@app.command("judge-agreement")
+def judge_agreement(model: str = typer.Option("gemma", help="'gemma' or a local model directory"),
+                    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter of the judge version"),
+                    prompts: Path = typer.Option(EXAMPLES / "curriculum_heldout.jsonl", exists=True),
+                    limit: int = 12, samples: int = 2, votes: int = 3, max_new_tokens: int = 160) -> None:
+    """How often the model's rubric and refiner judgments agree with the verifier."""
+    from services.generation.base import ModelRef
+    from services.generation.registry import get_backend
+    from services.judging.agreement import judge_agreement as measure
+    from services.judging.curriculum import read_jsonl
+
+    items = [it for it in read_jsonl(prompts) if it.get("constraints") and it.get("reference")][:limit]
+    if not items:
+        raise typer.BadParameter("needs prompts with constraints and a reference", param_hint="--prompts")
+    report = measure(items, backend=get_backend("local"), model=ModelRef(model, str(adapter) if adapter else None),
+                     samples_per_prompt=samples, votes=votes, max_new_tokens=max_new_tokens)
+    table = Table(title=f"judge agreement with the verifier ({report['responses']} responses, "
+                        f"{report['passing']} passing)")
+    for col in ("judge", "measure", "accuracy", "decided", "unparsed votes"):
+        table.add_column(col)
+    r, f = report["rubric"], report["refiner"]
+    table.add_row("rubric", "pairwise (ties ½)", _fmt(r["accuracy"]), str(r["pairs"]), str(report["unparsed"]["rubric"]))
+    table.add_row("refiner", "verdict", _fmt(f["accuracy"]), str(f["decided"]), str(report["unparsed"]["refiner"]))
+    console.print(table)
+    console.print_json(data=report)
+
+
+DEMO_CONFIGS = {
+    # Settings sized for one CPU: few samples and short answers. The papers' settings are the
+    # defaults of each method's config and are what `autodidact run` and the API use.
+    "spin": {"learning_rate": 5e-5, "later_learning_rate": 5e-5, "epochs": 2, "batch_size": 4,
+             "max_new_tokens": 64, "max_response_tokens": 128, "temperature": 0.8, "top_p": 0.95},
+    "rest_em": {"samples_per_prompt": 4, "max_correct_per_prompt": 2, "max_new_tokens": 96,
+                "learning_rate": 1e-4, "epochs": 2, "batch_size": 4},
+    "self_reward": {"new_prompts_per_round": 8, "few_shot": 4, "samples_per_prompt": 3, "judge_samples": 2,
+                    "max_new_tokens": 96, "judge_max_new_tokens": 128, "bootstrap_learning_rate": 1e-4,
+                    "learning_rate": 5e-5, "batch_size": 4},
+    "spar": {"samples_per_prompt": 2, "judge_votes": 3, "max_new_tokens": 96, "judge_max_new_tokens": 160,
+             "branching": 2, "keep": 1, "max_depth": 2, "search_budget": 4, "max_failed_per_round": 12,
+             "learning_rate": 5e-5, "refiner_learning_rate": 5e-5, "batch_size": 4},
+}
+
+
 @app.command()
-def demo(rounds: int = 1, model: str = "gemma", db: Optional[Path] = None) -> None:
-    """One SPIN round on Gemma 3 270M with the shipped example prompts (gold answers written by us),
-    evaluated on 20 held-out curriculum prompts before and after; prints both."""
-    config = {"learning_rate": 5e-5, "later_learning_rate": 5e-5, "epochs": 2, "batch_size": 4,
-              "max_new_tokens": 64, "max_response_tokens": 128, "temperature": 0.8, "top_p": 0.95}
-    _run_embedded(method="spin", prompts=EXAMPLES / "spin_demo.jsonl", eval_prompts=EXAMPLES / "demo_heldout.jsonl",
-                  model=model, rounds=rounds, config=config, db=db)
+def demo(method: str = typer.Option("spin", help="spin | rest_em | self_reward | spar"), rounds: int = 1,
+         model: str = "gemma", db: Optional[Path] = None) -> None:
+    """A run on Gemma 3 270M, embedded, evaluated on 20 held-out curriculum prompts before and after.
+
+    SPIN trains on the shipped example prompts (gold answers written by us); the other methods on
+    24 prompts of the built-in verifiable-instruction curriculum."""
+    if method not in DEMO_CONFIGS:
+        raise typer.BadParameter(f"choose one of {sorted(DEMO_CONFIGS)}", param_hint="--method")
+    prompts = EXAMPLES / ("spin_demo.jsonl" if method == "spin" else "demo_train.jsonl")
+    sets = {"eft_prompt_set_ids": EXAMPLES / "demo_eft.jsonl"} if method == "self_reward" else None
+    _run_embedded(method=method, prompts=prompts, eval_prompts=EXAMPLES / "demo_heldout.jsonl", model=model,
+                  rounds=rounds, config=DEMO_CONFIGS[method], db=db, config_sets=sets)
 
 
 if __name__ == "__main__":

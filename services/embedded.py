@@ -42,7 +42,10 @@ def load_items(path: Path) -> list[dict]:
 
 
 def create_run(*, method: str, prompts: Path, model: str, rounds: int, config: dict,
-               eval_prompts: Path | None = None, workspace: str = "local") -> int:
+               eval_prompts: Path | None = None, config_sets: dict[str, Path] | None = None,
+               workspace: str = "local") -> int:
+    """Store the prompt sets and the run as the API would; `config_sets` uploads files whose new
+    prompt set ids go into a config field (e.g. Self-Rewarding's eft_prompt_set_ids)."""
     from services.gateway.conductor import start_run
     from services.methods import get_recipe, parse_config
     from shared import crud
@@ -50,11 +53,15 @@ def create_run(*, method: str, prompts: Path, model: str, rounds: int, config: d
     from shared.models import Run
     from shared.queue import enqueue
 
-    cfg, errors = parse_config(get_recipe(method).config_cls, config)
-    if errors:
-        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
     with session_scope() as s:
         ws = crud.get_or_create_workspace(s, name=workspace)
+        config = dict(config)
+        for field, path in (config_sets or {}).items():
+            config[field] = [crud.create_prompt_set(s, workspace_id=ws.id, name=Path(path).name,
+                                                    items=load_items(path)).id]
+        cfg, errors = parse_config(get_recipe(method).config_cls, config)
+        if errors:
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
         train = crud.create_prompt_set(s, workspace_id=ws.id, name=Path(prompts).name, items=load_items(prompts))
         evals = []
         if eval_prompts is not None:

@@ -81,6 +81,8 @@ def create_run(body: RunCreate, session: SessionDep, key: KeyDep) -> RunPublic:
 def _method_data_errors(session, key, method: str, set_ids: list[int], config) -> list[dict]:
     """Refuse runs whose prompts cannot feed the method, before any work is queued."""
     prompts = session.exec(select(Prompt).where(Prompt.prompt_set_id.in_(set_ids))).all()
+    if method == "sft" and not any(p.reference for p in prompts):
+        return [{"loc": ["prompt_set_ids"], "msg": "SFT needs prompts with a gold `reference`"}]
     if method == "spin":
         missing = sorted({p.prompt_set_id for p in prompts if p.reference is None})
         if missing:

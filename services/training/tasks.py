@@ -76,10 +76,15 @@ def _rest_em_job(s, ctx: StageContext, cfg) -> Job:
                role="policy", parent_id=run.base_version_id, stats={**stats, "samples": len(samples)})
 
 
+def _gold_examples(s, set_ids: list[int]) -> list[dict]:
+    """SFT examples from the prompts of these sets that carry a gold reference."""
+    return [{"messages": p.messages, "response": p.reference}
+            for p in crud.prompts_of_sets(s, prompt_set_ids=set_ids) if p.reference]
+
+
 def _bootstrap_job(s, ctx: StageContext, cfg) -> Job:
     run = s.get(Run, ctx.run_id)
-    prompts = crud.prompts_of_sets(s, prompt_set_ids=list(run.prompt_set_ids) + list(cfg.eft_prompt_set_ids))
-    items = [{"messages": p.messages, "response": p.reference} for p in prompts if p.reference]
+    items = _gold_examples(s, list(run.prompt_set_ids) + list(cfg.eft_prompt_set_ids))
     return Job(kind="sft", items=items, tcfg=cfg.bootstrap_config(), key_round=0, role="policy",
                parent_id=run.base_version_id, sets_policy=True, stats={"sft_examples": len(items)})
 
@@ -115,10 +120,20 @@ def _refiner_job(s, ctx: StageContext, cfg) -> Job:
                stats={"judgment_examples": n_judgments, "refinement_examples": len(items) - n_judgments})
 
 
+def _sft_job(s, ctx: StageContext, cfg) -> Job:
+    run = s.get(Run, ctx.run_id)
+    items = _gold_examples(s, list(run.prompt_set_ids))
+    return Job(kind="sft", items=items, tcfg=cfg.train_config(ctx.round_number, ctx.total_rounds),
+               key_round=ctx.round_number, role="policy", parent_id=run.base_version_id,
+               stats={"sft_examples": len(items)})
+
+
 def _job(s, ctx: StageContext, cfg) -> Job:
     role = ctx.payload.get("role", "policy")
     if role == "bootstrap":
         return _bootstrap_job(s, ctx, cfg)
+    if ctx.method == "sft":
+        return _sft_job(s, ctx, cfg)
     if role == "refiner":
         return _refiner_job(s, ctx, cfg)
     if ctx.method == "rest_em":

@@ -1,0 +1,43 @@
+"""The judge-agreement report on hand-written judges: a judge that tracks the verifier scores 1.0,
+one that always gives the same score sits at the coin-flip 0.5, unparsed votes are counted."""
+from __future__ import annotations
+
+import pytest
+
+from services.generation.base import Completion, ModelRef
+from services.judging.agreement import judge_agreement
+
+ITEMS = [{"prompt": f"describe item {i} without commas", "reference": f"item {i} is round and red",
+          "constraints": [{"id": "punctuation:no_comma", "kwargs": {}}]} for i in range(3)]
+
+
+class FakeJudge:
+    """Policy answers contain a comma (fail); the judge's behaviour is set by `mode`."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def _answer(self, text: str) -> str:
+        response = text.split("<response>")[-1].split("</response>")[0]
+        ok = "," not in response
+        if "additive 5-point scale" in text:
+            return {"good": f"Score: {5 if ok else 1}", "flat": "Score: 3", "mute": "no idea"}[self.mode]
+        if "Verdict: yes" in text:
+            return {"good": f"Verdict: {'yes' if ok else 'no'}", "flat": "Verdict: yes", "mute": "hmm"}[self.mode]
+        return "well, it depends"
+
+    def generate(self, prompts, model, params):
+        return [[Completion(self._answer(p[-1]["content"]), 3, "stop") for _ in range(params.n)] for p in prompts]
+
+
+@pytest.mark.parametrize("mode,rubric_acc,refiner_acc,unparsed", [
+    ("good", 1.0, 1.0, 0),
+    ("flat", 0.5, 1 / 3, 0),
+    ("mute", None, None, 2 * 9 * 3),
+])
+def test_agreement(mode, rubric_acc, refiner_acc, unparsed):
+    report = judge_agreement(ITEMS, backend=FakeJudge(mode), model=ModelRef("m"), samples_per_prompt=2, votes=3)
+    assert report["responses"] == 9 and report["passing"] == 3
+    assert report["rubric"]["accuracy"] == rubric_acc
+    assert report["refiner"]["accuracy"] == (pytest.approx(refiner_acc) if refiner_acc else None)
+    assert sum(report["unparsed"].values()) == unparsed
