@@ -114,3 +114,16 @@ def response_ids(tokenizer, text: str) -> list[int]:
     """Token ids of a response: its text, then the end-of-turn token."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return list(ids) + end_of_turn_ids(tokenizer)[:1]
+
+
+def merge_adapter(base_model: str, adapter: str | Path, out_dir: str | Path) -> Path:
+    """Write base + LoRA adapter as one plain model directory (weights merged) with its tokenizer,
+    usable as a run's `base_model` or by any server that cannot load adapters."""
+    from peft import PeftModel
+
+    out = Path(out_dir)
+    model = PeftModel.from_pretrained(load_base(base_model, device="cpu", dtype=torch.float32, cache=False),
+                                      str(adapter))
+    model.merge_and_unload().save_pretrained(out)
+    load_tokenizer(base_model).save_pretrained(out)
+    return out

@@ -50,15 +50,12 @@ def create_run(body: RunCreate, session: SessionDep, key: KeyDep) -> RunPublic:
     errors += _check_base_model(body.base_model)
     if not body.prompt_set_ids:
         errors.append({"loc": ["prompt_set_ids"], "msg": "give at least one prompt set id"})
-    for field in ("prompt_set_ids", "eval_prompt_set_ids"):
-        for i, sid in enumerate(getattr(body, field)):
-            ps = session.get(PromptSet, sid)
-            if ps is None or ps.workspace_id != key.workspace_id:
-                errors.append({"loc": [field, i], "msg": f"prompt set {sid} not found"})
-            elif field == "eval_prompt_set_ids" and not any(
-                    p.constraints for p in session.exec(select(Prompt).where(Prompt.prompt_set_id == sid))):
-                errors.append({"loc": [field, i], "msg": f"prompt set {sid} has no prompts with "
-                               "constraints to evaluate"})
+    errors += _foreign_ids(session, key, PromptSet, body.prompt_set_ids, ["prompt_set_ids"])
+    errors += _foreign_ids(session, key, PromptSet, body.eval_prompt_set_ids, ["eval_prompt_set_ids"])
+    for i, sid in enumerate(body.eval_prompt_set_ids):
+        if not errors and not any(p.constraints for p in session.exec(select(Prompt).where(Prompt.prompt_set_id == sid))):
+            errors.append({"loc": ["eval_prompt_set_ids", i], "msg": f"prompt set {sid} has no prompts with "
+                           "constraints to evaluate"})
     if not errors:
         errors += _method_data_errors(session, key, body.method, body.prompt_set_ids, config)
     unknown_stop = sorted(set(body.stopping) - {"max_rounds", "patience", "delta"})
@@ -92,15 +89,19 @@ def _method_data_errors(session, key, method: str, set_ids: list[int], config) -
         return [{"loc": ["prompt_set_ids"], "msg": "ReST-EM needs a checkable reward: give prompts "
                  "`constraints` or an `answer`"}]
     if method == "self_reward":
-        for i, sid in enumerate(config.eft_prompt_set_ids):
-            ps = session.get(PromptSet, sid)
-            if ps is None or ps.workspace_id != key.workspace_id:
-                return [{"loc": ["config", "eft_prompt_set_ids", i], "msg": f"prompt set {sid} not found"}]
-        if config.judge_version_id is not None:
-            v = session.get(ModelVersion, config.judge_version_id)
-            if v is None or v.workspace_id != key.workspace_id:
-                return [{"loc": ["config", "judge_version_id"], "msg": f"model version {config.judge_version_id} not found"}]
+        judge = [config.judge_version_id] if config.judge_version_id is not None else []
+        return (_foreign_ids(session, key, PromptSet, config.eft_prompt_set_ids, ["config", "eft_prompt_set_ids"])
+                + [{**e, "loc": e["loc"][:-1]} for e in
+                   _foreign_ids(session, key, ModelVersion, judge, ["config", "judge_version_id"])])
     return []
+
+
+def _foreign_ids(session, key, model, ids: list, loc: list) -> list[dict]:
+    """Errors for ids of `model` that do not exist in the caller's workspace (never says which
+    ones exist elsewhere)."""
+    what = "prompt set" if model is PromptSet else "model version"
+    return [{"loc": loc + [i], "msg": f"{what} {oid} not found"} for i, oid in enumerate(ids)
+            if (row := session.get(model, oid)) is None or row.workspace_id != key.workspace_id]
 
 
 def _config_json(config) -> dict:
@@ -141,10 +142,9 @@ def add_prompt_sets(run_id: int, body: dict, session: SessionDep, key: KeyDep) -
         raise HTTPException(422, [{"loc": ["prompt_set_ids"], "msg": "give a non-empty list of prompt set ids"}])
     if run.status not in ("queued", "running"):
         raise HTTPException(409, f"run {run_id} already ended with status {run.status!r}")
-    for i, sid in enumerate(ids):
-        ps = session.get(PromptSet, sid)
-        if ps is None or ps.workspace_id != key.workspace_id:
-            raise HTTPException(422, [{"loc": ["prompt_set_ids", i], "msg": f"prompt set {sid} not found"}])
+    missing = _foreign_ids(session, key, PromptSet, ids, ["prompt_set_ids"])
+    if missing:
+        raise HTTPException(422, missing)
     config, _ = parse_config(get_recipe(run.method).config_cls, run.config)
     errors = _method_data_errors(session, key, run.method, ids, config)
     if errors:

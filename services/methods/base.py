@@ -113,8 +113,30 @@ def evaluation_stages(has_eval: bool) -> list[Stage]:
             Stage("evaluate", "judging.evaluate", single)]
 
 
-TRAINER_FIELDS = ("epochs", "batch_size", "grad_accum", "seed", "lora_r", "lora_alpha",
-                  "max_prompt_tokens", "max_response_tokens")
+@dataclass
+class TrainerFields:
+    """Trainer settings every method config carries; `train` passes any other TrainConfig field
+    through (e.g. {"schedule": "cosine"}). Method configs subclass this and may change defaults."""
+
+    epochs: int = 1
+    batch_size: int = 8
+    grad_accum: int = 1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    max_prompt_tokens: int = 512
+    max_response_tokens: int = 512
+    seed: int = 0
+    train: dict = dataclasses.field(default_factory=dict)
+
+    def check_trainer_fields(self) -> None:
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        check(self.lora_r >= 1, "lora_r", "must be >= 1")
+        check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
+
+
+TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields) if f.name != "train")
 
 
 def trainer_config(cfg: Any, **settings: Any):
@@ -122,7 +144,7 @@ def trainer_config(cfg: Any, **settings: Any):
     the user's `train` overrides last. Errors name the method config's `train` field."""
     from services.training.config import TrainConfig
 
-    base = {f: getattr(cfg, f) for f in TRAINER_FIELDS if hasattr(cfg, f)}
+    base = {f: getattr(cfg, f) for f in TRAINER_FIELDS}
     if hasattr(cfg, "warmup_ratio"):
         base["warmup_ratio"] = cfg.warmup_ratio
     overrides = getattr(cfg, "train", {}) or {}

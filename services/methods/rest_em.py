@@ -11,13 +11,13 @@ models.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from services.methods.base import Recipe, Stage, check, evaluation_stages, shard_prompts, single
+from services.methods.base import TrainerFields, Recipe, Stage, check, evaluation_stages, shard_prompts, single
 
 
 @dataclass
-class RestEMConfig:
+class RestEMConfig(TrainerFields):
     samples_per_prompt: int = 32  # N [32 for math, 64 for code]
     max_correct_per_prompt: int = 10  # K [10]
     temperature: float = 0.7  # [0.7]
@@ -26,16 +26,9 @@ class RestEMConfig:
     max_new_tokens: int = 256
     learning_rate: float = 1e-4
     epochs: int = 2
-    batch_size: int = 8
-    grad_accum: int = 1
-    lora_r: int = 16
-    lora_alpha: int = 32
-    max_prompt_tokens: int = 512
-    max_response_tokens: int = 512
-    seed: int = 0
-    train: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.check_trainer_fields()
         check(1 <= self.samples_per_prompt <= 256, "samples_per_prompt", "must be in 1..256")
         check(self.max_correct_per_prompt >= 1, "max_correct_per_prompt", "must be >= 1")
         check(self.temperature > 0, "temperature", "must be > 0 (ReST-EM samples)")
@@ -43,9 +36,6 @@ class RestEMConfig:
         check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        check(self.epochs >= 1, "epochs", "must be >= 1")
-        check(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size", "batch_size and grad_accum must be >= 1")
-        check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
         self.train_config(1, 1)
 
     def train_config(self, round_number: int, total_rounds: int):

@@ -17,12 +17,12 @@ import re
 from dataclasses import dataclass, field
 
 from services.methods.base import (
-    PlanInput, Recipe, Stage, check, evaluation_stages, shards, single,
+    TrainerFields, PlanInput, Recipe, Stage, check, evaluation_stages, shards, single,
 )
 
 
 @dataclass
-class SelfRewardConfig:
+class SelfRewardConfig(TrainerFields):
     bootstrap_sft: bool = True  # round 1 first makes M1 by SFT on IFT + EFT data
     eft_prompt_set_ids: list = field(default_factory=list)  # judge-training sets (prompt → judgment)
     bootstrap_learning_rate: float = 1e-4
@@ -41,17 +41,9 @@ class SelfRewardConfig:
     judge_version_id: int | None = None  # None: the policy judges itself
     beta: float = 0.1  # [0.1]
     learning_rate: float = 1e-6  # [1e-6 → 1e-7 over training]
-    epochs: int = 1
-    batch_size: int = 8
-    grad_accum: int = 1
-    lora_r: int = 16
-    lora_alpha: int = 32
-    max_prompt_tokens: int = 512
-    max_response_tokens: int = 512
-    seed: int = 0
-    train: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.check_trainer_fields()
         check(isinstance(self.eft_prompt_set_ids, list), "eft_prompt_set_ids", "must be a list of ids")
         check(self.bootstrap_learning_rate > 0, "bootstrap_learning_rate", "must be > 0")
         check(1 <= self.new_prompts_per_round <= 100_000, "new_prompts_per_round", "must be in 1..100000")
@@ -67,7 +59,6 @@ class SelfRewardConfig:
         check(self.judge_temperature > 0, "judge_temperature", "must be > 0 (votes are sampled)")
         check(self.beta > 0, "beta", "must be > 0")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
         self.train_config(1, 1)
 
     def train_config(self, round_number: int, total_rounds: int):

@@ -15,15 +15,15 @@ data as a normal SFT run and use its version as the base to do the same).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from services.methods.base import (
-    PlanInput, Recipe, Stage, check, evaluation_stages, shard_prompts, single,
+    TrainerFields, PlanInput, Recipe, Stage, check, evaluation_stages, shard_prompts, single,
 )
 
 
 @dataclass
-class SPaRConfig:
+class SPaRConfig(TrainerFields):
     samples_per_prompt: int = 5  # K [5]
     temperature: float = 0.9  # [0.9]
     top_p: float = 1.0
@@ -43,17 +43,9 @@ class SPaRConfig:
     learning_rate: float = 1e-6
     refiner_learning_rate: float = 1e-6
     train_refiner: bool = True
-    epochs: int = 1
-    batch_size: int = 8
-    grad_accum: int = 1
-    lora_r: int = 16
-    lora_alpha: int = 32
-    max_prompt_tokens: int = 1024
-    max_response_tokens: int = 512
-    seed: int = 0
-    train: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.check_trainer_fields()
         check(1 <= self.samples_per_prompt <= 64, "samples_per_prompt", "must be in 1..64")
         check(self.temperature > 0, "temperature", "must be > 0")
         check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
@@ -69,7 +61,6 @@ class SPaRConfig:
         check(self.beta > 0, "beta", "must be > 0")
         check(self.sft_weight >= 0, "sft_weight", "must be >= 0")
         check(self.learning_rate > 0 and self.refiner_learning_rate > 0, "learning_rate", "must be > 0")
-        check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
         self.train_config(1, 1)
 
     def train_config(self, round_number: int, total_rounds: int):

@@ -9,51 +9,39 @@ into round ≥2 is on by default but can be turned off.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from services.methods.base import Recipe, Stage, check, evaluation_stages, shard_prompts, single
+from services.methods.base import TrainerFields, Recipe, Stage, check, evaluation_stages, shard_prompts, single
 
 
 @dataclass
-class SPINConfig:
+class SPINConfig(TrainerFields):
     beta: float = 0.1  # λ in the paper
     last_round_beta: float | None = 5.0  # the paper raises λ to 5.0 in its last iteration
     learning_rate: float = 5e-7
     later_learning_rate: float = 1e-7  # paper: 5e-7 in early iterations, 1e-7 later
     later_from_round: int = 3
     epochs: int = 2
-    batch_size: int = 8
-    grad_accum: int = 1
     warmup_ratio: float = 0.1
     mix_previous_pairs: bool = True  # paper: round ≥2 trains on the previous round's pairs too
     samples_per_prompt: int = 1
     max_new_tokens: int = 256  # paper: 256
     temperature: float = 1.0  # sample from the model's own distribution
     top_p: float = 1.0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    max_prompt_tokens: int = 512
-    max_response_tokens: int = 512
-    seed: int = 0
-    train: dict = field(default_factory=dict)  # any other TrainConfig field, e.g. {"schedule": "cosine"}
 
     def __post_init__(self) -> None:
+        self.check_trainer_fields()
         check(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
         check(self.last_round_beta is None or self.last_round_beta > 0, "last_round_beta",
               "must be > 0 or null to keep beta")
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         check(self.later_learning_rate > 0, "later_learning_rate", "must be > 0")
         check(self.later_from_round >= 1, "later_from_round", "must be >= 1")
-        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         check(1 <= self.samples_per_prompt <= 64, "samples_per_prompt", "must be in 1..64")
         check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
         check(self.temperature > 0, "temperature", "must be > 0 (SPIN samples, it does not decode greedily)")
         check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        check(self.lora_r >= 1, "lora_r", "must be >= 1")
-        check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
         self.train_config(1, 1)  # validates the `train` overrides now, not at round time
 
     def train_config(self, round_number: int, total_rounds: int):
