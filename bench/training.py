@@ -28,10 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WORDS = ("the quick brown fox jumps over lazy dog sea sky blue poem write short answer explain why "
-         "three fruits apple banana cherry river mountain light shadow morning evening garden stone "
-         "listen carefully because every story needs a beginning middle and end with words that "
-         "matter to people who read them slowly").split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "sea", "sky", "blue", "poem", "write", "short", "answer", "explain", "why", "three", "fruits", "apple", "banana", "cherry", "river", "mountain", "light", "shadow", "morning", "evening", "garden", "stone", "listen", "carefully", "because", "every", "story", "needs", "a", "beginning", "middle", "and", "end", "with", "words", "that", "matter", "to", "people", "who", "read", "them", "slowly"]
 
 
 def make_pairs(tokenizer, n: int, tokens: int, seed: int = 0) -> list[dict]:
@@ -46,7 +43,7 @@ def make_pairs(tokenizer, n: int, tokens: int, seed: int = 0) -> list[dict]:
 
     out = []
     for _ in range(n):
-        size = lambda: max(4, int(tokens * rng.uniform(0.88, 1.12)))  # noqa: E731
+        size = lambda: max(4, int(tokens * rng.uniform(0.88, 1.12)))
         out.append({"messages": [{"role": "user", "content": text(size())}],
                     "chosen": text(size()), "rejected": text(size())})
     return out

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = json.loads(Path(args.parse_args(argv).spec).read_text())
     os.environ[CHILD_ENV] = "1"
     items = [json.loads(x) for x in Path(spec["data"]).read_text().splitlines() if x.strip()]
-    metrics = open(spec["metrics"], "a")
+    metrics = open(spec["metrics"], "a")  # noqa: SIM115 - appended to by on_step, closed below
     lock = threading.Lock()
 
     def on_step(m: dict) -> None:
@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> None:
             metrics.write(json.dumps(m) + "\n")
             metrics.flush()
 
-    common = dict(base_model=spec["base_model"], out_dir=spec["out_dir"],
-                  config=TrainConfig.from_dict(spec["config"]), init_adapter=spec["init_adapter"],
-                  checkpoint_dir=spec["checkpoint_dir"], on_step=on_step)
+    common = {"base_model": spec["base_model"], "out_dir": spec["out_dir"],
+                  "config": TrainConfig.from_dict(spec["config"]), "init_adapter": spec["init_adapter"],
+                  "checkpoint_dir": spec["checkpoint_dir"], "on_step": on_step}
     if spec["kind"] == "pairs":
         result = train_pairs(pairs=items, ref_adapter=spec["ref_adapter"], **common)
     else:

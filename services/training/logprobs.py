@@ -45,7 +45,7 @@ class Batch:
     seq_index: torch.Tensor  # [N] which sequence each position belongs to
     n_tokens: torch.Tensor  # [B] response tokens per sequence
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.positions, self.targets,
                                                self.seq_index, self.n_tokens)))
 
@@ -62,7 +62,7 @@ def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
         targets.extend(r)
         seq_index.extend([b] * len(r))
         n_tokens.append(len(r))
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)
     return Batch(ids, as_long(positions), as_long(targets), as_long(seq_index), as_long(n_tokens))
 
 

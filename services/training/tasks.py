@@ -10,6 +10,7 @@ key (run, round, role) means a round never publishes a role twice.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,7 @@ def _train(ctx: StageContext) -> None:
             uri=str(out_dir), run_id=ctx.run_id, round_number=job.key_round, parent_id=job.parent_id)
         version.metrics = metrics
         _publish(s, ctx, job, version)
+    shutil.rmtree(ckpt, ignore_errors=True)  # published: a redelivery now finds the version instead
 
 
 @task("training.train_round")

@@ -34,13 +34,20 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from services.training.config import TrainConfig
-from services.training.logprobs import Scorer, collate, encode, length_batches, score, score_all
+from services.training.logprobs import (
+    Scorer,
+    collate,
+    encode,
+    length_batches,
+    score,
+    score_all,
+)
 from services.training.losses import pair_losses, sft_term
 from shared.modeling import default_dtype, load_base, load_tokenizer, pick_device
 
@@ -324,7 +331,7 @@ def _schedule(config: TrainConfig, total: int):
 def _summary(kind, history, steps, trained_items, seconds, start, lengths) -> dict:
     last_epoch = steps[-1][0] + 1
     tail = [m for m in history if m["epoch"] == last_epoch] or history
-    mean = lambda key: sum(m[key] for m in tail) / len(tail) if tail and tail[0][key] is not None else None  # noqa
+    mean = lambda key: sum(m[key] for m in tail) / len(tail) if tail and tail[0][key] is not None else None
     tokens = sum(lengths[i] for _, g in steps[start:] for b in g for i in b)
     out = {"loss": mean("loss"), "steps": len(steps), "seconds": seconds, "resumed_from_step": start,
            "tokens_per_s": tokens / seconds}

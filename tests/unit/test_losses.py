@@ -32,7 +32,7 @@ CASES = [
 
 @pytest.mark.parametrize("loss,beta,pc,pr,rc,rr,nc,nr,expected,chosen_reward,rejected_reward", CASES)
 def test_pair_losses_hand_computed(loss, beta, pc, pr, rc, rr, nc, nr, expected, chosen_reward, rejected_reward):
-    t = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
+    t = lambda x: torch.tensor([x], dtype=torch.float64)
     out = pair_losses(t(pc), t(pr), t(rc), t(rr), loss=loss, beta=beta,
                       chosen_tokens=torch.tensor([nc]), rejected_tokens=torch.tensor([nr]))
     assert out["losses"].item() == pytest.approx(expected, abs=1e-12)

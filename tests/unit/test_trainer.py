@@ -22,11 +22,21 @@ CHOSEN = ["the sea is blue .", "apple , banana , cherry", "four .", "the sky is 
 REJECTED = ["no no no", "the lazy dog", "five", "because", "hello hello", "the quick brown fox jumps"]
 PAIRS = [{"messages": [{"role": "user", "content": p}], "chosen": c, "rejected": r}
          for p, c, r in zip(PROMPTS, CHOSEN, REJECTED)]
-FAST = dict(learning_rate=5e-3, epochs=2, batch_size=2, warmup_ratio=0.0, lora_r=4, lora_alpha=8)
+FAST = {"learning_rate": 5e-3, "epochs": 2, "batch_size": 2, "warmup_ratio": 0.0, "lora_r": 4, "lora_alpha": 8}
 
 
 class Stop(Exception):
     pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads spin
+    waiting for each other; restore the setting afterwards for other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

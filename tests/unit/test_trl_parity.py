@@ -29,6 +29,16 @@ PAIRS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads spin
+    waiting for each other; restore the setting afterwards for other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     return str(build_tiny_model(tmp_path_factory.mktemp("parity") / "tiny"))
