@@ -193,6 +193,16 @@ def plot(run_id: int, out: Path = typer.Option(Path("run.png")),
     console.print(f"wrote {out}")
 
 
+@app.command()
+def curriculum(out: Path = typer.Option(EXAMPLES, help="directory for curriculum_{train,heldout,eft}.jsonl"),
+               seed: int = 0, n_train: int = 200, n_heldout: int = 60, n_eft: int = 60) -> None:
+    """Write the built-in verifiable-instruction curriculum as JSONL prompt sets."""
+    from services.judging.curriculum import main as write
+
+    write(["--out", str(out), "--seed", str(seed), "--n-train", str(n_train), "--n-heldout", str(n_heldout),
+           "--n-eft", str(n_eft)])
+
+
 @app.command("judge-agreement")
 def judge_agreement(model: str = typer.Option("gemma", help="'gemma' or a local model directory"),
                     adapter: Optional[Path] = typer.Option(None, help="LoRA adapter of the judge version"),

@@ -1,9 +1,11 @@
-"""Prompt sets: create (JSON body or JSONL upload), list, show, page through prompts."""
+"""Prompt sets: create (JSON body or JSONL upload), list, show, page through prompts, export JSONL."""
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 from sqlmodel import select
 
 from services.gateway.deps import KeyDep, SessionDep, owned
@@ -85,3 +87,19 @@ def list_prompts(set_id: int, session: SessionDep, key: KeyDep,
                         .offset(offset).limit(limit)).all()
     items = [PromptPublic.model_validate(r, from_attributes=True).model_dump() for r in rows]
     return Page(items=items, total=ps.size, offset=offset, limit=limit)
+
+
+@router.get("/{set_id}/export")
+def export_prompt_set(set_id: int, session: SessionDep, key: KeyDep) -> StreamingResponse:
+    """The set as JSONL in the upload format (one item per line), ready to upload again."""
+    ps = owned(session, PromptSet, set_id, key, "prompt set")
+    rows = session.exec(select(Prompt).where(Prompt.prompt_set_id == ps.id).order_by(Prompt.position)).all()
+
+    def lines():
+        for p in rows:
+            item = {"prompt": p.messages if len(p.messages) > 1 else p.messages[0]["content"]}
+            item.update({k: getattr(p, k) for k in ("reference", "constraints", "answer", "topic")
+                         if getattr(p, k) is not None})
+            yield json.dumps(item) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

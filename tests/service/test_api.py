@@ -55,6 +55,20 @@ def test_prompt_set_roundtrip_and_paging(api):
     assert any(s["id"] == ps["id"] for s in client.get("/v1/prompt-sets", headers=a).json())
 
 
+def test_export_round_trips_through_upload(api):
+    client, a, b = api
+    items = ITEMS + [{"prompt": "Lowercase please.", "constraints": [{"id": "change_case:english_lowercase", "kwargs": {}}],
+                      "topic": "style"}]
+    ps = _create_set(client, a, items=items)
+    exported = client.get(f"/v1/prompt-sets/{ps['id']}/export", headers=a)
+    assert exported.status_code == 200
+    assert [json.loads(line) for line in exported.text.splitlines()] == items
+    again = client.post("/v1/prompt-sets", headers=a, data={"name": "again"},
+                        files={"file": ("p.jsonl", io.BytesIO(exported.content), "application/jsonl")})
+    assert again.status_code == 201 and again.json()["size"] == 3
+    assert client.get(f"/v1/prompt-sets/{ps['id']}/export", headers=b).status_code == 404
+
+
 def test_other_workspace_ids_answer_404(api):
     client, a, b = api
     ps = _create_set(client, a)
