@@ -170,32 +170,61 @@ def build_pairs(stage_task_id: int) -> None:
 
 
 # ---------------------------------------------------------------- evaluation
+def _eval_judge_scores(ctx: StageContext, samples: list[Sample], prompts: dict, role: str) -> list:
+    """Mean rubric score of each held-out answer, judged by the model that wrote it (None when
+    no vote parsed); [] when the run does not ask for judge scores."""
+    from services.generation.base import SamplingParams
+    from services.generation.tasks import backend, model_for, shard_seed
+    from services.judging.rubric import mean_score, parse_score, rubric_messages
+
+    k = int(ctx.config.get("eval_judge_samples", 0))
+    if k <= 0:
+        return []
+    model = model_for(ctx, "produced" if role == "eval" else "policy")
+    params = SamplingParams(n=k, temperature=0.7, max_new_tokens=int(ctx.config.get("judge_max_new_tokens", 256)),
+                            seed=shard_seed(ctx.config.get("seed", 0), ctx.round_number, 0, 11))
+    outs = backend().generate([rubric_messages(prompts[x.prompt_id].messages, x.text) for x in samples], model, params)
+    rows, means = [], []
+    for x, comps in zip(samples, outs):
+        scores = [parse_score(c.text) for c in comps]
+        means.append(mean_score(scores))
+        rows += [{"sample_id": x.id, "kind": "rubric", "vote_index": v, "score": sc, "passed": None,
+                  "rationale": c.text} for v, (c, sc) in enumerate(zip(comps, scores))]
+    with session_scope() as s:
+        crud.upsert_judgments(s, rows=rows)
+    return means
+
+
 def _evaluate(ctx: StageContext) -> None:
     """Score the greedy held-out answers of this round (and of the base, in round 1) with the
-    verifier; store one verifier Judgment per sample and the aggregates on the round."""
+    verifier (and the rubric judge when the run asks for it); store one verifier Judgment per
+    sample and the aggregates on the round."""
     from services.judging.evaluation import aggregate
     from services.judging.verifier import verify
 
+    results = {}
+    for role in ("eval", "eval_base"):
+        with session_scope() as s:
+            samples = crud.samples_of_round(s, round_id=ctx.round_id, role=role)
+            prompts = crud.prompts_by_id(s, ids=sorted({x.prompt_id for x in samples}))
+        if not samples:
+            continue
+        items, judgments = [], []
+        for x in samples:
+            p = prompts[x.prompt_id]
+            text = p.messages[-1]["content"]
+            items.append({"response": x.text, "constraints": p.constraints, "prompt": text})
+            if p.constraints:
+                v = verify(x.text, p.constraints, text)
+                judgments.append({"sample_id": x.id, "kind": "verifier", "vote_index": 0, "passed": v.strict,
+                                  "score": sum(v.strict_per_instruction) / len(v.strict_per_instruction),
+                                  "rationale": f"loose={v.loose}"})
+        with session_scope() as s:
+            crud.upsert_judgments(s, rows=judgments)
+        judge = _eval_judge_scores(ctx, samples, prompts, role)
+        results[role] = aggregate(items, judge if judge else None)
     with session_scope() as s:
         rnd = s.get(Round, ctx.round_id)
-        results = {}
-        for role in ("eval", "eval_base"):
-            samples = crud.samples_of_round(s, round_id=ctx.round_id, role=role)
-            if not samples:
-                continue
-            prompts = crud.prompts_by_id(s, ids=sorted({x.prompt_id for x in samples}))
-            items, judgments = [], []
-            for x in samples:
-                p = prompts[x.prompt_id]
-                text = p.messages[-1]["content"]
-                items.append({"response": x.text, "constraints": p.constraints, "prompt": text})
-                if p.constraints:
-                    v = verify(x.text, p.constraints, text)
-                    judgments.append({"sample_id": x.id, "kind": "verifier", "vote_index": 0, "passed": v.strict,
-                                      "score": sum(v.strict_per_instruction) / len(v.strict_per_instruction),
-                                      "rationale": f"loose={v.loose}"})
-            crud.upsert_judgments(s, rows=judgments)
-            results[role] = aggregate(items)
         rnd.metrics = {**rnd.metrics, **results}
     log.info("round %s evaluation: %s", ctx.round_number, results.get("eval"))
 

@@ -127,6 +127,9 @@ class TrainerFields:
     max_response_tokens: int = 512
     seed: int = 0
     train: dict = dataclasses.field(default_factory=dict)
+    # Evaluation: rubric-judge each held-out answer this many times with the evaluated model
+    # itself (0 = off: the mean judge score then stays empty and evaluation costs no LLM calls).
+    eval_judge_samples: int = 0
 
     def check_trainer_fields(self) -> None:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -134,9 +137,10 @@ class TrainerFields:
         check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
         check(self.lora_r >= 1, "lora_r", "must be >= 1")
         check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
+        check(0 <= self.eval_judge_samples <= 16, "eval_judge_samples", "must be in 0..16")
 
 
-TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields) if f.name != "train")
+TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields) if f.name not in ("train", "eval_judge_samples"))
 
 
 def trainer_config(cfg: Any, **settings: Any):

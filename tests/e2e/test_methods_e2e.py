@@ -30,7 +30,8 @@ def test_rest_em_keeps_at_most_k_correct_and_trains_from_the_base(api, workers, 
     heldout = upload(client, a, _prompts(4, constraints=NO_COMMA), name="rest-eval", split="heldout")
     run_id = submit(client, a, method="rest_em", base_model=tiny_model, prompt_set_ids=[train],
                     eval_prompt_set_ids=[heldout], rounds=2,
-                    config={"samples_per_prompt": 6, "max_correct_per_prompt": 2, "max_new_tokens": 6, **TRAIN})
+                    config={"samples_per_prompt": 6, "max_correct_per_prompt": 2, "max_new_tokens": 6,
+                            "eval_judge_samples": 2, **TRAIN})
     run = wait_run(client, a, run_id, workers)
     versions = _versions(run_id)
     base_id = client.get("/v1/models", headers=a).json()
@@ -40,7 +41,9 @@ def test_rest_em_keeps_at_most_k_correct_and_trains_from_the_base(api, workers, 
         train_m = rnd["metrics"]["train"]
         assert 0 < train_m["kept"] <= 2 * 6 and train_m["kept"] <= train_m["correct"]
         assert train_m["examples"] == train_m["kept"]
-        assert rnd["metrics"]["eval"]["n"] == 4 and rnd["metrics"]["eval"]["prompt_strict_acc"] is not None
+        ev = rnd["metrics"]["eval"]
+        assert ev["n"] == 4 and ev["prompt_strict_acc"] is not None
+        assert ev["n_judged"] == 4 and 0 <= ev["mean_judge_score"] <= 5  # scripted rubric, all parsed
     # every version is trained from θ0; round 2 samples from round 1's version
     assert versions["round:1:policy"].parent_id == versions["round:2:policy"].parent_id == base_id
     assert run["round_details"][1]["policy_version_id"] == versions["round:1:policy"].id
