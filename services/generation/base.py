@@ -43,7 +43,7 @@ class SamplingParams:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"SamplingParams.max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if isinstance(self.stop, str):
-            raise ValueError(f"SamplingParams.stop must be a list of strings, got the string {self.stop!r}; "
+            raise ValueError(f"SamplingParams.stop must be a list of strings, got the string {self.stop!r}; "  # noqa: TRY004
                              "wrap it in a list")
         self.stop = list(self.stop)
         if any(not isinstance(s, str) or not s for s in self.stop):

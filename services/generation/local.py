@@ -28,7 +28,13 @@ from collections import OrderedDict
 import torch
 
 from services.generation.base import Completion, ModelRef, SamplingParams, cut_at_stop
-from shared.modeling import end_of_turn_ids, load_base, load_tokenizer, pick_device, prompt_ids
+from shared.modeling import (
+    end_of_turn_ids,
+    load_base,
+    load_tokenizer,
+    pick_device,
+    prompt_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +207,7 @@ class LocalBackend:
             keep = []
             for pos, (r, t) in enumerate(zip(live, nxt.tolist())):
                 tokens[r].append(t)
-                if t in stops:
-                    finish[r] = "stop"
-                elif params.stop and cut_at_stop(tok.decode(tokens[r][-window:]), params.stop)[1]:
+                if t in stops or params.stop and cut_at_stop(tok.decode(tokens[r][-window:]), params.stop)[1]:
                     finish[r] = "stop"
                 elif step + 1 == params.max_new_tokens:
                     finish[r] = "length"

@@ -23,8 +23,21 @@ import threading
 import time
 from typing import Any
 
-from services.generation.base import Completion, ModelRef, SamplingParams, TransientBackendError, cut_at_stop
-from services.generation.servers import RefreshHook, RetryPolicy, Server, ServerPool, call_refresh_hook, run_sync
+from services.generation.base import (
+    Completion,
+    ModelRef,
+    SamplingParams,
+    TransientBackendError,
+    cut_at_stop,
+)
+from services.generation.servers import (
+    RefreshHook,
+    RetryPolicy,
+    Server,
+    ServerPool,
+    call_refresh_hook,
+    run_sync,
+)
 from shared.modeling import as_messages, end_of_turn_ids, load_tokenizer, prompt_ids
 
 log = logging.getLogger(__name__)

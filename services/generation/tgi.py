@@ -26,13 +26,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import random
+import threading
 import time
 from typing import Any
 
-from services.generation.base import Completion, ModelRef, SamplingParams, TransientBackendError, cut_at_stop
-from services.generation.servers import RefreshHook, RetryPolicy, Server, ServerPool, call_refresh_hook, run_sync
+from services.generation.base import (
+    Completion,
+    ModelRef,
+    SamplingParams,
+    TransientBackendError,
+    cut_at_stop,
+)
+from services.generation.servers import (
+    RefreshHook,
+    RetryPolicy,
+    Server,
+    ServerPool,
+    call_refresh_hook,
+    run_sync,
+)
 from shared.modeling import as_messages, load_tokenizer, render_prompt
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-WORDS = "red green blue cyan magenta yellow black white grey pink . ,".split()
+WORDS = ["red", "green", "blue", "cyan", "magenta", "yellow", "black", "white", "grey", "pink", ".", ","]
 
 
 class FakeOpenAI:
@@ -39,7 +39,7 @@ class FakeOpenAI:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "FakeOpenAI":
+    def start(self) -> FakeOpenAI:
         server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
         server.daemon_threads = True
         self.port = server.server_address[1]

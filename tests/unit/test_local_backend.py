@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from services.generation.base import Backend, Completion, ModelRef, SamplingParams, cut_at_stop
+from services.generation.base import (
+    Backend,
+    Completion,
+    ModelRef,
+    SamplingParams,
+    cut_at_stop,
+)
 from services.generation.local import LocalBackend
 from shared.modeling import load_base, load_tokenizer, prompt_ids
 from shared.tinymodel import build_tiny_model
@@ -200,8 +206,8 @@ def test_gemma_cache_fast_path_and_env_override(tmp_path, monkeypatch):
      "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"),
     ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
       {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye "}],
-     "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
-     "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"),
+     ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+      "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")),
 ])
 def test_gemma_chat_template(messages, expected):
     import jinja2
