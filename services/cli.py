@@ -49,8 +49,13 @@ def worker(queue: str = typer.Option(..., help="conductor | generation | judging
            concurrency: int = typer.Option(1, help="processes (the training queue always uses 1)"),
            loglevel: str = "INFO") -> None:
     """Start a Celery worker for one queue (training: solo pool, one task at a time)."""
+    from shared.config import get_settings
     from shared.queue import QUEUES, celery_app
 
+    if get_settings().torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(get_settings().torch_threads)
     if queue not in QUEUES:
         raise typer.BadParameter(f"choose one of {QUEUES}", param_hint="--queue")
     argv = ["worker", "-Q", queue, "-n", f"{queue}@%h", f"--loglevel={loglevel}", "--without-gossip",

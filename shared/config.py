@@ -37,7 +37,15 @@ class Settings(BaseSettings):
     # local | tgi | openai, or a plug-in "package.module:factory" returning a Backend
     generation_backend: str = "local"
     tgi_urls: str = ""  # comma-separated
+    # TGI loads LoRA adapters only at start-up: this shell command (with {adapter_id} and
+    # {adapter_path}) restarts the servers with the new adapter; it must be idempotent.
+    tgi_refresh_command: str = ""
+    tgi_preloaded_adapters: str = ""  # comma-separated adapter ids already served at start-up
     openai_base_url: str = ""
+    openai_endpoint: str = "completions"  # completions | chat
+    # Threads per worker process for torch (0 = torch's default). Set it to cores / processes on a
+    # shared host: oversubscribed threads spin and slow every worker down.
+    torch_threads: int = 0
     device: str = "auto"  # auto | cpu | cuda
 
 

@@ -75,6 +75,8 @@ def services_env(pg_url, redis_client, tmp_path_factory):
         # Policy requests go to the real local backend; judge / refine / self-instruct requests get
         # scripted answers (a tiny random model cannot judge): see tests/fakes.py.
         "AUTODIDACT_GENERATION_BACKEND": "tests.fakes:scripted_backend",
+        # Five worker processes share two cores: one torch thread each, or they spin-wait.
+        "AUTODIDACT_TORCH_THREADS": "1",
     }
     os.environ.update(env)
     get_settings.cache_clear()

@@ -33,9 +33,11 @@ def backend():
         module, attr = s.generation_backend.split(":", 1)
         return getattr(importlib.import_module(module), attr)(device=s.device)
     if s.generation_backend == "tgi":
-        return get_backend("tgi", urls=[u for u in s.tgi_urls.split(",") if u])
+        return get_backend("tgi", urls=[u for u in s.tgi_urls.split(",") if u],
+                           refresh_command=s.tgi_refresh_command or None,
+                           preloaded_adapters=[a for a in s.tgi_preloaded_adapters.split(",") if a] or None)
     if s.generation_backend == "openai":
-        return get_backend("openai", base_url=s.openai_base_url)
+        return get_backend("openai", base_url=s.openai_base_url, endpoint=s.openai_endpoint)
     return get_backend("local", device=s.device)
 
 
