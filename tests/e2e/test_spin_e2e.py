@@ -67,7 +67,6 @@ def test_two_round_spin_with_a_killed_generation_worker(api, workers, tiny_model
     except AssertionError:
         print(workers.logs())
         raise
-    print({r["number"]: {k: v.get("seconds") for k, v in r["stages"].items()} for r in run["round_details"]})
     assert run["status"] == "succeeded", (run["error"], workers.logs())
     r1, r2 = run["round_details"]
     for rnd in (r1, r2):
@@ -80,8 +79,11 @@ def test_two_round_spin_with_a_killed_generation_worker(api, workers, tiny_model
     for number in (1, 2):
         assert _sample_count(run_id, number) == total
     with session_scope() as s:
-        dup = s.exec(select(Sample.round_id, Sample.prompt_id, Sample.index, func.count())
-                     .group_by(Sample.round_id, Sample.prompt_id, Sample.index).having(func.count() > 1)).all()
+        rounds = select(Round.id).where(Round.run_id == run_id)
+        dup = s.exec(select(Sample.round_id, Sample.prompt_id, Sample.index, Sample.role, func.count())
+                     .where(Sample.round_id.in_(rounds))
+                     .group_by(Sample.round_id, Sample.prompt_id, Sample.index, Sample.role)
+                     .having(func.count() > 1)).all()
         assert dup == []
         versions = s.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)
                           .order_by(ModelVersion.round_number)).all()
