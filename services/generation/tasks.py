@@ -90,16 +90,14 @@ def version_ref(version: ModelVersion):
 
 def model_for(ctx: StageContext, which: str):
     """The model a stage samples from: "policy" θ(t-1), "produced" (the version this round made,
-    for evaluation), "refiner" (SPaR's refiner: its latest version, else the base) or "judge"
-    (the config's judge_version_id, else the policy)."""
+    for evaluation; the policy when the round trained nothing), "refiner" (SPaR's refiner: its
+    latest version, else the base) or "judge" (the config's judge_version_id, else the policy)."""
     from services.generation.base import ModelRef
 
     with session_scope() as s:
-        if which == "produced":
-            version = s.get(ModelVersion, s.get(Round, ctx.round_id).produced_version_id)
-            if version is None:
-                raise ValueError(f"round {ctx.round_number} has produced no version to sample from")
-            return version_ref(version)
+        produced = s.get(Round, ctx.round_id).produced_version_id if which == "produced" else None
+        if produced is not None:
+            return version_ref(s.get(ModelVersion, produced))
         if which == "refiner":
             for t in range(ctx.round_number - 1, 0, -1):
                 v = crud.version_by_key(s, workspace_id=ctx.workspace_id, key=f"run:{ctx.run_id}:round:{t}:refiner")
@@ -112,7 +110,7 @@ def model_for(ctx: StageContext, which: str):
             if version is None or version.workspace_id != ctx.workspace_id:
                 raise ValueError(f"judge_version_id {judge_id} is not a model version of this workspace")
             return version_ref(version)
-    if which not in ("policy", "judge"):
+    if which not in ("policy", "judge", "produced"):
         raise ValueError(f"unknown model choice {which!r}")
     return ModelRef(base_model=ctx.base_model, adapter_path=ctx.policy_adapter,
                     version_id=ctx.policy_version_id)

@@ -177,8 +177,12 @@ def _publish(s, ctx: StageContext, job: Job, version: ModelVersion) -> None:
         rnd.policy_version_id = version.id
     elif job.role == "policy":
         rnd.produced_version_id = version.id
-    label = {"refiner": "train_refiner"}.get(job.role, "bootstrap" if job.sets_policy else "train")
-    rnd.metrics = {**rnd.metrics, label: version.metrics}
+    rnd.metrics = {**rnd.metrics, _label(job): version.metrics}
+
+
+def _label(job: Job) -> str:
+    """Where a job's metrics live on the round."""
+    return {"refiner": "train_refiner"}.get(job.role, "bootstrap" if job.sets_policy else "train")
 
 
 def _train(ctx: StageContext) -> None:
@@ -193,8 +197,13 @@ def _train(ctx: StageContext) -> None:
             _publish(s, ctx, job, done)  # a redelivered task after the version was published
             return
     if not job.items:
-        raise ValueError(f"no training data for {job.role} in round {ctx.round_number} ({job.stats}); "
-                         "see the round's metrics for what the earlier stages produced")
+        # Nothing to learn from (e.g. a judge too weak to give one parseable score): the round keeps
+        # its model, says why, and the run goes on (the next round samples from the same policy).
+        log.warning("round %s: no training data for %s (%s); keeping the model", ctx.round_number, job.role, job.stats)
+        with session_scope() as s:
+            rnd = s.get(Round, ctx.round_id)
+            rnd.metrics = {**rnd.metrics, _label(job): {"skipped": "no training data", **job.stats}}
+        return
     out_dir = artifacts.version_dir(ctx.workspace_id, ctx.run_id, job.key_round, job.role)
     ckpt = artifacts.checkpoint_dir(ctx.workspace_id, ctx.run_id, job.key_round, job.role)
     t0 = time.monotonic()

@@ -71,3 +71,23 @@ def test_cancel_stops_the_run(api, tiny_model, inline):
         assert s.get(Run, run_id).status == "cancelled"
         assert s.exec(select(Sample).join(Round).where(Round.run_id == run_id)).all() == []
     assert client.post(f"/v1/runs/{run_id}/cancel", headers=a).status_code == 409
+
+
+def test_a_round_without_training_data_keeps_its_model_and_the_run_goes_on(api, tiny_model, inline):
+    client, a, _ = api
+    never = [{"id": "keywords:existence", "kwargs": {"keywords": ["zebracornucopia"]}}]
+    items = [{"prompt": f"say {i}", "constraints": never} for i in range(3)]
+    ps = client.post("/v1/prompt-sets", json={"name": "never", "items": items}, headers=a).json()
+    r = client.post("/v1/runs", headers=a, json={
+        "method": "rest_em", "base_model": tiny_model, "prompt_set_ids": [ps["id"]], "eval_prompt_set_ids": [ps["id"]],
+        "rounds": 2, "config": {"samples_per_prompt": 2, "max_new_tokens": 6, "lora_r": 4}})
+    assert r.status_code == 201, r.text
+    queue.run_inline()
+    run = client.get(f"/v1/runs/{r.json()['id']}", headers=a).json()
+    assert run["status"] == "succeeded", run["error"]
+    r1, r2 = run["round_details"]
+    for rnd in (r1, r2):
+        assert rnd["produced_version_id"] is None
+        assert rnd["metrics"]["train"]["skipped"] == "no training data" and rnd["metrics"]["train"]["correct"] == 0
+        assert rnd["metrics"]["eval"]["prompt_strict_acc"] == 0.0  # evaluated the unchanged model
+    assert r2["policy_version_id"] == r1["policy_version_id"]  # round 2 samples from the same model
