@@ -34,9 +34,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--methods", default="spin,rest_em,self_reward,spar")
     ap.add_argument("--model", default="gemma")
+    ap.add_argument("--n-train", type=int, default=None)
+    ap.add_argument("--n-eval", type=int, default=None)
     args = ap.parse_args()
     n_train, n_eval, rounds, tokens = (12, 10, 1, 48) if args.quick else (48, 30, 2, 96)
-    rounds = args.rounds or rounds
+    rounds, n_train, n_eval = args.rounds or rounds, args.n_train or n_train, args.n_eval or n_eval
     work = Path(tempfile.mkdtemp(prefix="autodidact-bench-"))
 
     from services import embedded
@@ -69,8 +71,10 @@ def main() -> None:
                     stages[k] = stages.get(k, 0.0) + (v.get("seconds") or 0.0)
             version = s.get(ModelVersion, rounds_[-1].produced_version_id or -1)
             uri = version.uri if version else None
+            skipped = [json.dumps({k: v for k, v in x.metrics.get("train", {}).items() if k != "skipped"})
+                       if x.metrics.get("train", {}).get("skipped") else None for x in rounds_]
             return {"status": r.status, "error": r.error, "acc": accs, "stages": stages, "uri": uri,
-                    "seconds": time.monotonic() - t0}
+                    "skipped": skipped, "seconds": time.monotonic() - t0}
 
     results = {}
     sft = run("sft", args.model, {"learning_rate": 2e-4, "epochs": 2, "batch_size": 4, "max_new_tokens": tokens}, 1)
@@ -103,7 +107,10 @@ def main() -> None:
         print(f"| {method} | {' | '.join('-' if a is None else f'{a:.3f}' for a in accs)} | {r['status']} | "
               f"{', '.join(f'{k} {v:.0f}' for k, v in r['stages'].items())} |")
         if r["error"]:
-            print(f"|  error | {r['error'][:200]} |")
+            print(f"|  error | {r['error'].splitlines()[0][:200]} |")
+        skipped = [f"round {i + 1}: {m}" for i, m in enumerate(r["skipped"]) if m]
+        if skipped:
+            print(f"|  no training | {'; '.join(skipped)} |")
     print("\njudge agreement of the SFT start:", json.dumps({k: agreement[k] for k in ("rubric", "refiner", "unparsed")}))
     print(f"ratio={best / start_acc if start_acc else float('nan'):.3f}")
 

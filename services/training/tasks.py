@@ -58,7 +58,8 @@ def _pairwise_job(s, ctx: StageContext, cfg) -> Job:
         rounds += [prev] if prev else []
     return Job(kind="pairs", items=_pairs(s, rounds), tcfg=cfg.train_config(ctx.round_number, ctx.total_rounds),
                key_round=ctx.round_number, role="policy", init_adapter=ctx.policy_adapter,
-               ref_adapter=ctx.policy_adapter, parent_id=ctx.policy_version_id)
+               ref_adapter=ctx.policy_adapter, parent_id=ctx.policy_version_id,
+               stats=dict(s.get(Round, ctx.round_id).metrics.get("pair_stats", {})))
 
 
 def _rest_em_job(s, ctx: StageContext, cfg) -> Job:
