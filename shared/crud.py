@@ -124,9 +124,18 @@ def base_version(session: Session, *, workspace_id: int, base_model: str) -> Mod
 
 
 # ---------------------------------------------------------------- runs and rounds
+def lock_run(session: Session, *, run_id: int) -> Run | None:
+    """The run row, locked for update on Postgres and re-read (not the session's cached copy).
+    Lock order everywhere: the run first, then its rounds."""
+    return session.exec(select(Run).where(Run.id == run_id).with_for_update()
+                        .execution_options(populate_existing=True)).first()
+
+
 def lock_round(session: Session, *, round_id: int) -> Round | None:
-    """The round row, locked for update on Postgres (SQLite serialises writers anyway)."""
-    return session.exec(select(Round).where(Round.id == round_id).with_for_update()).first()
+    """The round row, locked for update on Postgres (SQLite serialises writers anyway). Callers
+    that also change the run lock it first (lock_run)."""
+    return session.exec(select(Round).where(Round.id == round_id).with_for_update()
+                        .execution_options(populate_existing=True)).first()
 
 
 def stage_tasks(session: Session, *, round_id: int, stage: str) -> list[StageTask]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from pydantic import StrictInt
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -231,8 +232,8 @@ class Page(SQLModel):
 class RunCreate(SQLModel):
     method: str
     base_model: str
-    prompt_set_ids: list[int]
-    eval_prompt_set_ids: list[int] = []
+    prompt_set_ids: list[StrictInt]
+    eval_prompt_set_ids: list[StrictInt] = []
     rounds: int = 1
     config: dict = {}
     continuous: bool = False

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from sqlalchemy import text
+
 from shared.crud import get_run
-from shared.db import session_scope
+from shared.db import get_engine, session_scope
 from shared.models import ModelVersion, Round, StageTask, utcnow
 from shared.queue import enqueue
 
@@ -69,7 +73,7 @@ def _claim(stage_task_id: int) -> StageContext | None:
         return StageContext(
             stage_task_id=st.id, stage=st.stage, shard=st.shard, payload=dict(st.payload or {}),
             round_id=rnd.id, round_number=rnd.number, run_id=run.id, workspace_id=run.workspace_id,
-            method=run.method, config=dict(run.config), total_rounds=run.rounds,
+            method=run.method, config=dict(run.config), total_rounds=0 if run.continuous else run.rounds,
             base_model=run.base_model, policy_version_id=rnd.policy_version_id,
             policy_adapter=policy.uri if policy is not None and policy.kind == "adapter" else None,
         )
@@ -84,8 +88,40 @@ def _finish(stage_task_id: int, *, error: str | None) -> int:
         return st.round_id
 
 
+LOCK_CLASS = 7301  # advisory-lock namespace of stage tasks
+
+
+@contextmanager
+def exclusive(stage_task_id: int) -> Iterator[bool]:
+    """Whether this process may work on the StageTask: on Postgres a session-level advisory lock
+    held for the whole work, so a second delivery of the same task (a resend, a redelivery while
+    the first is alive) backs off; the lock dies with the worker's connection, so a redelivery after
+    a crash proceeds. SQLite (embedded mode) has a single in-process executor: always True."""
+    engine = get_engine()
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    with engine.connect() as conn:
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:c, :k)"), {"c": LOCK_CLASS, "k": stage_task_id}).scalar()
+        conn.commit()
+        try:
+            yield bool(got)
+        finally:
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(:c, :k)"), {"c": LOCK_CLASS, "k": stage_task_id})
+                conn.commit()
+
+
 def execute(stage_task_id: int, work: Callable[[StageContext], None]) -> None:
     """Run `work` for one StageTask with the claim/record/advance protocol described above."""
+    with exclusive(stage_task_id) as mine:
+        if not mine:
+            log.info("stage task %s is being worked on elsewhere; dropping this delivery", stage_task_id)
+            return
+        _execute(stage_task_id, work)
+
+
+def _execute(stage_task_id: int, work: Callable[[StageContext], None]) -> None:
     ctx = _claim(stage_task_id)
     if ctx is None:
         with session_scope() as s:

@@ -142,12 +142,23 @@ def _advance_locked(session: Session, rnd: Round, to_send: list) -> None:
 @task("conductor.advance")
 def advance(round_id: int) -> None:
     to_send: list[tuple[str, int]] = []
-    with session_scope() as session:
-        rnd = crud.lock_round(session, round_id=round_id)
-        if rnd is None:
-            log.warning("advance: round %s does not exist", round_id)
-            return
-        _advance_locked(session, rnd, to_send)
+    try:
+        with session_scope() as session:
+            run_id = session.exec(select(Round.run_id).where(Round.id == round_id)).first()
+            if run_id is None:
+                log.warning("advance: round %s does not exist", round_id)
+                return
+            crud.lock_run(session, run_id=run_id)  # run before round: the order cancel uses too
+            rnd = crud.lock_round(session, round_id=round_id)
+            _advance_locked(session, rnd, to_send)
+    except Exception as exc:  # a bug or bad stored state: fail the run visibly, never wedge it
+        log.exception("advance of round %s failed", round_id)
+        with session_scope() as session:
+            rnd = session.get(Round, round_id)
+            run = crud.lock_run(session, run_id=rnd.run_id)
+            if rnd.status == "running":
+                _fail(run, rnd, "conductor", f"{type(exc).__name__}: {exc}")
+        return
     for name, arg in to_send:  # after commit: a worker must find the rows it is sent
         enqueue(name, arg)
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import DataError
 
 from services.gateway import routes_data, routes_runs
 from shared.config import get_settings
@@ -37,8 +38,17 @@ def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok" if ok else "degraded", **checks}, status_code=200 if ok else 503)
 
 
+def out_of_range(_request: Request, exc: Exception) -> JSONResponse:
+    """Numbers the database cannot hold (ids past 64 bits, huge offsets) are the caller's error."""
+    log.info("out-of-range number in a request: %s", exc)
+    return JSONResponse({"detail": [{"loc": ["request"], "msg": "a number in the request (an id, offset or "
+                                     "limit) is out of range"}]}, status_code=422)
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="Autodidact", version="0.1.0")
+    app.add_exception_handler(OverflowError, out_of_range)
+    app.add_exception_handler(DataError, out_of_range)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"])
     app.include_router(routes_data.router)
     app.include_router(routes_runs.router)

@@ -12,6 +12,7 @@ from services.gateway.conductor import start_run
 from services.gateway.deps import KeyDep, SessionDep, owned
 from services.methods import get_recipe, parse_config
 from shared import crud
+from shared.config import get_settings
 from shared.models import (
     ModelVersion, ModelVersionPublic, PreferencePair, Prompt, PromptSet, Round, RoundPublic, Run,
     RunCreate, RunPublic, utcnow,
@@ -30,7 +31,11 @@ def _public(session, run: Run) -> RunPublic:
 
 
 def _check_base_model(name: str) -> list[dict]:
-    if name == "gemma" or (Path(name).expanduser() / "config.json").exists():
+    path = Path(name).expanduser().resolve()
+    if path.is_relative_to(Path(get_settings().artifact_dir).resolve()):
+        return [{"loc": ["base_model"], "msg": "the artifact store is not a model source; start from a "
+                 "model directory (e.g. one exported with shared.modeling.merge_adapter)"}]
+    if name == "gemma" or (path / "config.json").exists():
         return []
     return [{"loc": ["base_model"], "msg": f"{name!r} is neither 'gemma' nor a model directory "
              "(with config.json) visible to the gateway and workers"}]
@@ -52,15 +57,17 @@ def create_run(body: RunCreate, session: SessionDep, key: KeyDep) -> RunPublic:
         errors.append({"loc": ["prompt_set_ids"], "msg": "give at least one prompt set id"})
     errors += _foreign_ids(session, key, PromptSet, body.prompt_set_ids, ["prompt_set_ids"])
     errors += _foreign_ids(session, key, PromptSet, body.eval_prompt_set_ids, ["eval_prompt_set_ids"])
+    overlap = sorted(set(body.prompt_set_ids) & set(body.eval_prompt_set_ids))
+    if overlap:
+        errors.append({"loc": ["eval_prompt_set_ids"], "msg": f"set(s) {overlap} are also training sets; "
+                       "held-out prompts must not be trained on"})
     for i, sid in enumerate(body.eval_prompt_set_ids):
         if not errors and not any(p.constraints for p in session.exec(select(Prompt).where(Prompt.prompt_set_id == sid))):
             errors.append({"loc": ["eval_prompt_set_ids", i], "msg": f"prompt set {sid} has no prompts with "
                            "constraints to evaluate"})
     if not errors:
         errors += _method_data_errors(session, key, body.method, body.prompt_set_ids, config)
-    unknown_stop = sorted(set(body.stopping) - {"max_rounds", "patience", "delta"})
-    if unknown_stop:
-        errors.append({"loc": ["stopping", unknown_stop[0]], "msg": "allowed keys: max_rounds, patience, delta"})
+    errors += _stopping_errors(body.stopping)
     if errors:
         raise HTTPException(422, errors)
     run = Run(workspace_id=key.workspace_id, method=body.method, base_model=body.base_model,
@@ -73,6 +80,23 @@ def create_run(body: RunCreate, session: SessionDep, key: KeyDep) -> RunPublic:
     session.commit()
     enqueue("conductor.advance", rnd.id)
     return _public(session, run)
+
+
+STOPPING = {"max_rounds": (int, 1), "patience": (int, 0), "delta": (float, 0.0)}
+
+
+def _stopping_errors(stopping: dict) -> list[dict]:
+    """`stopping` keys and values: max_rounds int ≥ 1, patience int ≥ 0, delta number ≥ 0."""
+    errors = []
+    for k, v in stopping.items():
+        if k not in STOPPING:
+            errors.append({"loc": ["stopping", k], "msg": f"allowed keys: {sorted(STOPPING)}"})
+            continue
+        kind, low = STOPPING[k]
+        ok_type = isinstance(v, (int, float)) if kind is float else isinstance(v, int)
+        if isinstance(v, bool) or not ok_type or v < low:
+            errors.append({"loc": ["stopping", k], "msg": f"must be a {kind.__name__} >= {low}, got {v!r}"})
+    return errors
 
 
 def _method_data_errors(session, key, method: str, set_ids: list[int], config) -> list[dict]:
@@ -101,7 +125,7 @@ def _foreign_ids(session, key, model, ids: list, loc: list) -> list[dict]:
     ones exist elsewhere)."""
     what = "prompt set" if model is PromptSet else "model version"
     return [{"loc": loc + [i], "msg": f"{what} {oid} not found"} for i, oid in enumerate(ids)
-            if (row := session.get(model, oid)) is None or row.workspace_id != key.workspace_id]
+            if not 0 < oid < 2**31 or (row := session.get(model, oid)) is None or row.workspace_id != key.workspace_id]
 
 
 def _config_json(config) -> dict:
@@ -123,7 +147,8 @@ def get_run(run_id: int, session: SessionDep, key: KeyDep) -> RunPublic:
 
 @router.post("/v1/runs/{run_id}/cancel", response_model=RunPublic)
 def cancel_run(run_id: int, session: SessionDep, key: KeyDep) -> RunPublic:
-    run = owned(session, Run, run_id, key, "run")
+    owned(session, Run, run_id, key, "run")
+    run = crud.lock_run(session, run_id=run_id)  # run first, then rounds: the conductor's order
     if run.status in ("succeeded", "failed", "cancelled"):
         raise HTTPException(409, f"run {run_id} already ended with status {run.status!r}")
     run.status, run.finished_at = "cancelled", utcnow()
@@ -137,19 +162,23 @@ def cancel_run(run_id: int, session: SessionDep, key: KeyDep) -> RunPublic:
 def add_prompt_sets(run_id: int, body: dict, session: SessionDep, key: KeyDep) -> RunPublic:
     """Add prompt sets to a running run: they join from the next round the conductor plans."""
     run = owned(session, Run, run_id, key, "run")
-    ids = body.get("prompt_set_ids")
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+    ids = body.get("prompt_set_ids") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
         raise HTTPException(422, [{"loc": ["prompt_set_ids"], "msg": "give a non-empty list of prompt set ids"}])
     if run.status not in ("queued", "running"):
         raise HTTPException(409, f"run {run_id} already ended with status {run.status!r}")
     missing = _foreign_ids(session, key, PromptSet, ids, ["prompt_set_ids"])
+    if set(ids) & set(run.eval_prompt_set_ids or []):
+        missing.append({"loc": ["prompt_set_ids"], "msg": "held-out sets of this run cannot be trained on"})
     if missing:
         raise HTTPException(422, missing)
     config, _ = parse_config(get_recipe(run.method).config_cls, run.config)
     errors = _method_data_errors(session, key, run.method, ids, config)
     if errors:
         raise HTTPException(422, errors)
-    locked = session.exec(select(Run).where(Run.id == run.id).with_for_update()).one()
+    locked = crud.lock_run(session, run_id=run.id)
+    if locked.status not in ("queued", "running"):
+        raise HTTPException(409, f"run {run_id} already ended with status {locked.status!r}")
     locked.prompt_set_ids = list(dict.fromkeys(list(locked.prompt_set_ids) + ids))
     session.commit()
     return _public(session, locked)

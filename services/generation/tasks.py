@@ -90,14 +90,17 @@ def version_ref(version: ModelVersion):
 
 def model_for(ctx: StageContext, which: str):
     """The model a stage samples from: "policy" θ(t-1), "produced" (the version this round made,
-    for evaluation; the policy when the round trained nothing), "refiner" (SPaR's refiner: its
-    latest version, else the base) or "judge" (the config's judge_version_id, else the policy)."""
+    for evaluation; the policy when the round trained nothing), "base" (θ0, the "before" of an
+    evaluation), "refiner" (SPaR's refiner: its latest version, else the base) or "judge" (the
+    config's judge_version_id, else the policy)."""
     from services.generation.base import ModelRef
 
     with session_scope() as s:
         produced = s.get(Round, ctx.round_id).produced_version_id if which == "produced" else None
         if produced is not None:
             return version_ref(s.get(ModelVersion, produced))
+        if which == "base":
+            return ModelRef(base_model=ctx.base_model, version_id=s.get(Run, ctx.run_id).base_version_id)
         if which == "refiner":
             for t in range(ctx.round_number - 1, 0, -1):
                 v = crud.version_by_key(s, workspace_id=ctx.workspace_id, key=f"run:{ctx.run_id}:round:{t}:refiner")

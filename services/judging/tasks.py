@@ -180,7 +180,7 @@ def _eval_judge_scores(ctx: StageContext, samples: list[Sample], prompts: dict, 
     k = int(ctx.config.get("eval_judge_samples", 0))
     if k <= 0:
         return []
-    model = model_for(ctx, "produced" if role == "eval" else "policy")
+    model = model_for(ctx, "produced" if role == "eval" else "base")
     params = SamplingParams(n=k, temperature=0.7, max_new_tokens=int(ctx.config.get("judge_max_new_tokens", 256)),
                             seed=shard_seed(ctx.config.get("seed", 0), ctx.round_number, 0, 11))
     outs = backend().generate([rubric_messages(prompts[x.prompt_id].messages, x.text) for x in samples], model, params)

@@ -100,7 +100,7 @@ def check(cond: bool, field: str, msg: str) -> None:
 def eval_shards(inp: PlanInput) -> list[dict]:
     """Planner of the evaluation's generation: greedy answers to the held-out prompts from the
     version the round produced, and in round 1 also from the base (the 'before' point)."""
-    roles = [("eval", "produced")] + ([("eval_base", "policy")] if inp.round_number == 1 else [])
+    roles = [("eval", "produced")] + ([("eval_base", "base")] if inp.round_number == 1 else [])
     return [shard for role, model in roles
             for shard in shards(inp.eval_prompt_ids, inp.shard_size, role=role, model=model, greedy=True, n=1)]
 
@@ -154,6 +154,9 @@ def trainer_config(cfg: Any, **settings: Any):
     overrides = getattr(cfg, "train", {}) or {}
     unknown = set(overrides) - set(TrainConfig.__dataclass_fields__)
     check(not unknown, "train", f"unknown trainer fields {sorted(unknown)}")
+    check(overrides.get("lora", True) is not False, "train",
+          "lora: false (full fine-tuning) is supported by the trainer but runs publish and chain LoRA "
+          "adapters; leave lora on for runs")
     try:
         return TrainConfig(**{**base, **settings, **overrides})
     except (TypeError, ValueError) as exc:

@@ -44,7 +44,10 @@ class SelfRewardConfig(TrainerFields):
 
     def __post_init__(self) -> None:
         self.check_trainer_fields()
-        check(isinstance(self.eft_prompt_set_ids, list), "eft_prompt_set_ids", "must be a list of ids")
+        check(isinstance(self.eft_prompt_set_ids, list) and all(
+            type(i) is int for i in self.eft_prompt_set_ids), "eft_prompt_set_ids", "must be a list of integer ids")
+        check(self.judge_version_id is None or type(self.judge_version_id) is int, "judge_version_id",
+              "must be an integer model version id or null")
         check(self.bootstrap_learning_rate > 0, "bootstrap_learning_rate", "must be > 0")
         check(1 <= self.new_prompts_per_round <= 100_000, "new_prompts_per_round", "must be in 1..100000")
         check(1 <= self.few_shot <= 32, "few_shot", "must be in 1..32")

@@ -48,6 +48,7 @@ class SPINConfig(TrainerFields):
         """The trainer's settings for round t, with the paper's schedule of β and learning rate."""
         from services.methods.base import trainer_config
 
+        # total_rounds is 0 for continuous runs, which have no known last round
         last = round_number == total_rounds and total_rounds > 1
         lr = self.later_learning_rate if round_number >= self.later_from_round else self.learning_rate
         beta = self.last_round_beta if last and self.last_round_beta else self.beta

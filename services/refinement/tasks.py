@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlmodel import select
+from sqlmodel import delete, select
 
 from shared import crud
 from shared.db import session_scope
@@ -71,7 +71,8 @@ def _search(ctx: StageContext) -> None:
                          config=cfg.search_config())
     rows = [{"sample_id": sample_id, "path": n.path, "parent_path": n.parent_path, "depth": n.depth,
              "text": n.text, "passed": n.passed, "score": n.score, "judgment": n.judgment} for n in result.nodes]
-    with session_scope() as s:
+    with session_scope() as s:  # a redelivered search replaces the whole tree of the earlier attempt
+        s.exec(delete(RefinementNode).where(RefinementNode.sample_id == sample_id))
         crud.upsert(s, RefinementNode, rows, keys=["sample_id", "path"])
     log.info("search of sample %s: %s after %d refinements (%d nodes)", sample_id, result.stopped,
              result.refinements_used, len(result.nodes))

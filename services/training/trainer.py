@@ -33,6 +33,7 @@ import math
 import os
 import random
 import shutil
+import uuid
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -384,7 +385,7 @@ def _save_checkpoint(acc, directory: Path, model, state: dict) -> None:
     if acc.is_main_process:
         trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".tmp-step-{state['step']:07d}-{os.getpid()}"
+        tmp = directory / f".tmp-step-{state['step']:07d}-{uuid.uuid4().hex[:12]}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         torch.save({**state, "trainable": trainable}, tmp / "state.pt")
@@ -412,12 +413,12 @@ def _load_checkpoint(directory: Path, fingerprint: str) -> dict | None:
 def _publish(model, tokenizer, out_dir: Path, *, lora: bool) -> None:
     """Write the adapter (or full model) next to out_dir, then rename it into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     if not lora:
         tokenizer.save_pretrained(tmp)
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
     if out_dir.exists():
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)

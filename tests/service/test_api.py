@@ -114,6 +114,14 @@ def test_jsonl_upload_and_line_numbered_errors(api):
     ({"rounds": 0}, ["rounds"]),
     ({"base_model": "/does/not/exist"}, ["base_model"]),
     ({"stopping": {"forever": True}}, ["stopping", "forever"]),
+    ({"continuous": True, "stopping": {"max_rounds": "abc"}}, ["stopping", "max_rounds"]),
+    ({"stopping": {"patience": -1}}, ["stopping", "patience"]),
+    ({"stopping": {"delta": True}}, ["stopping", "delta"]),
+    ({"config": {"train": {"lora": False}}}, ["config", "train"]),
+    ({"prompt_set_ids": [True]}, ["body", "prompt_set_ids", 0]),
+    ({"prompt_set_ids": [2**70]}, ["prompt_set_ids", 0]),
+    ({"method": "self_reward", "config": {"eft_prompt_set_ids": [{"a": 1}]}}, ["config", "eft_prompt_set_ids"]),
+    ({"method": "self_reward", "config": {"judge_version_id": [1]}}, ["config", "judge_version_id"]),
 ])
 def test_run_config_errors_name_the_field(api, body, loc):
     client, a, _ = api
@@ -130,6 +138,24 @@ def test_spin_refuses_prompts_without_reference(api):
     r = client.post("/v1/runs", headers=a, json={"method": "spin", "base_model": "gemma",
                                                  "prompt_set_ids": [ps["id"]]})
     assert r.status_code == 422 and "reference" in r.json()["detail"][0]["msg"]
+
+
+def test_held_out_sets_cannot_be_trained_on(api):
+    client, a, _ = api
+    ps = _create_set(client, a, items=ITEMS + [{"prompt": "Lowercase.", "reference": "ok.",
+                                                "constraints": [{"id": "change_case:english_lowercase", "kwargs": {}}]}])
+    r = client.post("/v1/runs", headers=a, json={"method": "spin", "base_model": "gemma", "prompt_set_ids": [ps["id"]],
+                                                 "eval_prompt_set_ids": [ps["id"]]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["eval_prompt_set_ids"]
+
+
+@pytest.mark.parametrize("method,path", [
+    ("get", "/v1/runs/99999999999999999999"), ("get", "/v1/models/99999999999999999999"),
+    ("get", "/v1/prompt-sets/1/prompts?offset=99999999999999999999"), ("post", "/v1/runs/99999999999999999999/cancel"),
+])
+def test_out_of_range_numbers_are_4xx_not_500(api, method, path):
+    client, a, _ = api
+    assert 400 <= getattr(client, method)(path, headers=a).status_code < 500
 
 
 def test_unknown_ids_are_404(api):

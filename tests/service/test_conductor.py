@@ -78,8 +78,9 @@ def test_a_round_without_training_data_keeps_its_model_and_the_run_goes_on(api, 
     never = [{"id": "keywords:existence", "kwargs": {"keywords": ["zebracornucopia"]}}]
     items = [{"prompt": f"say {i}", "constraints": never} for i in range(3)]
     ps = client.post("/v1/prompt-sets", json={"name": "never", "items": items}, headers=a).json()
+    ev = client.post("/v1/prompt-sets", json={"name": "never-eval", "items": items, "split": "heldout"}, headers=a).json()
     r = client.post("/v1/runs", headers=a, json={
-        "method": "rest_em", "base_model": tiny_model, "prompt_set_ids": [ps["id"]], "eval_prompt_set_ids": [ps["id"]],
+        "method": "rest_em", "base_model": tiny_model, "prompt_set_ids": [ps["id"]], "eval_prompt_set_ids": [ev["id"]],
         "rounds": 2, "config": {"samples_per_prompt": 2, "max_new_tokens": 6, "lora_r": 4}})
     assert r.status_code == 201, r.text
     queue.run_inline()
@@ -91,3 +92,15 @@ def test_a_round_without_training_data_keeps_its_model_and_the_run_goes_on(api, 
         assert rnd["metrics"]["train"]["skipped"] == "no training data" and rnd["metrics"]["train"]["correct"] == 0
         assert rnd["metrics"]["eval"]["prompt_strict_acc"] == 0.0  # evaluated the unchanged model
     assert r2["policy_version_id"] == r1["policy_version_id"]  # round 2 samples from the same model
+
+
+def test_a_conductor_error_fails_the_run_instead_of_wedging_it(api, tiny_model, inline):
+    run_id = _start(api, tiny_model)
+    with session_scope() as s:  # bad state the API would refuse, written behind its back
+        run = s.get(Run, run_id)
+        run.continuous, run.stopping = True, {"max_rounds": "abc"}
+    queue.run_inline()
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        assert run.status == "failed" and "conductor" in run.error and "abc" in run.error
+        assert _round(run_id).status == "failed"

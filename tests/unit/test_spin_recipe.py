@@ -58,8 +58,8 @@ def test_stages_and_sharding():
     evals = eval_shards(PlanInput(prompt_ids=[], eval_prompt_ids=[1, 2, 3], round_number=1, total_rounds=2,
                                   shard_size=2, config=None))
     assert [(s["role"], s["model"], s["prompt_ids"]) for s in evals] == [
-        ("eval", "produced", [1, 2]), ("eval", "produced", [3]), ("eval_base", "policy", [1, 2]),
-        ("eval_base", "policy", [3])]
+        ("eval", "produced", [1, 2]), ("eval", "produced", [3]), ("eval_base", "base", [1, 2]),
+        ("eval_base", "base", [3])]
     assert all(s["greedy"] and s["n"] == 1 for s in evals)
     with pytest.raises(ValueError, match="unknown method"):
         get_recipe("alchemy")
