@@ -165,15 +165,22 @@ def advance(round_id: int) -> None:
 
 @task("conductor.sweep")
 def sweep() -> None:
-    """Periodic safety net: advance every open round and resend StageTasks that sat pending."""
-    cutoff = utcnow() - timedelta(seconds=get_settings().resend_after_seconds)
+    """Periodic safety net: advance every open round; resend StageTasks that sat pending (a lost
+    message) or running for longer than the broker's visibility timeout (a lost worker and a lost
+    message). A resent copy of a task still being worked on drops itself (see shared/stages.py)."""
+    settings = get_settings()
+    now = utcnow()
+    pending_cutoff = now - timedelta(seconds=settings.resend_after_seconds)
+    running_cutoff = now - timedelta(seconds=settings.visibility_timeout)
     with session_scope() as session:
         open_rounds = session.exec(select(Round.id).where(Round.status == "running")).all()
         stale = session.exec(select(StageTask).join(Round, Round.id == StageTask.round_id).where(
-            Round.status == "running", StageTask.status == "pending", StageTask.enqueued_at < cutoff)).all()
+            Round.status == "running",
+            ((StageTask.status == "pending") & (StageTask.enqueued_at < pending_cutoff))
+            | ((StageTask.status == "running") & (StageTask.started_at < running_cutoff)))).all()
         resend = []
         for st in stale:
-            st.enqueued_at = utcnow()
+            st.enqueued_at = now
             stage = next(s for s in _stages_of(session, st.round_id) if s.name == st.stage)
             resend.append((stage.task, st.id))
     for name, arg in resend:

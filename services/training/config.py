@@ -37,7 +37,7 @@ class TrainConfig:
     lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     max_prompt_tokens: int = 512  # the prompt keeps its end (the part next to the response)
     max_response_tokens: int = 512  # the response keeps its start
-    logprob_chunk: int = 1024  # response positions per lm_head chunk
+    logprob_chunk: int = 256  # response positions per lm_head chunk (a [chunk, vocab] fp32 block each)
     checkpoint_every: int = 50  # optimizer steps; 0 = never
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     distributed: str = "none"  # none | ddp | fsdp (see launch.py)
