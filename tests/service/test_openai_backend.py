@@ -9,16 +9,12 @@ from services.generation.base import ModelRef, SamplingParams
 from services.generation.openai_compat import OpenAIBackend
 from services.generation.servers import RetryPolicy
 from shared.modeling import load_tokenizer, prompt_ids
-from shared.tinymodel import build_tiny_model
 
 PROMPTS = [[{"role": "user", "content": "list three fruits"}],
            [{"role": "user", "content": "answer with yes or no . is the sky blue ?"}]]
 FAST = RetryPolicy(retries=4, backoff=0.01, max_backoff=0.05, down_cooldown=0.5)
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> str:
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-openai")))
 
 
 @pytest.fixture
@@ -40,14 +36,14 @@ def backend(*fakes: FakeOpenAI, **kwargs) -> OpenAIBackend:
     return OpenAIBackend(urls=[f.url for f in fakes], **kwargs)
 
 
-def test_completions_with_n_on_token_id_prompts(tiny, servers):
+def test_completions_with_n_on_token_id_prompts(tiny_model, servers):
     fake = servers()
     params = SamplingParams(n=3, seed=5, max_new_tokens=6, top_k=20)
-    out = backend(fake).generate(PROMPTS, ModelRef(tiny), params)
+    out = backend(fake).generate(PROMPTS, ModelRef(tiny_model), params)
     sent = fake.posts("/v1/completions")
     assert len(sent) == 2 and all(b["n"] == 3 and b["seed"] == 5 and b["top_k"] == 20 for b in sent)
     assert all(b["model"] == "tiny-base" for b in sent)
-    tok = load_tokenizer(tiny)
+    tok = load_tokenizer(tiny_model)
     assert sorted(b["prompt"] for b in sent) == sorted(prompt_ids(tok, p) for p in PROMPTS)
     assert [len(x) for x in out] == [3, 3]
     assert all(len({c.text for c in per_prompt}) > 1 for per_prompt in out)
@@ -55,30 +51,30 @@ def test_completions_with_n_on_token_id_prompts(tiny, servers):
     for c in (c for per_prompt in out for c in per_prompt):
         words = len(tok(c.text, add_special_tokens=False)["input_ids"])
         assert c.token_count == words + (1 if c.finish_reason == "stop" else 0)
-    assert backend(fake).generate(PROMPTS, ModelRef(tiny), params) == out
+    assert backend(fake).generate(PROMPTS, ModelRef(tiny_model), params) == out
 
 
-def test_single_sample_counts_come_from_usage_and_stops_cut(tiny, servers):
+def test_single_sample_counts_come_from_usage_and_stops_cut(tiny_model, servers):
     fake = servers()
-    out = backend(fake).generate(PROMPTS * 4, ModelRef(tiny), SamplingParams(stop=["."], max_new_tokens=20, seed=2))
+    out = backend(fake).generate(PROMPTS * 4, ModelRef(tiny_model), SamplingParams(stop=["."], max_new_tokens=20, seed=2))
     flat = [per_prompt[0] for per_prompt in out]
     assert all("." not in c.text for c in flat)
     assert any(c.finish_reason == "stop" for c in flat)
     assert all(1 <= c.token_count <= 21 for c in flat)
 
 
-def test_chat_endpoint_sends_messages(tiny, servers):
+def test_chat_endpoint_sends_messages(tiny_model, servers):
     fake = servers()
-    out = backend(fake, endpoint="chat").generate(PROMPTS, ModelRef(tiny), SamplingParams(n=2, max_new_tokens=4))
+    out = backend(fake, endpoint="chat").generate(PROMPTS, ModelRef(tiny_model), SamplingParams(n=2, max_new_tokens=4))
     sent = fake.posts("/v1/chat/completions")
     assert sorted(map(str, (b["messages"] for b in sent))) == sorted(map(str, PROMPTS))
     assert [len(x) for x in out] == [2, 2]
 
 
-def test_policy_refresh_loads_the_adapter_at_run_time_once(tiny, servers):
+def test_policy_refresh_loads_the_adapter_at_run_time_once(tiny_model, servers):
     a, b = servers(), servers(adapters={"v5": "/artifacts/v5"})  # b got it from another worker
     openai = backend(a, b)
-    model = ModelRef(tiny, adapter_path="/artifacts/v5", version_id=5)
+    model = ModelRef(tiny_model, adapter_path="/artifacts/v5", version_id=5)
     openai.generate(PROMPTS, model, SamplingParams(max_new_tokens=4))
     openai.generate(PROMPTS, model, SamplingParams(max_new_tokens=4))
     assert a.posts("/v1/load_lora_adapter") == [{"lora_name": "v5", "lora_path": "/artifacts/v5"}]
@@ -87,17 +83,17 @@ def test_policy_refresh_loads_the_adapter_at_run_time_once(tiny, servers):
     assert len(sampled) == 4 and {s["model"] for s in sampled} == {"v5"}
 
 
-def test_runtime_loading_disabled_is_an_actionable_error(tiny, servers):
+def test_runtime_loading_disabled_is_an_actionable_error(tiny_model, servers):
     fake = servers(runtime_lora=False)
     with pytest.raises(ValueError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
-        backend(fake).generate(PROMPTS, ModelRef(tiny, "/artifacts/v6", 6), SamplingParams())
+        backend(fake).generate(PROMPTS, ModelRef(tiny_model, "/artifacts/v6", 6), SamplingParams())
 
 
-def test_retries_and_skips_a_down_server(tiny, servers):
+def test_retries_and_skips_a_down_server(tiny_model, servers):
     a, b = servers(), servers()
     b.stop()
     a.overload_next(2)
-    out = backend(a, b).generate(PROMPTS, ModelRef(tiny), SamplingParams(n=2, max_new_tokens=4))
+    out = backend(a, b).generate(PROMPTS, ModelRef(tiny_model), SamplingParams(n=2, max_new_tokens=4))
     assert [len(x) for x in out] == [2, 2]
     assert a.rejected == 2 and len(a.posts("/v1/completions")) == 2
 

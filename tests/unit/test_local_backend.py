@@ -14,28 +14,12 @@ from services.generation.base import (
 )
 from services.generation.local import LocalBackend
 from shared.modeling import load_base, load_tokenizer, prompt_ids
-from shared.tinymodel import build_tiny_model
 
 PROMPTS = [
     [{"role": "user", "content": "write a short poem about the sea"}],
     [{"role": "user", "content": "two"}],
     [{"role": "user", "content": "explain why the sky is blue . list three fruits : apple , banana"}],
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A tiny model gains nothing from intra-op threads, and on a shared 2-core machine their
-    # spin-waits under oversubscription make each small op cost milliseconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> str:
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-gen")))
 
 
 def _make_adapter(base_dir: str, out_dir, seed: int) -> str:
@@ -56,8 +40,8 @@ def _make_adapter(base_dir: str, out_dir, seed: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def adapters(tiny, tmp_path_factory) -> list[str]:
-    return [_make_adapter(tiny, tmp_path_factory.mktemp(f"adapter{k}"), seed=k) for k in (1, 2)]
+def adapters(tiny_model, tmp_path_factory) -> list[str]:
+    return [_make_adapter(tiny_model, tmp_path_factory.mktemp(f"adapter{k}"), seed=k) for k in (1, 2)]
 
 
 @pytest.fixture(scope="session")
@@ -93,9 +77,9 @@ def test_backend_satisfies_protocol(backend):
     assert isinstance(backend, Backend)
 
 
-def test_n_samples_per_prompt_in_order(tiny, backend):
+def test_n_samples_per_prompt_in_order(tiny_model, backend):
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=0)
-    result = backend.generate(PROMPTS, ModelRef(tiny), params)
+    result = backend.generate(PROMPTS, ModelRef(tiny_model), params)
     assert len(result) == len(PROMPTS)
     for per_prompt in result:
         assert len(per_prompt) == 3
@@ -105,14 +89,14 @@ def test_n_samples_per_prompt_in_order(tiny, backend):
             assert c.finish_reason == "stop" or c.token_count == 12
     # Prompt order is kept although the backend sorts rows by length: a prompt alone gives the
     # same samples as in the batch.
-    alone = backend.generate([PROMPTS[1]], ModelRef(tiny), params)
+    alone = backend.generate([PROMPTS[1]], ModelRef(tiny_model), params)
     assert texts(alone)[0] == texts(result)[1]
-    assert backend.generate([], ModelRef(tiny), params) == []
+    assert backend.generate([], ModelRef(tiny_model), params) == []
 
 
-def test_greedy_matches_transformers_generate(tiny, backend):
-    tok, model = load_tokenizer(tiny), load_base(tiny, device="cpu")
-    result = backend.generate(PROMPTS, ModelRef(tiny), SamplingParams(n=2, temperature=0, max_new_tokens=40))
+def test_greedy_matches_transformers_generate(tiny_model, backend):
+    tok, model = load_tokenizer(tiny_model), load_base(tiny_model, device="cpu")
+    result = backend.generate(PROMPTS, ModelRef(tiny_model), SamplingParams(n=2, temperature=0, max_new_tokens=40))
     for messages, per_prompt in zip(PROMPTS, result):
         ids = torch.tensor([prompt_ids(tok, messages)])
         ref = model.generate(ids, do_sample=False, max_new_tokens=40)[0, ids.shape[1]:]
@@ -122,28 +106,28 @@ def test_greedy_matches_transformers_generate(tiny, backend):
 
 
 @pytest.mark.parametrize("filters", [{"top_k": 1}, {"top_p": 1e-6}])
-def test_tightest_filters_reduce_to_greedy(tiny, backend, filters):
-    greedy = backend.generate(PROMPTS, ModelRef(tiny), SamplingParams(temperature=0, max_new_tokens=16))
-    sampled = backend.generate(PROMPTS, ModelRef(tiny),
+def test_tightest_filters_reduce_to_greedy(tiny_model, backend, filters):
+    greedy = backend.generate(PROMPTS, ModelRef(tiny_model), SamplingParams(temperature=0, max_new_tokens=16))
+    sampled = backend.generate(PROMPTS, ModelRef(tiny_model),
                                SamplingParams(temperature=1.5, max_new_tokens=16, seed=3, **filters))
     assert texts(sampled) == texts(greedy)
 
 
-def test_stop_string_truncates(tiny, backend):
-    ref = backend.generate([PROMPTS[0]], ModelRef(tiny), SamplingParams(temperature=0, max_new_tokens=40))[0][0]
+def test_stop_string_truncates(tiny_model, backend):
+    ref = backend.generate([PROMPTS[0]], ModelRef(tiny_model), SamplingParams(temperature=0, max_new_tokens=40))[0][0]
     assert len(ref.text) > 12, "the tiny model should ramble for 40 tokens"
     stop = ref.text[8:11]
     first = ref.text.find(stop)
-    got = backend.generate([PROMPTS[0]], ModelRef(tiny),
+    got = backend.generate([PROMPTS[0]], ModelRef(tiny_model),
                            SamplingParams(temperature=0, max_new_tokens=40, stop=["@@never@@", stop]))[0][0]
     assert got.text == ref.text[:first]
     assert got.finish_reason == "stop"
     assert got.token_count < ref.token_count
 
 
-def test_seeds_reproduce_and_differ(tiny, backend):
+def test_seeds_reproduce_and_differ(tiny_model, backend):
     def run(seed):
-        return texts(backend.generate(PROMPTS, ModelRef(tiny),
+        return texts(backend.generate(PROMPTS, ModelRef(tiny_model),
                                       SamplingParams(n=2, temperature=1.0, max_new_tokens=16, seed=seed)))
 
     first, again, other = run(7), run(7), run(8)
@@ -152,24 +136,24 @@ def test_seeds_reproduce_and_differ(tiny, backend):
     assert first[0][0] != first[0][1], "the n samples of a prompt draw different random numbers"
 
 
-def test_adapters_swap_on_one_cached_base(tiny, adapters, backend):
+def test_adapters_swap_on_one_cached_base(tiny_model, adapters, backend):
     params = SamplingParams(temperature=0, max_new_tokens=24)
-    base_model = load_base(tiny, device="cpu")
-    base_out = texts(backend.generate(PROMPTS, ModelRef(tiny), params))
-    a1 = texts(backend.generate(PROMPTS, ModelRef(tiny, adapters[0], version_id=1), params))
-    a2 = texts(backend.generate(PROMPTS, ModelRef(tiny, adapters[1], version_id=2), params))
-    a1_again = texts(backend.generate(PROMPTS, ModelRef(tiny, adapters[0], version_id=1), params))
-    base_again = texts(backend.generate(PROMPTS, ModelRef(tiny), params))
+    base_model = load_base(tiny_model, device="cpu")
+    base_out = texts(backend.generate(PROMPTS, ModelRef(tiny_model), params))
+    a1 = texts(backend.generate(PROMPTS, ModelRef(tiny_model, adapters[0], version_id=1), params))
+    a2 = texts(backend.generate(PROMPTS, ModelRef(tiny_model, adapters[1], version_id=2), params))
+    a1_again = texts(backend.generate(PROMPTS, ModelRef(tiny_model, adapters[0], version_id=1), params))
+    base_again = texts(backend.generate(PROMPTS, ModelRef(tiny_model), params))
     # An adapter named by its path hash (no version id) works as well.
-    a2_by_path = texts(backend.generate(PROMPTS, ModelRef(tiny, adapters[1]), params))
+    a2_by_path = texts(backend.generate(PROMPTS, ModelRef(tiny_model, adapters[1]), params))
 
     assert a1 != base_out and a2 != base_out and a1 != a2
     assert a1_again == a1 and a2_by_path == a2 and base_again == base_out
     # The adapters live on the one cached base object, which was never reloaded...
-    assert load_base(tiny, device="cpu") is base_model
+    assert load_base(tiny_model, device="cpu") is base_model
     assert any("lora_A" in name for name, _ in base_model.named_parameters())
     # ...and is left with adapter layers off, so other users of the cache see the plain base.
-    tok = load_tokenizer(tiny)
+    tok = load_tokenizer(tiny_model)
     ids = torch.tensor([prompt_ids(tok, PROMPTS[0])])
     plain = base_model.generate(ids, do_sample=False, max_new_tokens=24)[0, ids.shape[1]:]
     assert tok.decode(plain, skip_special_tokens=True) == base_out[0][0]

@@ -14,7 +14,6 @@ from services.training.config import TrainConfig
 from services.training.logprobs import collate, length_batches
 from services.training.trainer import sequence_logprobs, train_pairs, train_sft
 from shared.modeling import load_tokenizer, prompt_ids, response_ids
-from shared.tinymodel import build_tiny_model
 
 PROMPTS = ["write a short poem about the sea", "list three fruits", "what is two plus two ?",
            "explain why the sky is blue", "translate hello into french", "answer with yes or no"]
@@ -29,24 +28,13 @@ class Stop(Exception):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads spin
-    waiting for each other; restore the setting afterwards for other tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return str(build_tiny_model(tmp_path_factory.mktemp("trainer") / "tiny"))
 
 
-def _margin(tiny, adapter):
+def _margin(tiny_model, adapter):
     ex = [{"messages": p["messages"], "response": p[k]} for p in PAIRS for k in ("chosen", "rejected")]
-    lp = sequence_logprobs(base_model=tiny, adapter=adapter, examples=ex)
+    lp = sequence_logprobs(base_model=tiny_model, adapter=adapter, examples=ex)
     return sum(lp[0::2]) / len(PAIRS) - sum(lp[1::2]) / len(PAIRS), lp
 
 
@@ -54,15 +42,15 @@ def _adapter(path):
     return load_file(str(path / "adapter_model.safetensors"))
 
 
-def test_pair_training_changes_lora_and_raises_margin(tiny, tmp_path):
+def test_pair_training_changes_lora_and_raises_margin(tiny_model, tmp_path):
     steps = []
-    summary = train_pairs(base_model=tiny, pairs=PAIRS, out_dir=tmp_path / "out",
+    summary = train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "out",
                           config=TrainConfig(**FAST), on_step=steps.append)
     weights = _adapter(tmp_path / "out")
     lora_b = [w for n, w in weights.items() if "lora_B" in n]
     assert lora_b and all(w.abs().max() > 0 for w in lora_b)  # a fresh LoRA starts with B = 0
-    before, _ = _margin(tiny, None)
-    after, _ = _margin(tiny, str(tmp_path / "out"))
+    before, _ = _margin(tiny_model, None)
+    after, _ = _margin(tiny_model, str(tmp_path / "out"))
     assert after > before + 0.5
     assert summary["steps"] == len(steps) == 6 and summary["resumed_from_step"] == 0
     assert summary["reward_margin"] > 0 and summary["pairs_per_s"] > 0
@@ -73,27 +61,27 @@ def test_pair_training_changes_lora_and_raises_margin(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("loss,extra", [("ipo", {}), ("hinge", {}), ("sigmoid", {"sft_weight": 0.1, "grad_accum": 2})])
-def test_other_losses_train(tiny, tmp_path, loss, extra):
-    summary = train_pairs(base_model=tiny, pairs=PAIRS, out_dir=tmp_path / "out",
+def test_other_losses_train(tiny_model, tmp_path, loss, extra):
+    summary = train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "out",
                           config=TrainConfig(**{**FAST, "loss": loss, "beta": 0.5, **extra}))
     assert summary["reward_margin"] > 0
 
 
-def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tiny, tmp_path):
+def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tiny_model, tmp_path):
     cfg = TrainConfig(**{**FAST, "epochs": 3, "checkpoint_every": 2})
-    full = train_pairs(base_model=tiny, pairs=PAIRS, out_dir=tmp_path / "full", config=cfg)
+    full = train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "full", config=cfg)
 
     def crash_at_3(m):
         if m["step"] == 3:
             raise Stop()
 
     with pytest.raises(Stop):
-        train_pairs(base_model=tiny, pairs=PAIRS, out_dir=tmp_path / "out", config=cfg,
+        train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "out", config=cfg,
                     checkpoint_dir=tmp_path / "ckpt", on_step=crash_at_3)
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-0000002"]
     assert not (tmp_path / "out").exists()
     steps = []
-    resumed = train_pairs(base_model=tiny, pairs=PAIRS, out_dir=tmp_path / "out", config=cfg,
+    resumed = train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "out", config=cfg,
                           checkpoint_dir=tmp_path / "ckpt", on_step=steps.append)
     assert resumed["resumed_from_step"] == 2 and resumed["steps"] == full["steps"] == 9
     assert [m["step"] for m in steps] == list(range(3, 10))
@@ -102,39 +90,39 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tiny, tmp_
     assert resumed["loss"] == pytest.approx(full["loss"], abs=1e-6)
 
     # other data: the checkpoint is not used
-    other = train_pairs(base_model=tiny, pairs=PAIRS[:4], out_dir=tmp_path / "other", config=cfg,
+    other = train_pairs(base_model=tiny_model, pairs=PAIRS[:4], out_dir=tmp_path / "other", config=cfg,
                         checkpoint_dir=tmp_path / "ckpt")
     assert other["resumed_from_step"] == 0
 
 
-def test_init_adapter_continues_and_ref_adapter_is_the_reference(tiny, tmp_path):
-    train_pairs(base_model=tiny, pairs=PAIRS, out_dir=tmp_path / "a1", config=TrainConfig(**FAST))
+def test_init_adapter_continues_and_ref_adapter_is_the_reference(tiny_model, tmp_path):
+    train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "a1", config=TrainConfig(**FAST))
     a1 = str(tmp_path / "a1")
     cfg = TrainConfig(**{**FAST, "beta": 0.1, "epochs": 1, "batch_size": 6})
-    _, base_lp = _margin(tiny, None)
-    _, a1_lp = _margin(tiny, a1)
+    _, base_lp = _margin(tiny_model, None)
+    _, a1_lp = _margin(tiny_model, a1)
     expected = 0.1 * (sum(a1_lp[0::2]) - sum(base_lp[0::2])) / len(PAIRS)
 
     steps = []  # reference = base: before the first update the reward is that of a1 over the base
-    train_pairs(base_model=tiny, pairs=PAIRS, out_dir=tmp_path / "a2", config=cfg, init_adapter=a1,
+    train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "a2", config=cfg, init_adapter=a1,
                 on_step=steps.append)
     assert steps[0]["chosen_reward"] == pytest.approx(expected, abs=1e-4)
     assert abs(expected) > 1e-2
     assert set(_adapter(tmp_path / "a2")) == set(_adapter(tmp_path / "a1"))
 
     steps = []  # SPIN: start from and compare against the previous iterate
-    train_pairs(base_model=tiny, pairs=PAIRS, out_dir=tmp_path / "a3", config=cfg, init_adapter=a1,
+    train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "a3", config=cfg, init_adapter=a1,
                 ref_adapter=a1, on_step=steps.append)
     assert steps[0]["chosen_reward"] == pytest.approx(0.0, abs=1e-5)
 
 
-def test_sequence_logprobs_equals_full_logits(tiny):
+def test_sequence_logprobs_equals_full_logits(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    tok = load_tokenizer(tiny)
-    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    tok = load_tokenizer(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     ex = [{"messages": p["messages"], "response": p["chosen"]} for p in PAIRS]
-    ours = sequence_logprobs(base_model=tiny, adapter=None, examples=ex, config=TrainConfig(logprob_chunk=3))
+    ours = sequence_logprobs(base_model=tiny_model, adapter=None, examples=ex, config=TrainConfig(logprob_chunk=3))
     for e, value in zip(ex, ours):
         p, r = prompt_ids(tok, e["messages"]), response_ids(tok, e["response"])
         with torch.no_grad():
@@ -143,17 +131,17 @@ def test_sequence_logprobs_equals_full_logits(tiny):
         assert value == pytest.approx(logp.item(), abs=1e-4)
 
 
-def test_sft_trains_and_full_finetune_writes_a_model(tiny, tmp_path):
+def test_sft_trains_and_full_finetune_writes_a_model(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
     ex = [{"messages": p["messages"], "response": p["chosen"]} for p in PAIRS]
     steps = []
-    train_sft(base_model=tiny, examples=ex, out_dir=tmp_path / "sft",
+    train_sft(base_model=tiny_model, examples=ex, out_dir=tmp_path / "sft",
               config=TrainConfig(**{**FAST, "epochs": 3}), on_step=steps.append)
     assert steps[-1]["loss"] < steps[0]["loss"]
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "stale.txt").write_text("left by a crashed run")
-    train_sft(base_model=tiny, examples=ex, out_dir=tmp_path / "full",
+    train_sft(base_model=tiny_model, examples=ex, out_dir=tmp_path / "full",
               config=TrainConfig(**{**FAST, "lora": False, "learning_rate": 1e-3, "epochs": 1}))
     assert not (tmp_path / "full" / "stale.txt").exists()  # replaced whole, not merged into
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "full"))
@@ -202,9 +190,9 @@ def test_should_launch(monkeypatch):
     assert not launch.should_launch(TrainConfig(distributed="ddp"))
 
 
-def test_launch_entry_point_runs_a_spec(tiny, tmp_path, monkeypatch):
+def test_launch_entry_point_runs_a_spec(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv(launch.CHILD_ENV, "1")  # as inside `accelerate launch`
-    spec = launch.write_spec(tmp_path / "job", kind="pairs", base_model=tiny, items=PAIRS,
+    spec = launch.write_spec(tmp_path / "job", kind="pairs", base_model=tiny_model, items=PAIRS,
                              out_dir=tmp_path / "out", config=TrainConfig(**{**FAST, "distributed": "ddp"}))
     launch.main(["--spec", str(spec)])
     result = json.loads((tmp_path / "job" / "result.json").read_text())
@@ -213,15 +201,15 @@ def test_launch_entry_point_runs_a_spec(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu_matches_one_process(tiny, tmp_path, monkeypatch):
+def test_two_process_ddp_on_cpu_matches_one_process(tiny_model, tmp_path, monkeypatch):
     """Two gloo processes under `accelerate launch` compute the same update as one process."""
     monkeypatch.delenv(launch.CHILD_ENV, raising=False)
     monkeypatch.setenv("AUTODIDACT_TRAIN_PROCESSES", "2")
     cfg = dict(FAST, epochs=1, batch_size=1, grad_accum=1, device="cpu")
     steps = []
-    multi = train_pairs(base_model=tiny, pairs=PAIRS, out_dir=tmp_path / "ddp",
+    multi = train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "ddp",
                         config=TrainConfig(**cfg, distributed="ddp"), on_step=steps.append)
-    single = train_pairs(base_model=tiny, pairs=PAIRS, out_dir=tmp_path / "one",
+    single = train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "one",
                          config=TrainConfig(**{**cfg, "grad_accum": 2}))  # same micro-batches per step
     assert multi["steps"] == single["steps"] == len(steps) == 3
     a, b = _adapter(tmp_path / "ddp"), _adapter(tmp_path / "one")

@@ -15,7 +15,6 @@ import torch
 from services.training.logprobs import Scorer, collate, encode, score, score_all
 from services.training.losses import pair_losses, sft_term
 from shared.modeling import load_tokenizer
-from shared.tinymodel import build_tiny_model
 
 trl = pytest.importorskip("trl")
 
@@ -29,19 +28,8 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads spin
-    waiting for each other; restore the setting afterwards for other tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return str(build_tiny_model(tmp_path_factory.mktemp("parity") / "tiny"))
 
 
 def _close(a: float, b: float, tol: float = 1e-5) -> bool:
@@ -94,13 +82,13 @@ def _compare(ours_loss, trl_loss, ours_grads, trl_grads):
     ("sigmoid", ["sigmoid", "sft"], [1.0, 0.1], 0.1, None),  # SPaR's DPO + 0.1·SFT
     ("sigmoid", ["sigmoid"], None, 0.0, 0.5),  # final logit soft-capping (small cap: it must bite)
 ])
-def test_lora_loss_and_grads_match_trl(tiny, tmp_path, loss, trl_losses, trl_weights, sft_weight, softcap):
+def test_lora_loss_and_grads_match_trl(tiny_model, tmp_path, loss, trl_losses, trl_weights, sft_weight, softcap):
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    tok = load_tokenizer(tiny)
-    base = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    tok = load_tokenizer(tiny_model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     base.config.final_logit_softcapping = softcap
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
                       task_type="CAUSAL_LM")
@@ -135,12 +123,12 @@ def test_lora_loss_and_grads_match_trl(tiny, tmp_path, loss, trl_losses, trl_wei
     _compare(ours, trl_loss, _grads(model), trl_grads)
 
 
-def test_full_finetune_loss_and_grads_match_trl(tiny, tmp_path):
+def test_full_finetune_loss_and_grads_match_trl(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    tok = load_tokenizer(tiny)
-    policy = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    tok = load_tokenizer(tiny_model)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     trainer = _trl_trainer(policy, tok, tmp_path, ["sigmoid"])  # TRL loads its own reference copy
     torch.manual_seed(2)
     with torch.no_grad():
@@ -155,7 +143,7 @@ def test_full_finetune_loss_and_grads_match_trl(tiny, tmp_path):
     trl_loss.backward()
     trl_grads = _grads(policy)
 
-    reference = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     ref = torch.tensor(score_all(Scorer(reference, 4), chosen + rejected, tok.pad_token_id, "cpu", 6))
     logp = score(Scorer(policy, chunk=4), collate(chosen + rejected, tok.pad_token_id))
     ours = pair_losses(logp[:n], logp[n:], ref[:n], ref[n:], loss="sigmoid", beta=0.1)["losses"].mean()
@@ -165,11 +153,11 @@ def test_full_finetune_loss_and_grads_match_trl(tiny, tmp_path):
     _compare(ours, trl_loss, grads, trl_grads)
 
 
-def test_sft_loss_and_grads_match_causal_lm_cross_entropy(tiny):
+def test_sft_loss_and_grads_match_causal_lm_cross_entropy(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    tok = load_tokenizer(tiny)
-    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    tok = load_tokenizer(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     model.train()
     seqs, _ = _encoded(tok)
     width = max(len(p) + len(r) for p, r in seqs)
