@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def aggregate(items: list[dict], judge_scores: list[float | None] | None = None) -> dict:
-    """items: [{"response": str, "constraints": [{id, kwargs}] | None, "prompt": str (optional)}],
+    """items: [{"response": str, "constraints": [{id, kwargs}] | None, "prompt": str (optional),
+    "verdict": a Verdict the caller already computed (optional)}],
     one per prompt; judge_scores: optional, aligned with items (None = unjudged)."""
     if judge_scores is not None and len(judge_scores) != len(items):
         raise ValueError(f"judge_scores has {len(judge_scores)} entries for {len(items)} items; align them")
@@ -42,7 +43,7 @@ def aggregate(items: list[dict], judge_scores: list[float | None] | None = None)
         constraints = item.get("constraints") or []
         if not constraints:
             continue
-        verdict = verifier.verify(response, constraints, item.get("prompt", ""))
+        verdict = item.get("verdict") or verifier.verify(response, constraints, item.get("prompt", ""))
         n_checked += 1
         prompt_strict += verdict.strict
         prompt_loose += verdict.loose

@@ -213,9 +213,9 @@ def _evaluate(ctx: StageContext) -> None:
         for x in samples:
             p = prompts[x.prompt_id]
             text = p.messages[-1]["content"]
-            items.append({"response": x.text, "constraints": p.constraints, "prompt": text})
-            if p.constraints:
-                v = verify(x.text, p.constraints, text)
+            v = verify(x.text, p.constraints, text) if p.constraints else None
+            items.append({"response": x.text, "constraints": p.constraints, "prompt": text, "verdict": v})
+            if v is not None:
                 judgments.append({"sample_id": x.id, "kind": "verifier", "vote_index": 0, "passed": v.strict,
                                   "score": sum(v.strict_per_instruction) / len(v.strict_per_instruction),
                                   "rationale": f"loose={v.loose}"})
