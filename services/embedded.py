@@ -6,8 +6,6 @@ which holds exactly the task names and arguments Celery would have carried.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -48,6 +46,7 @@ def create_run(*, method: str, prompts: Path, model: str, rounds: int, config: d
     prompt set ids go into a config field (e.g. Self-Rewarding's eft_prompt_set_ids)."""
     from services.gateway.conductor import start_run
     from services.methods import get_recipe, parse_config
+    from services.methods.base import config_json
     from shared import crud
     from shared.db import session_scope
     from shared.models import Run
@@ -68,7 +67,7 @@ def create_run(*, method: str, prompts: Path, model: str, rounds: int, config: d
             evals = [crud.create_prompt_set(s, workspace_id=ws.id, name=Path(eval_prompts).name,
                                             items=load_items(eval_prompts), split="heldout").id]
         run = Run(workspace_id=ws.id, method=method, base_model=model, prompt_set_ids=[train.id],
-                  eval_prompt_set_ids=evals, config=json.loads(json.dumps(dataclasses.asdict(cfg))),
+                  eval_prompt_set_ids=evals, config=config_json(cfg),
                   rounds=rounds)
         s.add(run)
         s.flush()

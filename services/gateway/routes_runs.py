@@ -11,6 +11,7 @@ from sqlmodel import select
 from services.gateway.conductor import start_run
 from services.gateway.deps import KeyDep, SessionDep, owned
 from services.methods import get_recipe, parse_config
+from services.methods.base import config_json
 from shared import crud
 from shared.config import get_settings
 from shared.models import (
@@ -72,7 +73,7 @@ def create_run(body: RunCreate, session: SessionDep, key: KeyDep) -> RunPublic:
         raise HTTPException(422, errors)
     run = Run(workspace_id=key.workspace_id, method=body.method, base_model=body.base_model,
               prompt_set_ids=body.prompt_set_ids, eval_prompt_set_ids=body.eval_prompt_set_ids,
-              config=_config_json(config), rounds=body.rounds, continuous=body.continuous,
+              config=config_json(config), rounds=body.rounds, continuous=body.continuous,
               stopping=body.stopping)
     session.add(run)
     session.flush()
@@ -126,12 +127,6 @@ def _foreign_ids(session, key, model, ids: list, loc: list) -> list[dict]:
     what = "prompt set" if model is PromptSet else "model version"
     return [{"loc": loc + [i], "msg": f"{what} {oid} not found"} for i, oid in enumerate(ids)
             if not 0 < oid < 2**31 or (row := session.get(model, oid)) is None or row.workspace_id != key.workspace_id]
-
-
-def _config_json(config) -> dict:
-    import dataclasses
-
-    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 @router.get("/v1/runs", response_model=list[RunPublic])

@@ -76,6 +76,13 @@ def parse_config(config_cls: type, data: dict | None) -> tuple[Any, list[dict]]:
         return None, [{"loc": ["config"] + ([field] if field else []), "msg": str(exc)}]
 
 
+def config_json(config: Any) -> dict:
+    """A validated config as the JSON stored on the run (every field, defaults included)."""
+    import json
+
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 def _field_in_message(msg: str, names: set[str]) -> str | None:
     hits = [n for n in names if n in msg]
     return max(hits, key=len) if hits else None
