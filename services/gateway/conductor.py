@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from services.methods import get_recipe, parse_config
@@ -151,6 +152,8 @@ def advance(round_id: int) -> None:
             crud.lock_run(session, run_id=run_id)  # run before round: the order cancel uses too
             rnd = crud.lock_round(session, round_id=round_id)
             _advance_locked(session, rnd, to_send)
+    except OperationalError:  # connection lost, deadlock: transient; the sweep advances it again
+        raise
     except Exception as exc:  # a bug or bad stored state: fail the run visibly, never wedge it
         log.exception("advance of round %s failed", round_id)
         with session_scope() as session:
