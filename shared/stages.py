@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from shared.crud import get_run
 from shared.db import get_engine, session_scope
@@ -24,6 +25,12 @@ log = logging.getLogger(__name__)
 
 class Cancelled(Exception):
     """Raised inside a task when its run was cancelled meanwhile."""
+
+
+# Errors worth another attempt later (a server or the database briefly gone). The generation
+# backends' TransientBackendError is a ConnectionError. Anything else fails the StageTask at once.
+TRANSIENT = (ConnectionError, TimeoutError, OperationalError)
+MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,17 @@ def _claim(stage_task_id: int) -> StageContext | None:
             base_model=run.base_model, policy_version_id=rnd.policy_version_id,
             policy_adapter=policy.uri if policy is not None and policy.kind == "adapter" else None,
         )
+
+
+def _attempts(stage_task_id: int) -> int:
+    with session_scope() as s:
+        return s.get(StageTask, stage_task_id).attempts
+
+
+def _release(stage_task_id: int, *, error: str) -> None:
+    with session_scope() as s:
+        st = s.get(StageTask, stage_task_id)
+        st.status, st.error, st.enqueued_at = "pending", error, utcnow()
 
 
 def _finish(stage_task_id: int, *, error: str | None) -> int:
@@ -136,6 +154,14 @@ def _execute(stage_task_id: int, work: Callable[[StageContext], None]) -> None:
     except Cancelled:
         log.info("stage task %s stopped: run %s was cancelled", stage_task_id, ctx.run_id)
         return
+    except TRANSIENT as exc:
+        if _attempts(stage_task_id) < MAX_ATTEMPTS:
+            # Back to pending: the conductor's sweep resends it after resend_after_seconds.
+            log.warning("stage task %s (%s): transient error, will be retried: %s", stage_task_id, ctx.stage, exc)
+            _release(stage_task_id, error=f"{type(exc).__name__}: {exc}")
+            return
+        log.exception("stage task %s (%s) failed %d times", stage_task_id, ctx.stage, MAX_ATTEMPTS)
+        error = f"{type(exc).__name__} after {MAX_ATTEMPTS} attempts: {exc}"
     except Exception as exc:  # recorded on the row and surfaced on the run; the conductor decides
         log.exception("stage task %s (%s) failed", stage_task_id, ctx.stage)
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"

@@ -79,7 +79,7 @@ class ModelRef:
         return "a" + hashlib.sha1(str(self.adapter_path).encode()).hexdigest()[:12]
 
 
-class TransientBackendError(RuntimeError):
+class TransientBackendError(ConnectionError):
     """A generation server stayed unavailable (down, overloaded, timing out) through all retries.
     Worth retrying the whole task later; every other failure is a ValueError or a bug."""
 

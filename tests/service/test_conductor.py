@@ -104,3 +104,33 @@ def test_a_conductor_error_fails_the_run_instead_of_wedging_it(api, tiny_model, 
         run = s.get(Run, run_id)
         assert run.status == "failed" and "conductor" in run.error and "abc" in run.error
         assert _round(run_id).status == "failed"
+
+
+def test_transient_errors_go_back_to_pending_until_attempts_run_out(api, tiny_model, inline):
+    from services.generation.base import TransientBackendError
+    from shared.stages import MAX_ATTEMPTS, execute
+
+    run_id = _start(api, tiny_model)
+    queue.run_inline(max_tasks=1)  # plans the generation shards
+    queue._inline_queue.clear()
+    with session_scope() as s:
+        st_id = s.exec(select(StageTask.id).where(StageTask.round_id == _round(run_id).id)).first()
+
+    def flaky(ctx):
+        raise TransientBackendError("all TGI servers busy")
+
+    for attempt in range(1, MAX_ATTEMPTS):
+        execute(st_id, flaky)
+        with session_scope() as s:
+            st = s.get(StageTask, st_id)
+            assert (st.status, st.attempts) == ("pending", attempt) and "busy" in st.error
+    assert not queue._inline_queue  # nothing advanced: the sweep resends pending tasks later
+    conductor.sweep()
+    assert ("generation.generate_shard", (st_id,)) in list(queue._inline_queue)
+    queue._inline_queue.clear()
+    execute(st_id, flaky)  # the last allowed attempt fails the task, and the conductor fails the run
+    queue.run_inline()
+    with session_scope() as s:
+        assert s.get(StageTask, st_id).status == "failed"
+        run = s.get(Run, run_id)
+        assert run.status == "failed" and f"after {MAX_ATTEMPTS} attempts" in run.error
