@@ -78,6 +78,11 @@ def find_api_key(session: Session, *, key: str) -> ApiKey | None:
     return None if row is None or row.revoked else row
 
 
+def workspace_rows(session: Session, model: type[SQLModel], *, workspace_id: int) -> list:
+    """Every row of `model` that belongs to the workspace, oldest first (API listings)."""
+    return list(session.exec(select(model).where(model.workspace_id == workspace_id).order_by(model.id)))
+
+
 # ---------------------------------------------------------------- prompt sets
 def create_prompt_set(session: Session, *, workspace_id: int, name: str, items: list[dict],
                       description: str = "", split: str = "train",

@@ -69,8 +69,7 @@ async def create_prompt_set(request: Request, session: SessionDep, key: KeyDep) 
 
 @router.get("", response_model=list[PromptSetPublic])
 def list_prompt_sets(session: SessionDep, key: KeyDep) -> list[PromptSet]:
-    return list(session.exec(select(PromptSet).where(PromptSet.workspace_id == key.workspace_id)
-                             .order_by(PromptSet.id)))
+    return crud.workspace_rows(session, PromptSet, workspace_id=key.workspace_id)
 
 
 @router.get("/{set_id}", response_model=PromptSetPublic)

@@ -131,8 +131,7 @@ def _foreign_ids(session, key, model, ids: list, loc: list) -> list[dict]:
 
 @router.get("/v1/runs", response_model=list[RunPublic])
 def list_runs(session: SessionDep, key: KeyDep) -> list[RunPublic]:
-    runs = session.exec(select(Run).where(Run.workspace_id == key.workspace_id).order_by(Run.id)).all()
-    return [_public(session, r) for r in runs]
+    return [_public(session, r) for r in crud.workspace_rows(session, Run, workspace_id=key.workspace_id)]
 
 
 @router.get("/v1/runs/{run_id}", response_model=RunPublic)
@@ -226,8 +225,7 @@ def plot_run(run_id: int, session: SessionDep, key: KeyDep) -> Response:
 
 @router.get("/v1/models", response_model=list[ModelVersionPublic])
 def list_models(session: SessionDep, key: KeyDep) -> list[ModelVersion]:
-    return list(session.exec(select(ModelVersion).where(ModelVersion.workspace_id == key.workspace_id)
-                             .order_by(ModelVersion.id)))
+    return crud.workspace_rows(session, ModelVersion, workspace_id=key.workspace_id)
 
 
 @router.get("/v1/models/{version_id}", response_model=ModelVersionPublic)

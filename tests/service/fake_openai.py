@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import random
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from fake_http import FakeHTTPServer
 
 WORDS = ["red", "green", "blue", "cyan", "magenta", "yellow", "black", "white", "grey", "pink", ".", ","]
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeHTTPServer):
     def __init__(self, *, model_id: str = "tiny-base", adapters: dict[str, str] | None = None,
                  runtime_lora: bool = True):
         self.model_id = model_id
@@ -32,26 +34,9 @@ class FakeOpenAI:
         self.rejected = 0
         self._overload = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeOpenAI:
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    def handler_class(self) -> type:
+        return _handler(self)
 
     def overload_next(self, k: int) -> None:
         with self._lock:

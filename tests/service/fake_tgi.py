@@ -21,12 +21,14 @@ import json
 import random
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from fake_http import FakeHTTPServer
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega", ".", ",", "!"]
 
 
-class FakeTGI:
+class FakeTGI(FakeHTTPServer):
     def __init__(self, *, adapters: list[str] | None = None, max_concurrent: int = 64, latency: float = 0.0,
                  report_adapters: bool = True, max_total_tokens: int = 1024, max_stop_sequences: int = 4,
                  model_id: str = "fake/tiny-gemma"):
@@ -44,28 +46,11 @@ class FakeTGI:
         self._overload = 0
         self._inflight = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self.port = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeTGI:
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    def handler_class(self) -> type:
+        return _handler(self)
 
     def restart(self, adapters: list[str], downtime: float = 0.2) -> None:
         """Go down now, come back after `downtime` seconds serving `adapters` (returns at once)."""
