@@ -2,7 +2,6 @@
 in the distributed stack). Paths are stored in the database relative to nothing: absolute URIs."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from shared.config import get_settings
@@ -20,12 +19,3 @@ def version_dir(workspace_id: int, run_id: int, round_number: int, role: str = "
 
 def checkpoint_dir(workspace_id: int, run_id: int, round_number: int, role: str = "policy") -> Path:
     return root() / f"ws{workspace_id}" / f"run{run_id}" / "checkpoints" / f"round{round_number}-{role}"
-
-
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Move a finished directory into place atomically (rename), replacing a stale partial one."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final

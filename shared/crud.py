@@ -164,12 +164,10 @@ def rounds_of_run(session: Session, *, run_id: int) -> list[Round]:
     return list(session.exec(select(Round).where(Round.run_id == run_id).order_by(Round.number)))
 
 
-def count(session: Session, model: type[SQLModel], *where: Any) -> int:
-    return session.exec(select(func.count()).select_from(model).where(*where)).one()
-
-
 def upsert_samples(session: Session, *, rows: list[dict]) -> None:
-    upsert(session, Sample, rows, keys=["round_id", "prompt_id", "index", "role"])
+    """Store samples; one already stored for (round, prompt, index, role) is kept as it is, so a
+    redelivered shard never replaces what the first delivery wrote."""
+    upsert(session, Sample, rows, keys=["round_id", "prompt_id", "index", "role"], update=[])
 
 
 def upsert_pairs(session: Session, *, rows: list[dict]) -> None:

@@ -78,7 +78,7 @@ def _generate(ctx: StageContext) -> None:
                 for pid, comps in zip(batch, outs) for i, c in enumerate(comps)
                 if (pid, i) not in have]
         with session_scope() as s:
-            crud.upsert(s, Sample, rows, keys=["round_id", "prompt_id", "index", "role"], update=[])
+            crud.upsert_samples(s, rows=rows)
 
 
 def version_ref(version: ModelVersion):
