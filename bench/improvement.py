@@ -44,7 +44,7 @@ def main() -> None:
     from services import embedded
     from services.cli import DEMO_CONFIGS
     from services.judging.agreement import judge_agreement
-    from services.judging.curriculum import read_jsonl
+    from services.curriculum.generator import read_jsonl
     from shared import crud
     from shared.db import session_scope
     from shared.modeling import merge_adapter

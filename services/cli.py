@@ -202,7 +202,7 @@ def plot(run_id: int, out: Path = typer.Option(Path("run.png")),
 def curriculum(out: Path = typer.Option(EXAMPLES, help="directory for curriculum_{train,heldout,eft}.jsonl"),
                seed: int = 0, n_train: int = 200, n_heldout: int = 60, n_eft: int = 60) -> None:
     """Write the built-in verifiable-instruction curriculum as JSONL prompt sets."""
-    from services.judging.curriculum import main as write
+    from services.curriculum.generator import main as write
 
     write(["--out", str(out), "--seed", str(seed), "--n-train", str(n_train), "--n-heldout", str(n_heldout),
            "--n-eft", str(n_eft)])
@@ -217,7 +217,7 @@ def judge_agreement(model: str = typer.Option("gemma", help="'gemma' or a local 
     from services.generation.base import ModelRef
     from services.generation.registry import get_backend
     from services.judging.agreement import judge_agreement as measure
-    from services.judging.curriculum import read_jsonl
+    from services.curriculum.generator import read_jsonl
 
     items = [it for it in read_jsonl(prompts) if it.get("constraints") and it.get("reference")][:limit]
     if not items:

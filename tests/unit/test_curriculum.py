@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 
 from services.judging import verifier
-from services.judging.curriculum import (
+from services.curriculum.generator import (
     LAYOUT_IDS, MAX_GOLD_WORDS, build_curriculum, main, read_jsonl, split_topics, write_jsonl,
 )
-from services.judging.curriculum_topics import TOPICS
+from services.curriculum.topics import TOPICS
 from services.judging.rubric import parse_score
 
 

@@ -60,7 +60,7 @@ def test_each_instruction_passes_and_fails(constraint, good, bad):
 
 
 def test_cases_cover_every_curriculum_instruction():
-    from services.judging.curriculum import USED_IDS
+    from services.curriculum.generator import USED_IDS
 
     assert set(USED_IDS) <= {case[0]["id"] for case in CASES}
     assert len(USED_IDS) >= 15

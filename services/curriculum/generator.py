@@ -14,7 +14,7 @@ curriculum_eft.py). Not covered: language:response_language and nth_paragraph_fi
 non-English facts; paragraphs use IFEval's *** divider instead). Prompts contain no commas, so
 punctuation:no_comma combines with combination:repeat_prompt.
 
-CLI: `python -m services.judging.curriculum --out examples/` writes curriculum_train.jsonl,
+CLI: `python -m services.curriculum.generator --out examples/` writes curriculum_train.jsonl,
 curriculum_heldout.jsonl and curriculum_eft.jsonl.
 """
 from __future__ import annotations
@@ -27,10 +27,10 @@ import re
 from pathlib import Path
 
 from services.judging import verifier
-from services.judging.curriculum_text import (
+from services.curriculum.text import (
     END_PHRASES, FORBIDDEN_POOL, PLACEHOLDER_LINES, REPEAT_SENTENCE, TASKS, describe,
 )
-from services.judging.curriculum_topics import TOPICS
+from services.curriculum.topics import TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def build_curriculum(*, seed: int = 0, n_train: int = 200, n_heldout: int = 60, 
     {"messages", "response"} for the rubric judge, built on train topics only."""
     if min(n_train, n_heldout, n_eft) < 0:
         raise ValueError(f"n_train, n_heldout and n_eft must be >= 0, got {n_train}, {n_heldout}, {n_eft}")
-    from services.judging.curriculum_eft import build_eft
+    from services.curriculum.eft import build_eft
 
     table = verifier.conflicts()
     train_topics, heldout_topics = split_topics(seed)
