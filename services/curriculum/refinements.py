@@ -1,0 +1,222 @@
+"""Minimal edits that make a failing response follow its verifiable instructions.
+
+SPaR trains its refiner on (failed response, judgment, refined response) triples whose refinement
+changes only what the judgment points out; the paper builds them with GPT-4o. We have no stronger
+model, but for many IFEval instruction types the fix is mechanical: lowercase the text, delete the
+commas, append the end phrase or a postscript, prepend a title, wrap in quotes or JSON, regroup the
+sentences into N bullets / paragraphs / sections, highlight N words, add placeholders, drop a
+forbidden word. `refine` applies the fixes of the instructions the response breaks, in an order
+that keeps earlier fixes intact (content, then layout, then characters, then wrappers), and returns
+the result only when the IFEval verifier passes it strictly — a fix that does not verify is dropped.
+
+Instruction types without a well-defined minimal edit (letter frequency, a word count to reach,
+two different responses, a constrained yes/no/maybe answer) are not fixed: such a response yields
+None. Everything here is deterministic.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+from services.judging import verifier
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_BULLET = re.compile(r"^\s*(?:[*-]\s+)", re.MULTILINE)
+Fix = Callable[[str, dict, str], str | None]
+
+
+def _sentences(text: str) -> list[str]:
+    flat = " ".join(line.strip() for line in text.replace("***", " ").splitlines() if line.strip())
+    flat = _BULLET.sub("", flat)
+    return [s for s in _SENTENCE.split(flat) if s.strip()]
+
+
+def _groups(text: str, n: int) -> list[str] | None:
+    """The text's sentences in n non-empty consecutive groups (words when there are too few sentences)."""
+    parts = _sentences(text)
+    if len(parts) < n:
+        parts = " ".join(parts).split()
+    if len(parts) < n:
+        return None
+    size, extra = divmod(len(parts), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (i < extra)
+        out.append(" ".join(parts[start:end]))
+        start = end
+    return out
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"[^\w\s]", "", text)
+
+
+# ---------------------------------------------------------------- content
+def _forbidden(t: str, kw: dict, p: str) -> str:
+    for word in kw.get("forbidden_words") or []:
+        t = re.sub(r"\s*\b" + re.escape(word) + r"\b", "", t, flags=re.IGNORECASE)
+    return t.strip()
+
+
+def _keyword_frequency(t: str, kw: dict, p: str) -> str | None:
+    word, want, relation = kw["keyword"], int(kw["frequency"]), kw["relation"]
+    have = len(re.findall(re.escape(word), t, flags=re.IGNORECASE))
+    if relation == "at least":
+        return t.rstrip() + "".join(f" This is about {word}." for _ in range(want - have))
+    for _ in range(have - want + 1):  # "less than": drop the last occurrences
+        matches = list(re.finditer(r"\s*\b" + re.escape(word) + r"\b", t, flags=re.IGNORECASE))
+        if not matches:
+            return None
+        m = matches[-1]
+        t = t[:m.start()] + t[m.end():]
+    return t
+
+
+def _existence(t: str, kw: dict, p: str) -> str:
+    missing = [k for k in kw.get("keywords") or [] if not re.search(re.escape(k), t, flags=re.IGNORECASE)]
+    return t.rstrip() + "".join(f" This is about {k}." for k in missing)
+
+
+def _number_words(t: str, kw: dict, p: str) -> str | None:
+    if kw["relation"] != "less than":
+        return None
+    limit = int(kw["num_words"])
+    kept = []
+    for s in _SENTENCE.split(t.strip()):
+        if verifier.count_words(" ".join(kept + [s])) >= limit:
+            break
+        kept.append(s)
+    if not kept:
+        kept = [" ".join(t.split()[:max(1, limit - 1)])]
+    return " ".join(kept)
+
+
+def _number_sentences(t: str, kw: dict, p: str) -> str | None:
+    if kw["relation"] != "less than":
+        return None
+    parts = _SENTENCE.split(t.strip())
+    while len(parts) > 1 and verifier.count_sentences(" ".join(parts)) >= int(kw["num_sentences"]):
+        parts.pop()
+    return " ".join(parts)
+
+
+def _placeholders(t: str, kw: dict, p: str) -> str:
+    need = int(kw["num_placeholders"]) - len(re.findall(r"\[.*?\]", t))
+    names = ["name", "place", "date", "time", "address", "number", "topic", "email"]
+    extra = " ".join(f"[{names[i % len(names)]}]" for i in range(max(0, need)))
+    return f"{t.rstrip()}\n\n{extra}" if extra else t
+
+
+def _highlights(t: str, kw: dict, p: str) -> str:
+    need = int(kw["num_highlights"]) - len(re.findall(r"\*[^\n\*]+\*", t))
+    if need <= 0:
+        return t
+
+    def star(m: re.Match) -> str:
+        nonlocal need
+        if need <= 0 or len(m.group(0)) < 4:
+            return m.group(0)
+        need -= 1
+        return f"*{m.group(0)}*"
+
+    return re.sub(r"(?<![*\w])[A-Za-z][\w'-]*(?![*\w])", star, t)
+
+
+# ---------------------------------------------------------------- layout
+def _bullets(t: str, kw: dict, p: str) -> str | None:
+    groups = _groups(t, int(kw["num_bullets"]))
+    return None if groups is None else "\n".join(f"* {g}" for g in groups)
+
+
+def _paragraphs(t: str, kw: dict, p: str) -> str | None:
+    groups = _groups(t, int(kw["num_paragraphs"]))
+    return None if groups is None else "\n\n***\n\n".join(groups)
+
+
+def _sections(t: str, kw: dict, p: str) -> str | None:
+    groups = _groups(t, int(kw["num_sections"]))
+    marker = kw["section_spliter"]
+    return None if groups is None else "\n\n".join(f"{marker} {i}\n{g}" for i, g in enumerate(groups, 1))
+
+
+def _title(t: str, kw: dict, p: str) -> str:
+    words = _plain(_sentences(t)[0] if _sentences(t) else t).split()[:4] or ["Answer"]
+    return f"<<{' '.join(w.capitalize() for w in words)}>>\n\n{t}"
+
+
+def _repeat_prompt(t: str, kw: dict, p: str) -> str:
+    return f"{kw['prompt_to_repeat'].strip()}\n{t}"
+
+
+def _postscript(t: str, kw: dict, p: str) -> str:
+    return f"{t.rstrip()}\n\n{kw['postscript_marker']} Thank you for reading."
+
+
+def _end(t: str, kw: dict, p: str) -> str:
+    return f"{t.rstrip()} {kw['end_phrase']}"
+
+
+# ---------------------------------------------------------------- characters and wrappers
+def _capital_words(t: str, kw: dict, p: str) -> str | None:
+    want, relation = int(kw["capital_frequency"]), kw["capital_relation"]
+    if relation == "less than":
+        return re.sub(r"\b[A-Z]{2,}\b", lambda m: m.group(0).capitalize(), t)
+    need = want - verifier.count_capital_words(t)
+
+    def up(m: re.Match) -> str:
+        nonlocal need
+        if need <= 0 or m.group(0).isupper():
+            return m.group(0)
+        need -= 1
+        return m.group(0).upper()
+
+    return re.sub(r"\b[A-Za-z]{2,}\b", up, t)
+
+
+FIXES: list[tuple[str, Fix]] = [  # applied in this order
+    ("keywords:forbidden_words", _forbidden),
+    ("keywords:frequency", _keyword_frequency),
+    ("length_constraints:number_words", _number_words),
+    ("length_constraints:number_sentences", _number_sentences),
+    ("keywords:existence", _existence),
+    ("detectable_content:number_placeholders", _placeholders),
+    ("detectable_format:number_bullet_lists", _bullets),
+    ("length_constraints:number_paragraphs", _paragraphs),
+    ("detectable_format:multiple_sections", _sections),
+    ("detectable_format:number_highlighted_sections", _highlights),
+    ("detectable_format:title", _title),
+    ("combination:repeat_prompt", _repeat_prompt),
+    ("detectable_content:postscript", _postscript),
+    ("startend:end_checker", _end),
+    ("punctuation:no_comma", lambda t, kw, p: t.replace(",", "")),
+    ("change_case:capital_word_frequency", _capital_words),
+    ("change_case:english_lowercase", lambda t, kw, p: t.lower()),
+    ("change_case:english_capital", lambda t, kw, p: t.upper()),
+    ("startend:quotation", lambda t, kw, p: f'"{t.strip()}"'),
+    ("detectable_format:json_format", lambda t, kw, p: json.dumps({"answer": t})),
+]
+FIXABLE = {ident for ident, _ in FIXES}
+
+
+def refine(response: str, constraints: list[dict], prompt_text: str = "") -> str | None:
+    """A minimally edited `response` that passes every constraint strictly, or None when the
+    response already passes, a broken instruction has no mechanical fix, or the fix fails to verify."""
+    if not constraints or not (response or "").strip():
+        return None
+    text = response
+    for attempt in range(3):  # a fix can break an instruction that passed (a title vs lowercase)
+        verdict = verifier.verify(text, constraints, prompt_text)
+        if verdict.strict:
+            return None if attempt == 0 else text
+        broken = {c["id"]: c.get("kwargs") or {} for c, ok in zip(constraints, verdict.strict_per_instruction)
+                  if not ok}
+        if not set(broken) <= FIXABLE:
+            return None
+        for ident, fix in FIXES:
+            if ident in broken:
+                out = fix(text, broken[ident], prompt_text)
+                if out is None or not out.strip():
+                    return None
+                text = out
+    return text if verifier.verify(text, constraints, prompt_text).strict else None

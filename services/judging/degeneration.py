@@ -1,0 +1,118 @@
+"""Signs that a model's answers degenerate, measured on every evaluation beside accuracy.
+
+A round can raise nothing and still wreck the model: a SPIN round with a too-high learning rate
+turned answers into "...rises.𒃐𒄯slotBox slotBoxslotBox…" while its training loss looked perfect.
+Accuracy alone misses part of that (an echoed prompt satisfies some instructions by accident), so
+each answer is also checked for:
+
+- echo: the answer begins by repeating the prompt (the pretrained model's habit in the chat format).
+  Prompts that ask for exactly that (IFEval's combination:repeat_prompt) are not counted.
+- limit: generation stopped at the token limit instead of ending its turn.
+- repetition: one word 4-gram occurs many times, one word comes 4 times in a row, or a short unit
+  repeats back to back
+  ("𒌒𒌒𒌒𒌒𒌒𒌒", "slotBoxslotBoxslotBox").
+- junk: characters of a script the prompt does not use (Cuneiform, Cyrillic, CJK in an English
+  exchange) or code-identifier words (camelCase, snake_case) that the prompt does not contain.
+
+All functions are pure and cheap; `degeneration_metrics` returns rates over a list of answers.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from functools import lru_cache
+
+ECHO_WORDS = 8  # an answer that starts with the prompt's first 8 words (or all of a shorter prompt)
+NGRAM = 4
+NGRAM_REPEATS = 4  # a word 4-gram seen this many times
+WORD_RUN = 4  # one word this many times in a row ("featuresMatrix featuresMatrix ...")
+RUN_REPEATS = 6  # a unit of 2..20 characters repeated back to back this many times
+LETTER_RUN = 6  # one letter repeated back to back this many times ("𒌒𒌒𒌒𒌒𒌒𒌒")
+MARK_RUN = 16  # one non-letter repeated this many times (a "-----" rule or "......" is shorter)
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
+_RUN = re.compile(r"(.{2,20}?)\1{%d,}" % (RUN_REPEATS - 1), re.DOTALL)
+_CHAR_RUN = re.compile(r"([^\W\d_])\1{%d,}|([\W\d_])\2{%d,}" % (LETTER_RUN - 1, MARK_RUN - 1), re.DOTALL)
+_IDENT = re.compile(r"\b(?:[a-z]+[A-Z][A-Za-z]*|[A-Za-z]+_[A-Za-z_]+)\b")
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text or "")]
+
+
+def echoes_prompt(response: str, prompt: str, constraints: list[dict] | None = None) -> bool:
+    """Whether the answer begins by repeating the prompt (case and punctuation ignored)."""
+    if any(c.get("id") == "combination:repeat_prompt" for c in constraints or []):
+        return False
+    p, r = _words(prompt), _words(response)
+    k = min(ECHO_WORDS, len(p))
+    return k >= 3 and r[:k] == p[:k]
+
+
+def hit_limit(finish_reason: str | None) -> bool:
+    return finish_reason == "length"
+
+
+def repetitive(text: str) -> bool:
+    words = _words(text)
+    grams = Counter(tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1))
+    if grams and max(grams.values()) >= NGRAM_REPEATS:
+        return True
+    if any(len(set(words[i:i + WORD_RUN])) == 1 for i in range(len(words) - WORD_RUN + 1)):
+        return True
+    return bool(_RUN.search(text or "") or _CHAR_RUN.search(text or ""))
+
+
+@lru_cache(maxsize=4096)
+def _script(ch: str) -> str | None:
+    """The script of a letter ('LATIN', 'CYRILLIC', 'CUNEIFORM', 'CJK', ...); None for anything
+    that is not a letter (digits, punctuation, symbols, spaces belong to every script)."""
+    if not unicodedata.category(ch).startswith("L"):
+        return None
+    name = unicodedata.name(ch, "")
+    return name.split(" ")[0] if name else "UNKNOWN"
+
+
+def _scripts(text: str) -> set[str]:
+    return {s for s in map(_script, set(text or "")) if s}
+
+
+def junk_tokens(response: str, prompt: str) -> list[str]:
+    """Characters of scripts the prompt does not use, and identifier-like words it does not contain."""
+    allowed = _scripts(prompt) | {"LATIN"}
+    out = [ch for ch in dict.fromkeys(response or "") if (s := _script(ch)) and s not in allowed]
+    prompt_words = set(_IDENT.findall(prompt or ""))
+    out += [w for w in dict.fromkeys(_IDENT.findall(response or "")) if w not in prompt_words]
+    return out
+
+
+def is_junk(response: str, prompt: str) -> bool:
+    return bool(junk_tokens(response, prompt))
+
+
+def degeneration_flags(response: str, prompt: str, finish_reason: str | None = None,
+                       constraints: list[dict] | None = None) -> dict[str, bool]:
+    return {"echo": echoes_prompt(response, prompt, constraints), "limit": hit_limit(finish_reason),
+            "repetition": repetitive(response), "junk": is_junk(response, prompt)}
+
+
+def degeneration_metrics(items: list[dict]) -> dict:
+    """items: [{"response", "prompt", "finish_reason"?, "constraints"?}]. Rates in [0, 1] (None for
+    no items); `limit_rate` counts only answers whose finish reason is known."""
+    if not items:
+        return {"echo_rate": None, "limit_rate": None, "repetition_rate": None, "junk_rate": None,
+                "degenerate_rate": None, "n_limit": 0}
+    flags = [degeneration_flags(i.get("response") or "", i.get("prompt") or "", i.get("finish_reason"),
+                                i.get("constraints")) for i in items]
+    known = [f for f, i in zip(flags, items) if i.get("finish_reason")]
+    n = len(flags)
+    return {
+        "echo_rate": sum(f["echo"] for f in flags) / n,
+        "limit_rate": sum(f["limit"] for f in known) / len(known) if known else None,
+        "n_limit": sum(f["limit"] for f in flags),
+        "repetition_rate": sum(f["repetition"] for f in flags) / n,
+        "junk_rate": sum(f["junk"] for f in flags) / n,
+        # junk or runaway repetition: what a collapsed model writes
+        "degenerate_rate": sum(f["junk"] or f["repetition"] for f in flags) / n,
+    }

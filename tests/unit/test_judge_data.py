@@ -1,0 +1,118 @@
+"""Judge-bootstrap data: every programmatic refinement passes the verifier and changes only what it
+must; judgments parse back to the verifier's label; rubric scores follow the checks."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from services.curriculum.generator import build_curriculum
+from services.curriculum.judge_data import judge_examples, rubric_score, checks
+from services.curriculum.refinements import FIXABLE, refine
+from services.judging import verifier
+from services.judging.refiner import parse_refinement, parse_verdict
+from services.judging.rubric import parse_score
+
+
+def c(ident: str, **kw) -> dict:
+    return {"id": ident, "kwargs": kw}
+
+
+BASE = "Honeybees live in colonies. Worker bees collect nectar, and they make honey. Bees dance to share news."
+# (constraints, what must be true of the fix beyond passing)
+TABLE = [
+    ([c("change_case:english_lowercase")], lambda r: r == BASE.lower()),
+    ([c("change_case:english_capital")], lambda r: r == BASE.upper()),
+    ([c("punctuation:no_comma")], lambda r: r == BASE.replace(",", "")),
+    ([c("startend:end_checker", end_phrase="Is there anything else I can help with?")],
+     lambda r: r.startswith(BASE)),
+    ([c("detectable_content:postscript", postscript_marker="P.S.")], lambda r: r.startswith(BASE)),
+    ([c("detectable_format:title")], lambda r: r.endswith(BASE)),
+    ([c("startend:quotation")], lambda r: r == f'"{BASE}"'),
+    ([c("detectable_format:json_format")], lambda r: BASE in __import__("json").loads(r).values()),
+    ([c("detectable_content:number_placeholders", num_placeholders=2)], lambda r: r.startswith(BASE)),
+    ([c("detectable_format:number_bullet_lists", num_bullets=3)], lambda r: r.count("\n* ") == 2),
+    ([c("length_constraints:number_paragraphs", num_paragraphs=3)], lambda r: r.count("***") == 2),
+    ([c("detectable_format:multiple_sections", section_spliter="SECTION", num_sections=2)],
+     lambda r: "SECTION 2" in r),
+    ([c("detectable_format:number_highlighted_sections", num_highlights=2)], lambda r: r.count("*") == 4),
+    ([c("keywords:forbidden_words", forbidden_words=["nectar"])], lambda r: "nectar" not in r.lower()),
+    ([c("keywords:existence", keywords=["pollen"])], lambda r: r.startswith(BASE)),
+    ([c("keywords:frequency", keyword="bees", relation="less than", frequency=2)], lambda r: True),
+    ([c("length_constraints:number_sentences", relation="less than", num_sentences=2)], lambda r: BASE.startswith(r)),
+    ([c("combination:repeat_prompt", prompt_to_repeat="Tell me about bees.")],
+     lambda r: r.startswith("Tell me about bees.") and r.endswith(BASE)),
+    # two broken at once, one fix undoing nothing of the other
+    ([c("detectable_format:title"), c("change_case:english_lowercase"), c("punctuation:no_comma")],
+     lambda r: r.startswith("<<") and r == r.lower() and "," not in r),
+]
+
+
+@pytest.mark.parametrize("constraints,extra", TABLE, ids=[";".join(x["id"] for x in t[0]) for t in TABLE])
+def test_each_refinement_passes_and_keeps_the_rest(constraints, extra):
+    prompt = "Tell me about bees."
+    assert not verifier.verify(BASE, constraints, prompt).strict
+    fixed = refine(BASE, constraints, prompt)
+    assert fixed is not None and verifier.verify(fixed, constraints, prompt).strict
+    assert extra(fixed), fixed
+    # only what it must: the original words survive in order, unless the fix is a deletion or case change
+    deleting = {"keywords:forbidden_words", "keywords:frequency", "length_constraints:number_sentences"}
+    if not deleting & {x["id"] for x in constraints}:
+        words = re.findall(r"[a-z]+", BASE.lower())
+        got = re.findall(r"[a-z]+", fixed.lower())
+        it = iter(got)
+        assert all(w in it for w in words)
+
+
+def test_no_refinement_when_passing_or_unfixable():
+    assert refine(BASE, [c("punctuation:no_comma")] and [c("startend:quotation")], "") is not None
+    assert refine(BASE.replace(",", ""), [c("punctuation:no_comma")]) is None  # already passes
+    assert refine(BASE, [c("keywords:letter_frequency", letter="z", let_relation="at least", let_frequency=9)]) is None
+    assert refine("", [c("punctuation:no_comma")]) is None
+
+
+def test_refinements_of_the_curriculum_all_verify():
+    items = build_curriculum(n_train=120, n_heldout=0, n_eft=0)["train"]
+    fixed = failing = 0
+    for it in items:
+        plain = " ".join(line for line in it["reference"].replace("***", " ").splitlines() if line.strip())
+        plain = plain.replace("<<", "").replace(">>", "").capitalize() + ", okay."
+        if verifier.verify(plain, it["constraints"], it["prompt"]).strict:
+            continue
+        out = refine(plain, it["constraints"], it["prompt"])
+        failing += {x["id"] for x in it["constraints"]} <= FIXABLE
+        if out is not None:
+            fixed += 1
+            assert verifier.verify(out, it["constraints"], it["prompt"]).strict
+    assert failing > 40 and fixed >= 0.9 * failing
+
+
+def test_judge_examples_parse_back_to_the_verifier_label():
+    items = build_curriculum(n_train=40, n_heldout=0, n_eft=0)["train"]
+    samples = []
+    for it in items:
+        samples.append({"prompt": it["prompt"], "response": it["reference"], "constraints": it["constraints"]})
+        samples.append({"prompt": it["prompt"], "response": it["reference"].upper() + ", yes",
+                        "constraints": it["constraints"]})
+    data = judge_examples(samples)
+    yes = [parse_verdict(e["response"]) for e in data["refiner"]]
+    assert None not in yes and yes.count(True) == yes.count(False) > 10
+    for e in data["refinement"]:
+        assert parse_refinement(e["response"]) is not None
+        assert "Verdict: no" in e["messages"][0]["content"]
+    scores = [parse_score(e["response"]) for e in data["rubric"]]
+    assert None not in scores and len(scores) == len(samples)
+    golds = scores[0::2]
+    assert all(s == 5 for s in golds)  # every gold answer follows everything
+    assert all(s < 5 for s, smp in zip(scores[1::2], samples[1::2])
+               if not verifier.verify(smp["response"], smp["constraints"], smp["prompt"]).strict)
+
+
+def test_rubric_score_follows_the_checks():
+    s = {"prompt": "Tell me about bees.", "response": BASE, "constraints": [c("punctuation:no_comma"),
+                                                                          c("detectable_format:title")]}
+    assert rubric_score(s, checks(s)) == 1  # 0 of 2 followed
+    s2 = {**s, "response": BASE.replace(",", "")}
+    assert rubric_score(s2, checks(s2)) == 3  # 1 of 2
+    echo = {**s, "response": "Tell me about bees. Tell me more"}
+    assert rubric_score(echo, checks(echo)) == 0
