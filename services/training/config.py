@@ -39,6 +39,16 @@ class TrainConfig:
     max_response_tokens: int = 512  # the response keeps its start
     logprob_chunk: int = 256  # response positions per lm_head chunk (a [chunk, vocab] fp32 block each)
     checkpoint_every: int = 50  # optimizer steps; 0 = never
+    # Guards of pairwise training (0 turns one off). Measured every step on the step's own batch,
+    # before the update: `max_kl` bounds an estimate of KL(reference || policy) in nats per token,
+    # the mean of (log πref − log πθ) per token over the rejected responses (the model's own samples
+    # in SPIN, Self-Rewarding and SPaR, so this is a Monte-Carlo KL estimate); `max_reward_margin`
+    # bounds the mean β·(chosen log-ratio − rejected log-ratio). When one is exceeded, training
+    # stops and the weights of the last step that measured within bounds are kept (see trainer.py).
+    # A collapsed SPIN round on Gemma 3 270M (lr 5e-5) reached a reward margin of 115 and pushed
+    # its own samples down by about 8 nats per token; healthy rounds stay far below both ceilings.
+    max_kl: float = 0.5
+    max_reward_margin: float = 25.0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     distributed: str = "none"  # none | ddp | fsdp (see launch.py)
 
@@ -60,7 +70,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 bad(name, "must be an integer >= 1")
-        for name in ("sft_weight", "max_grad_norm"):
+        for name in ("sft_weight", "max_grad_norm", "max_kl", "max_reward_margin"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if not 0 <= self.warmup_ratio < 1:

@@ -19,6 +19,14 @@ Distributed: with several GPUs (or config.distributed set) train_* re-runs itsel
 `accelerate launch` (launch.py); inside, accelerate's Accelerator does backward, no_sync, clipping
 and gathering, each process takes its share of every optimizer step's micro-batches, and the loss
 is normalised by the global step size so N processes compute the same update as one.
+Guards (pairwise only): each step's forward already has the policy's and the reference's log-probs
+of the step's pairs, so before the update the trainer checks an estimate of KL(reference || policy)
+per token on the rejected responses and the mean reward margin against `max_kl` and
+`max_reward_margin`. The weights measured by a step come from the previous update, so on a breach
+the trainer restores the trainable weights of the last step that measured within bounds (kept as an
+in-memory copy: LoRA weights are a few MB), stops, and reports `guard_stop` (step, metric, value,
+ceiling, kept_updates) in its summary. A breach at the first step means the reference itself is out of bounds
+(nothing was trained yet): the untouched initial weights are kept.
 Left out: gradient checkpointing (activations of short chat sequences are small next to the LM
 head's chunk), packing, mixed-precision autocast (the base runs in bf16 on GPU, LoRA in float32).
 """
@@ -215,13 +223,16 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     sft_coef = 1.0 if config.loss == "sft" else config.sft_weight
     scorer.train()
     trained_items = 0
+    guarded = kind == "pairs" and (config.max_kl > 0 or config.max_reward_margin > 0)
+    good_state, good_step, guard_stop = (_snapshot(model) if guarded else None), start, None
     for step in range(start, len(steps)):
         t_step = time.monotonic()
         epoch, group = steps[step]
         n_items = sum(len(b) for b in group)
         n_tok = sum(len(data[i][1]) for b in group for i in b)  # chosen / response tokens (SFT term)
         mine = group[rank::world]
-        totals = torch.zeros(6, dtype=torch.float64)  # loss, chosen, rejected, margin, correct, tokens
+        # loss, chosen, rejected, margin, correct, tokens, KL estimate on rejected (per token)
+        totals = torch.zeros(7, dtype=torch.float64)
         for j, idx in enumerate(mine):
             sync = acc.no_sync(scorer) if j < len(mine) - 1 else contextlib.nullcontext()
             with sync:
@@ -238,12 +249,26 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
                         loss = loss + sft_coef * sft_term(logp[:b], n_tok)
                     cr, rr = out["chosen_rewards"].double().cpu(), out["rejected_rewards"].double().cpu()
                     totals[1:5] += torch.stack([cr.sum(), rr.sum(), (cr - rr).sum(), (cr > rr).double().sum()])
+                    kl = (ref_t[idx, 1].to(dev) - logp[b:].detach()) / batch.n_tokens[b:].clamp(min=1)
+                    totals[6] += kl.double().sum().cpu()
                 else:
                     batch = collate([data[i] for i in idx], pad).to(dev)
                     loss = sft_term(score(scorer, batch), n_tok)
                 totals[0] += loss.item()
                 totals[5] += sum(lengths[i] for i in idx)
                 acc.backward(loss * world)  # DDP averages gradients over processes
+        totals = acc.reduce(totals.to(dev), reduction="sum").cpu()  # before the update: the guard needs it
+        breach = _guard_breach(kind, config, totals, n_items)
+        if breach is not None:
+            guard_stop = {"step": step + 1, **breach}
+            log.warning("training guard: %s = %.4g above its ceiling %.4g at step %d; keeping the weights "
+                        "after %d updates and stopping", breach["metric"], breach["value"], breach["ceiling"],
+                        step + 1, good_step)
+            _restore(model, good_state)
+            optimizer.zero_grad(set_to_none=True)
+            break
+        if good_state is not None:
+            good_state, good_step = _snapshot(model), step  # measured within bounds just now
         if config.max_grad_norm > 0:
             acc.clip_grad_norm_(params, config.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -252,13 +277,13 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
         optimizer.zero_grad(set_to_none=True)
         if dev.type == "cpu":
             _trim_heap()
-        totals = acc.reduce(totals.to(dev), reduction="sum").cpu()
         trained_items += n_items
         metrics = {"step": step + 1, "epoch": epoch + 1, "loss": totals[0].item(), "lr": lr,
                    "tokens_per_s": totals[5].item() / max(time.monotonic() - t_step, 1e-9)}
         if kind == "pairs":
             metrics.update(chosen_reward=totals[1].item() / n_items, rejected_reward=totals[2].item() / n_items,
-                           margin=totals[3].item() / n_items, accuracy=totals[4].item() / n_items)
+                           margin=totals[3].item() / n_items, accuracy=totals[4].item() / n_items,
+                           kl=totals[6].item() / n_items)
         else:
             metrics.update(chosen_reward=None, rejected_reward=None, margin=None, accuracy=None)
         history.append(metrics)
@@ -275,7 +300,34 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
         _publish(acc.unwrap_model(scorer).model, tok, out_dir, lora=config.lora)
     acc.wait_for_everyone()
     seconds = time.monotonic() - t0
-    return _summary(kind, history, steps, trained_items, seconds, start, lengths)
+    summary = _summary(kind, history, steps, trained_items, seconds, start, lengths)
+    if guard_stop is not None:
+        summary["guard_stop"] = {**guard_stop, "kept_updates": good_step}
+    return summary
+
+
+def _guard_breach(kind: str, config: TrainConfig, totals: torch.Tensor, n_items: int) -> dict | None:
+    """The first guard this step's measurements exceed, or None."""
+    if kind != "pairs":
+        return None
+    for metric, value, ceiling in (("kl", totals[6].item() / n_items, config.max_kl),
+                                   ("reward_margin", totals[3].item() / n_items, config.max_reward_margin)):
+        if ceiling > 0 and not value <= ceiling:  # NaN breaches too
+            return {"metric": metric, "value": value, "ceiling": ceiling}
+    return None
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore(model, state: dict[str, torch.Tensor] | None) -> None:
+    if state is None:
+        return
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in state:
+                p.copy_(state[n])
 
 
 def _reference_logps(acc, base, data, ref_adapter, pad, config) -> list[list[float]]:

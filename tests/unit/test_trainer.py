@@ -214,3 +214,40 @@ def test_two_process_ddp_on_cpu_matches_one_process(tiny_model, tmp_path, monkey
     assert multi["steps"] == single["steps"] == len(steps) == 3
     a, b = _adapter(tmp_path / "ddp"), _adapter(tmp_path / "one")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_guard_stops_a_runaway_round_and_keeps_the_last_good_weights(tiny_model, tmp_path):
+    """A learning rate far too high drives the policy away from its reference; the KL ceiling stops
+    training at the first step that measures above it and keeps the previous step's weights."""
+    steps = []
+    wild = {**FAST, "learning_rate": 0.05, "epochs": 6, "max_kl": 0.05, "max_reward_margin": 0}
+    summary = train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "wild",
+                          config=TrainConfig(**wild), on_step=steps.append)
+    stop = summary["guard_stop"]
+    assert stop["metric"] == "kl" and stop["value"] > 0.05 and stop["ceiling"] == 0.05
+    assert stop["step"] < summary["steps"]  # stopped before the planned end
+    # step k measures the weights after k-1 updates: the breach at step k discards update k-1
+    assert len(steps) == stop["step"] - 1 and stop["kept_updates"] == stop["step"] - 2
+    assert all(m["kl"] <= 0.05 for m in steps)
+    # the published weights are those the last recorded step measured: re-scoring them gives a KL
+    # estimate within the ceiling on the same pairs (the reference is the bare base here)
+    ex = [{"messages": p["messages"], "response": p["rejected"]} for p in PAIRS]
+    ref = sequence_logprobs(base_model=tiny_model, adapter=None, examples=ex)
+    kept = sequence_logprobs(base_model=tiny_model, adapter=str(tmp_path / "wild"), examples=ex)
+    tok = load_tokenizer(tiny_model)
+    n = [len(response_ids(tok, p["rejected"])) for p in PAIRS]
+    assert sum((r - k) / t for r, k, t in zip(ref, kept, n)) / len(PAIRS) < 0.5
+
+    # the same run with the guards off trains every step and reports no stop
+    off = train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "off",
+                      config=TrainConfig(**{**wild, "max_kl": 0}))
+    assert "guard_stop" not in off and off["steps"] == summary["steps"]
+
+
+def test_guard_on_reward_margin_and_validation(tiny_model, tmp_path):
+    summary = train_pairs(base_model=tiny_model, pairs=PAIRS, out_dir=tmp_path / "m",
+                          config=TrainConfig(**{**FAST, "learning_rate": 0.05, "epochs": 6, "max_kl": 0,
+                                                "max_reward_margin": 0.1}))
+    assert summary["guard_stop"]["metric"] == "reward_margin"
+    with pytest.raises(ValueError, match="max_kl"):
+        TrainConfig(max_kl=-1)
