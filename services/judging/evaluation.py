@@ -122,7 +122,9 @@ def rubric_pairwise_accuracy(groups: list[list[tuple[bool, float | None]]]) -> d
 
 
 def verdict_accuracy(pairs: list[tuple[bool | None, bool]]) -> dict:
-    """pairs: (refiner verdict, verifier strict pass) per judged response."""
+    """pairs: (refiner verdict, verifier strict pass) per judged response. Besides plain accuracy,
+    `balanced_accuracy` is the mean of the true-positive and true-negative rates, so a judge that
+    always says "yes" to a set that mostly passes does not look good."""
     counts = {"tp": 0, "tn": 0, "fp": 0, "fn": 0}
     undecided = 0
     for verdict, truth in pairs:
@@ -132,11 +134,14 @@ def verdict_accuracy(pairs: list[tuple[bool | None, bool]]) -> dict:
         key = ("t" if verdict == truth else "f") + ("p" if verdict else "n")
         counts[key] += 1
     decided = sum(counts.values())
+    pos, neg = counts["tp"] + counts["fn"], counts["tn"] + counts["fp"]
+    rates = [counts["tp"] / pos if pos else None, counts["tn"] / neg if neg else None]
     return {
         "n": len(pairs),
         "decided": decided,
         "undecided": undecided,
         "accuracy": (counts["tp"] + counts["tn"]) / decided if decided else None,
+        "balanced_accuracy": sum(rates) / 2 if None not in rates else None,
         **counts,
     }
 

@@ -41,3 +41,18 @@ def test_agreement(mode, rubric_acc, refiner_acc, unparsed):
     assert report["rubric"]["accuracy"] == rubric_acc
     assert report["refiner"]["accuracy"] == (pytest.approx(refiner_acc) if refiner_acc else None)
     assert sum(report["unparsed"].values()) == unparsed
+
+
+@pytest.mark.parametrize("mode,balanced,parseable", [("good", 1.0, 1.0), ("flat", 0.5, 1.0), ("mute", None, 0.0)])
+def test_balanced_accuracy_parseable_rate_and_types(mode, balanced, parseable):
+    report = judge_agreement(ITEMS, backend=FakeJudge(mode), model=ModelRef("m"), samples_per_prompt=2, votes=3)
+    assert report["refiner"]["balanced_accuracy"] == balanced  # "always yes" is a coin, not 1/3 or 1
+    assert report["parseable"] == {"rubric": parseable, "refiner": parseable}
+    per = report["by_type"]["punctuation:no_comma"]
+    assert per["refiner"]["n"] == 9 and per["rubric"]["accuracy"] == report["rubric"]["accuracy"]
+
+
+def test_only_the_asked_judge_is_queried():
+    report = judge_agreement(ITEMS, backend=FakeJudge("good"), model=ModelRef("m"), judges=("refiner",))
+    assert report["parseable"]["rubric"] is None and report["refiner"]["balanced_accuracy"] == 1.0
+    assert report["rubric"]["pairs"] == 0
