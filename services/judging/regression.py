@@ -1,0 +1,41 @@
+"""Did a round make the model worse? The rule the conductor applies before adopting a round's version.
+
+A round's version is compared with the policy it started from on the same held-out prompts:
+- accuracy: the paired 95 % interval of (after − before) prompt-level strict accuracy lies wholly
+  below zero — a drop larger than its own noise, not a wobble of one or two prompts;
+- degeneration: the share of degenerate answers (junk characters or runaway repetition, see
+  degeneration.py) rose above `max_degenerate_rate`, or the share of answers cut at the token limit
+  rose by more than `max_limit_rate_rise` — a collapsing model can keep its accuracy for a round
+  while its answers turn to noise.
+Either makes the round a regression. What happens then is the run's `on_regression` setting.
+Pure: plain metric dicts in (as `evaluation.aggregate` writes them), a verdict out.
+"""
+from __future__ import annotations
+
+from services.judging.evaluation import compare
+from services.judging.intervals import significantly_worse
+
+ON_REGRESSION = ("keep_previous", "stop", "continue")
+
+
+def regression_verdict(before: dict | None, after: dict | None, *, max_degenerate_rate: float = 0.2,
+                       max_limit_rate_rise: float = 0.25) -> dict:
+    """{"regressed": bool, "reasons": [str], "paired": compare(...) or None}. Without both
+    evaluations there is nothing to compare: not a regression."""
+    if not before or not after:
+        return {"regressed": False, "reasons": [], "paired": None}
+    paired = compare(before, after)
+    reasons = []
+    strict = paired["prompt_strict_acc"]
+    if significantly_worse(strict):
+        reasons.append(f"held-out prompt-level strict accuracy fell by {-strict['difference']:.3f} "
+                       f"(95 % interval of the change {strict['low']:+.3f} .. {strict['high']:+.3f}, "
+                       f"{strict['lost']} prompts lost, {strict['gained']} gained)")
+    degenerate = after.get("degenerate_rate")
+    if degenerate is not None and degenerate > max_degenerate_rate:
+        reasons.append(f"{degenerate:.0%} of held-out answers are degenerate (junk or runaway repetition), "
+                       f"above the ceiling {max_degenerate_rate:.0%}")
+    lim_b, lim_a = before.get("limit_rate"), after.get("limit_rate")
+    if lim_b is not None and lim_a is not None and lim_a - lim_b > max_limit_rate_rise:
+        reasons.append(f"answers cut at the token limit rose from {lim_b:.0%} to {lim_a:.0%}")
+    return {"regressed": bool(reasons), "reasons": reasons, "paired": paired}

@@ -1,0 +1,33 @@
+"""The regression rule on made-up evaluations: a real drop, noise, a collapse into junk."""
+from __future__ import annotations
+
+from services.judging.evaluation import aggregate
+from services.judging.regression import regression_verdict
+
+LOWER = [{"id": "change_case:english_lowercase", "kwargs": {}}]
+
+
+def evaluation(passing: int, n: int = 160, response_fail: str = "Not Lower", finish: str = "stop") -> dict:
+    return aggregate([{"prompt_id": i, "prompt": "write in lowercase about bees",
+                       "response": "all lower" if i < passing else response_fail, "constraints": LOWER,
+                       "finish_reason": "stop" if i < passing else finish} for i in range(n)])
+
+
+def test_a_drop_beyond_the_interval_is_a_regression():
+    v = regression_verdict(evaluation(80), evaluation(50))
+    assert v["regressed"] and "fell by 0.188" in v["reasons"][0] and "30 prompts lost" in v["reasons"][0]
+
+
+def test_noise_and_gains_are_not():
+    assert not regression_verdict(evaluation(80), evaluation(78))["regressed"]
+    assert not regression_verdict(evaluation(80), evaluation(95))["regressed"]
+    assert not regression_verdict(None, evaluation(10))["regressed"]
+
+
+def test_collapse_into_junk_is_a_regression_even_at_equal_accuracy():
+    before = evaluation(40, response_fail="Bees Buzz")
+    after = evaluation(40, response_fail="Bees 𒃐𒄯slotBox slotBoxslotBox", finish="length")
+    v = regression_verdict(before, after)
+    assert v["regressed"] and len(v["reasons"]) == 2
+    assert "degenerate" in v["reasons"][0] and "token limit rose from 0% to 75%" in v["reasons"][1]
+    assert not regression_verdict(before, after, max_degenerate_rate=0.9, max_limit_rate_rise=1.0)["regressed"]
