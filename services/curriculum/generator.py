@@ -279,7 +279,7 @@ def _items(rng: random.Random, topics: list[dict], n: int, table: dict[str, set[
     return items
 
 
-def build_curriculum(*, seed: int = 0, n_train: int = 200, n_heldout: int = 60, n_eft: int = 60) -> dict[str, list[dict]]:
+def build_curriculum(*, seed: int = 0, n_train: int = 200, n_heldout: int = 200, n_eft: int = 60) -> dict[str, list[dict]]:
     """{"train": [...], "heldout": [...], "eft": [...]}. Train and held-out items are API prompt
     items {"prompt", "reference", "constraints", "topic"}; EFT items are SFT examples
     {"messages", "response"} for the rubric judge, built on train topics only."""
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="examples", help="output directory")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=200)
-    parser.add_argument("--n-heldout", type=int, default=60)
+    parser.add_argument("--n-heldout", type=int, default=200)
     parser.add_argument("--n-eft", type=int, default=60)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
