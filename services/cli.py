@@ -114,10 +114,19 @@ def _run_embedded(**kw) -> int:
     from services import embedded
 
     logging.basicConfig(level=logging.WARNING)
+    from rich.markup import escape
+
+    from services.methods.runs import RunInvalid
+
     embedded.configure(kw.pop("db"))
-    run_id = embedded.create_run(method=kw["method"], prompts=kw["prompts"], model=kw["model"],
-                                 rounds=kw["rounds"], config=kw["config"], eval_prompts=kw["eval_prompts"],
-                                 config_sets=kw.get("config_sets"))
+    try:
+        run_id = embedded.create_run(method=kw["method"], prompts=kw["prompts"], model=kw["model"],
+                                     rounds=kw["rounds"], config=kw["config"], eval_prompts=kw["eval_prompts"],
+                                     config_sets=kw.get("config_sets"))
+    except RunInvalid as exc:  # the API's 422: the same messages, and nothing was stored
+        for e in exc.errors:
+            console.print("[red]invalid run:[/red] " + escape(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"))
+        raise typer.Exit(2)
     embedded.drive(run_id)
     _print_run(run_id)
     return run_id

@@ -1,30 +1,29 @@
 """Embedded mode: a whole run in one process — SQLite file, the same task functions executed
 inline (no broker), the local generation backend — with rich progress bars.
 
-This is a thin driver: it creates the same rows the API would, then drains the in-process queue,
-which holds exactly the task names and arguments Celery would have carried.
+This is a thin driver: it creates the run through the same function as the API (same validation,
+same messages), then drains the in-process queue, which holds exactly the task names and
+arguments Celery would have carried.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from shared.config import default_home, get_settings
+from shared.config import Settings, default_home, use_settings
 
 console = Console()
 
 
 def configure(db_path: Path | None = None, artifact_dir: Path | None = None) -> None:
-    """Point the settings at a SQLite file and inline execution (before any engine is built)."""
+    """Install settings for a SQLite file and inline execution in this process (the rest of the
+    settings still come from the environment), and bring the database's schema up to date."""
     home = default_home() / "embedded"
     db = db_path or home / "autodidact.db"
-    os.environ["AUTODIDACT_DATABASE_URL"] = f"sqlite:///{db}"
-    os.environ["AUTODIDACT_EXECUTION"] = "inline"
-    os.environ["AUTODIDACT_ARTIFACT_DIR"] = str(artifact_dir or home / "artifacts")
-    get_settings.cache_clear()
+    use_settings(Settings(database_url=f"sqlite:///{db}", execution="inline",
+                          artifact_dir=artifact_dir or home / "artifacts"))
     from shared.migrate import upgrade
 
     upgrade()
@@ -42,14 +41,14 @@ def load_items(path: Path) -> list[dict]:
 def create_run(*, method: str, prompts: Path, model: str, rounds: int, config: dict,
                eval_prompts: Path | None = None, config_sets: dict[str, Path] | None = None,
                workspace: str = "local") -> int:
-    """Store the prompt sets and the run as the API would; `config_sets` uploads files whose new
-    prompt set ids go into a config field (e.g. Self-Rewarding's eft_prompt_set_ids)."""
-    from services.gateway.conductor import start_run
-    from services.methods import get_recipe, parse_config
-    from services.methods.base import config_json
+    """Store the prompt sets and create the run with the API's function (services/methods/runs.py);
+    `config_sets` uploads files whose new prompt set ids go into a config field (e.g.
+    Self-Rewarding's eft_prompt_set_ids). Raises RunInvalid (nothing stored) when the API would
+    answer 422."""
+    from services.methods import runs
     from shared import crud
     from shared.db import session_scope
-    from shared.models import Run
+    from shared.models import RunCreate
     from shared.queue import enqueue
 
     with session_scope() as s:
@@ -58,20 +57,14 @@ def create_run(*, method: str, prompts: Path, model: str, rounds: int, config: d
         for field, path in (config_sets or {}).items():
             config[field] = [crud.create_prompt_set(s, workspace_id=ws.id, name=Path(path).name,
                                                     items=load_items(path)).id]
-        cfg, errors = parse_config(get_recipe(method).config_cls, config)
-        if errors:
-            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
         train = crud.create_prompt_set(s, workspace_id=ws.id, name=Path(prompts).name, items=load_items(prompts))
         evals = []
         if eval_prompts is not None:
             evals = [crud.create_prompt_set(s, workspace_id=ws.id, name=Path(eval_prompts).name,
                                             items=load_items(eval_prompts), split="heldout").id]
-        run = Run(workspace_id=ws.id, method=method, base_model=model, prompt_set_ids=[train.id],
-                  eval_prompt_set_ids=evals, config=config_json(cfg),
-                  rounds=rounds)
-        s.add(run)
-        s.flush()
-        rnd = start_run(s, run)
+        body = RunCreate(method=method, base_model=model, prompt_set_ids=[train.id], eval_prompt_set_ids=evals,
+                         rounds=rounds, config=config)
+        run, rnd = runs.create_run(s, workspace_id=ws.id, body=body)
         round_id, run_id = rnd.id, run.id
     enqueue("conductor.advance", round_id)
     return run_id

@@ -1,10 +1,13 @@
-"""Settings for every service, read from the environment (prefix-free, one URL per backing service).
+"""Settings for every service, read from the environment (`AUTODIDACT_` prefix, one URL per backing
+service). This is the only module that reads the process environment.
 
-Embedded mode overrides `database_url` with a SQLite file and `execution` with "inline"; the
-distributed stack sets them through docker-compose. Secrets have no defaults.
+Embedded mode builds its own Settings (a SQLite file, inline execution) and installs it with
+`use_settings`, instead of changing the environment; the distributed stack sets the variables
+through docker-compose. Secrets have no defaults.
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,8 +50,67 @@ class Settings(BaseSettings):
     # shared host: oversubscribed threads spin and slow every worker down.
     torch_threads: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    # Training processes on a host without GPUs (CPU DDP under `accelerate launch`); with GPUs,
+    # one process per GPU.
+    train_processes: int = 1
+    # Where the demo's Gemma model is converted to safetensors once (default: user cache).
+    model_cache: Path = Field(default_factory=lambda: default_home() / "models")
+    # The project's NLTK data directory (punkt_tab written from a PyPI package, never downloaded).
+    nltk_data: Path = Field(default_factory=lambda: default_home() / "nltk_data")
+
+
+_installed: Settings | None = None
 
 
 @lru_cache
-def get_settings() -> Settings:
+def _from_environment() -> Settings:
     return Settings()
+
+
+def get_settings() -> Settings:
+    """The settings installed with `use_settings`, else those read once from the environment."""
+    return _installed if _installed is not None else _from_environment()
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Install `settings` for this process (embedded mode, tests); None goes back to the
+    environment's."""
+    global _installed
+    _installed = settings
+
+
+def _clear() -> None:
+    """Forget installed and cached settings: the next `get_settings` reads the environment."""
+    use_settings(None)
+    _from_environment.cache_clear()
+
+
+get_settings.cache_clear = _clear  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- launcher protocol
+# Not settings: variables that `accelerate launch` / torchrun (and our launcher, for its child
+# processes) set on each training process. Read here so that no other module reads the environment.
+LAUNCHED_CHILD = "AUTODIDACT_LAUNCHED"
+
+
+def launched_child() -> bool:
+    """Whether this process is a training child started by services.training.launch."""
+    return os.environ.get(LAUNCHED_CHILD) == "1"
+
+
+def process_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def child_environment() -> dict[str, str]:
+    """The environment a launched training child gets: ours plus the child marker."""
+    return {**os.environ, LAUNCHED_CHILD: "1"}
+
+
+def mark_launched_child() -> None:
+    os.environ[LAUNCHED_CHILD] = "1"

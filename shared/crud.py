@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy import case
-from sqlmodel import Session, SQLModel, func, select
+from sqlmodel import Session, SQLModel, select
 
 from shared.models import (
     ApiKey, Judgment, ModelVersion, PreferencePair, Prompt, PromptSet, Round, Run, Sample,
@@ -155,11 +154,6 @@ def samples_of_round(session: Session, *, round_id: int, role: str | None = None
     return list(session.exec(q.order_by(Sample.prompt_id, Sample.index)))
 
 
-def pairs_of_round(session: Session, *, round_id: int) -> list[PreferencePair]:
-    return list(session.exec(select(PreferencePair).where(PreferencePair.round_id == round_id)
-                             .order_by(PreferencePair.prompt_id, PreferencePair.index)))
-
-
 def rounds_of_run(session: Session, *, run_id: int) -> list[Round]:
     return list(session.exec(select(Round).where(Round.run_id == run_id).order_by(Round.number)))
 
@@ -180,22 +174,6 @@ def upsert_judgments(session: Session, *, rows: list[dict]) -> None:
 
 def get_run(session: Session, *, run_id: int) -> Run | None:
     return session.get(Run, run_id)
-
-
-def majority_verdicts(session: Session, *, round_id: int, kind: str = "refiner") -> dict[int, bool | None]:
-    """Per sample of the round: the majority of its `kind` votes (None when they split evenly or
-    none parsed)."""
-    yes = func.sum(case((Judgment.passed.is_(True), 1), else_=0))
-    no = func.sum(case((Judgment.passed.is_(False), 1), else_=0))
-    rows = session.exec(select(Judgment.sample_id, yes, no).join(Sample, Sample.id == Judgment.sample_id)
-                        .where(Sample.round_id == round_id, Judgment.kind == kind)
-                        .group_by(Judgment.sample_id)).all()
-    return {sid: (True if y > n else False if n > y else None) for sid, y, n in rows}
-
-
-def failed_samples(session: Session, *, round_id: int) -> list[int]:
-    """Policy samples of the round whose refiner majority verdict is 'no', in id order."""
-    return sorted(sid for sid, v in majority_verdicts(session, round_id=round_id).items() if v is False)
 
 
 def version_by_key(session: Session, *, workspace_id: int, key: str) -> ModelVersion | None:

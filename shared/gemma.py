@@ -48,8 +48,9 @@ CHAT_TEMPLATE = (
 
 
 def cache_root() -> Path:
-    root = os.environ.get("AUTODIDACT_MODEL_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "autodidact" / "models"
+    from shared.config import get_settings
+
+    return Path(get_settings().model_cache).expanduser()
 
 
 def model_dir() -> Path:

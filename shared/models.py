@@ -186,23 +186,6 @@ class ModelVersion(SQLModel, table=True):
 
 
 # ================================================================ API schemas
-class PromptItem(SQLModel):
-    """One prompt as uploaded: text or chat messages, plus optional gold data."""
-
-    prompt: Any
-    reference: Optional[str] = None
-    constraints: Optional[list[dict]] = None
-    answer: Optional[str] = None
-    topic: Optional[str] = None
-
-
-class PromptSetCreate(SQLModel):
-    name: str
-    description: str = ""
-    split: str = "train"
-    items: list[dict]
-
-
 class PromptSetPublic(SQLModel):
     id: int
     name: str

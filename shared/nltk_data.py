@@ -19,13 +19,12 @@ idempotent and cheap, and the verifier calls it before importing lm_eval.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from shared.config import default_home
+from shared.config import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,7 @@ _MARKER = "SOURCE"
 
 def data_dir() -> Path:
     """The project's NLTK data directory (see module docstring)."""
-    env = os.environ.get("AUTODIDACT_NLTK_DATA")
-    return Path(env).expanduser() if env else default_home() / "nltk_data"
+    return Path(get_settings().nltk_data).expanduser()
 
 
 def _english_tables() -> tuple[dict[str, str], str]:

@@ -15,7 +15,10 @@ from kombu import Queue
 from shared.config import get_settings
 
 QUEUES = ("conductor", "generation", "judging", "refinement", "training")
+# Imported by every worker and by the inline executor. The recipes come first: they register in
+# shared.recipes (the generic tasks look a run's method up there) and bring their own tasks.
 TASK_MODULES = (
+    "services.methods.registry",
     "services.gateway.conductor",
     "services.generation.tasks",
     "services.judging.tasks",

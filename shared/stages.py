@@ -19,6 +19,7 @@ from shared.crud import get_run
 from shared.db import get_engine, session_scope
 from shared.models import ModelVersion, Round, StageTask, utcnow
 from shared.queue import enqueue
+from shared.recipes import recipe_for
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,16 @@ class StageContext:
     policy_version_id: int | None
     policy_adapter: str | None  # LoRA dir of the policy θ(t-1); None when it is the base
 
-    def recipe_config(self) -> Any:
-        from services.methods import get_recipe, parse_config
+    def recipe(self) -> Any:
+        """The run's recipe (see shared/recipes.py)."""
+        return recipe_for(self.method)
 
-        cfg, errors = parse_config(get_recipe(self.method).config_cls, self.config)
-        if errors:
-            raise ValueError(f"run {self.run_id} has an invalid stored config: {errors}")
-        return cfg
+    def recipe_config(self) -> Any:
+        """The run's method config, validated again by its recipe."""
+        try:
+            return self.recipe().load_config(self.config)
+        except ValueError as exc:
+            raise ValueError(f"run {self.run_id} has an invalid stored config: {exc}") from exc
 
 
 def run_cancelled(run_id: int) -> bool:

@@ -34,6 +34,17 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def fresh_settings(monkeypatch):
+    """For tests that set AUTODIDACT_* variables with monkeypatch: the settings are read again
+    after the test sets them, and again after monkeypatch restored them."""
+    from shared.config import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     from shared.tinymodel import build_tiny_model

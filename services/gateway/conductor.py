@@ -22,6 +22,7 @@ from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import ModelVersion, Round, Run, StageTask, utcnow
 from shared.queue import enqueue, task
+from shared.round_data import RoundData
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def _plan_input(session: Session, run: Run, rnd: Round, config) -> PlanInput:
     return PlanInput(prompt_ids=[p.id for p in prompts], eval_prompt_ids=[p.id for p in evals],
                      round_number=rnd.number, total_rounds=run.rounds,
                      shard_size=get_settings().generation_shard_size, config=config,
-                     round_id=rnd.id, session=session)
+                     round_id=rnd.id, data=RoundData(session, round_id=rnd.id))
 
 
 def _close_round(session: Session, run: Run, rnd: Round, to_send: list) -> None:
@@ -199,13 +200,3 @@ def _stages_of(session: Session, round_id: int):
     config, _ = parse_config(recipe.config_cls, run.config)
     return recipe.stages(config, bool(run.eval_prompt_set_ids))
 
-
-def start_run(session: Session, run: Run) -> Round:
-    """Open round 1 of a freshly created run (in the caller's transaction); the caller enqueues
-    `conductor.advance` for it after commit."""
-    base = crud.base_version(session, workspace_id=run.workspace_id, base_model=run.base_model)
-    run.base_version_id = base.id
-    rnd = Round(run_id=run.id, number=1, policy_version_id=base.id)
-    session.add(rnd)
-    session.flush()
-    return rnd

@@ -8,12 +8,9 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response, StreamingResponse
 from sqlmodel import select
 
-from services.gateway.conductor import start_run
 from services.gateway.deps import KeyDep, SessionDep, owned
-from services.methods import get_recipe, parse_config
-from services.methods.base import config_json
+from services.methods import get_recipe, parse_config, runs
 from shared import crud
-from shared.config import get_settings
 from shared.models import (
     ModelVersion, ModelVersionPublic, PreferencePair, Prompt, PromptSet, Round, RoundPublic, Run,
     RunCreate, RunPublic, utcnow,
@@ -21,7 +18,6 @@ from shared.models import (
 from shared.queue import enqueue
 
 router = APIRouter(tags=["runs"])
-MAX_ROUNDS = 100
 
 
 def _public(session, run: Run) -> RunPublic:
@@ -31,102 +27,15 @@ def _public(session, run: Run) -> RunPublic:
     return out
 
 
-def _check_base_model(name: str) -> list[dict]:
-    path = Path(name).expanduser().resolve()
-    if path.is_relative_to(Path(get_settings().artifact_dir).resolve()):
-        return [{"loc": ["base_model"], "msg": "the artifact store is not a model source; start from a "
-                 "model directory (e.g. one exported with shared.modeling.merge_adapter)"}]
-    if name == "gemma" or (path / "config.json").exists():
-        return []
-    return [{"loc": ["base_model"], "msg": f"{name!r} is neither 'gemma' nor a model directory "
-             "(with config.json) visible to the gateway and workers"}]
-
-
 @router.post("/v1/runs", status_code=201, response_model=RunPublic)
 def create_run(body: RunCreate, session: SessionDep, key: KeyDep) -> RunPublic:
-    errors: list[dict] = []
     try:
-        recipe = get_recipe(body.method)
-    except ValueError as exc:
-        raise HTTPException(422, [{"loc": ["method"], "msg": str(exc)}])
-    config, cfg_errors = parse_config(recipe.config_cls, body.config)
-    errors += cfg_errors
-    if not 1 <= body.rounds <= MAX_ROUNDS:
-        errors.append({"loc": ["rounds"], "msg": f"must be in 1..{MAX_ROUNDS}"})
-    errors += _check_base_model(body.base_model)
-    if not body.prompt_set_ids:
-        errors.append({"loc": ["prompt_set_ids"], "msg": "give at least one prompt set id"})
-    errors += _foreign_ids(session, key, PromptSet, body.prompt_set_ids, ["prompt_set_ids"])
-    errors += _foreign_ids(session, key, PromptSet, body.eval_prompt_set_ids, ["eval_prompt_set_ids"])
-    overlap = sorted(set(body.prompt_set_ids) & set(body.eval_prompt_set_ids))
-    if overlap:
-        errors.append({"loc": ["eval_prompt_set_ids"], "msg": f"set(s) {overlap} are also training sets; "
-                       "held-out prompts must not be trained on"})
-    for i, sid in enumerate(body.eval_prompt_set_ids):
-        if not errors and not any(p.constraints for p in session.exec(select(Prompt).where(Prompt.prompt_set_id == sid))):
-            errors.append({"loc": ["eval_prompt_set_ids", i], "msg": f"prompt set {sid} has no prompts with "
-                           "constraints to evaluate"})
-    if not errors:
-        errors += _method_data_errors(session, key, body.method, body.prompt_set_ids, config)
-    errors += _stopping_errors(body.stopping)
-    if errors:
-        raise HTTPException(422, errors)
-    run = Run(workspace_id=key.workspace_id, method=body.method, base_model=body.base_model,
-              prompt_set_ids=body.prompt_set_ids, eval_prompt_set_ids=body.eval_prompt_set_ids,
-              config=config_json(config), rounds=body.rounds, continuous=body.continuous,
-              stopping=body.stopping)
-    session.add(run)
-    session.flush()
-    rnd = start_run(session, run)
+        run, rnd = runs.create_run(session, workspace_id=key.workspace_id, body=body)
+    except runs.RunInvalid as exc:
+        raise HTTPException(422, exc.errors)
     session.commit()
     enqueue("conductor.advance", rnd.id)
     return _public(session, run)
-
-
-STOPPING = {"max_rounds": (int, 1), "patience": (int, 0), "delta": (float, 0.0)}
-
-
-def _stopping_errors(stopping: dict) -> list[dict]:
-    """`stopping` keys and values: max_rounds int ≥ 1, patience int ≥ 0, delta number ≥ 0."""
-    errors = []
-    for k, v in stopping.items():
-        if k not in STOPPING:
-            errors.append({"loc": ["stopping", k], "msg": f"allowed keys: {sorted(STOPPING)}"})
-            continue
-        kind, low = STOPPING[k]
-        ok_type = isinstance(v, (int, float)) if kind is float else isinstance(v, int)
-        if isinstance(v, bool) or not ok_type or v < low:
-            errors.append({"loc": ["stopping", k], "msg": f"must be a {kind.__name__} >= {low}, got {v!r}"})
-    return errors
-
-
-def _method_data_errors(session, key, method: str, set_ids: list[int], config) -> list[dict]:
-    """Refuse runs whose prompts cannot feed the method, before any work is queued."""
-    prompts = session.exec(select(Prompt).where(Prompt.prompt_set_id.in_(set_ids))).all()
-    if method == "sft" and not any(p.reference for p in prompts):
-        return [{"loc": ["prompt_set_ids"], "msg": "SFT needs prompts with a gold `reference`"}]
-    if method == "spin":
-        missing = sorted({p.prompt_set_id for p in prompts if p.reference is None})
-        if missing:
-            return [{"loc": ["prompt_set_ids"], "msg": f"SPIN needs a gold `reference` for every prompt; "
-                     f"set(s) {missing} have prompts without one"}]
-    if method == "rest_em" and not any(p.constraints or p.answer for p in prompts):
-        return [{"loc": ["prompt_set_ids"], "msg": "ReST-EM needs a checkable reward: give prompts "
-                 "`constraints` or an `answer`"}]
-    if method == "self_reward":
-        judge = [config.judge_version_id] if config.judge_version_id is not None else []
-        return (_foreign_ids(session, key, PromptSet, config.eft_prompt_set_ids, ["config", "eft_prompt_set_ids"])
-                + [{**e, "loc": e["loc"][:-1]} for e in
-                   _foreign_ids(session, key, ModelVersion, judge, ["config", "judge_version_id"])])
-    return []
-
-
-def _foreign_ids(session, key, model, ids: list, loc: list) -> list[dict]:
-    """Errors for ids of `model` that do not exist in the caller's workspace (never says which
-    ones exist elsewhere)."""
-    what = "prompt set" if model is PromptSet else "model version"
-    return [{"loc": loc + [i], "msg": f"{what} {oid} not found"} for i, oid in enumerate(ids)
-            if not 0 < oid < 2**31 or (row := session.get(model, oid)) is None or row.workspace_id != key.workspace_id]
 
 
 @router.get("/v1/runs", response_model=list[RunPublic])
@@ -161,13 +70,13 @@ def add_prompt_sets(run_id: int, body: dict, session: SessionDep, key: KeyDep) -
         raise HTTPException(422, [{"loc": ["prompt_set_ids"], "msg": "give a non-empty list of prompt set ids"}])
     if run.status not in ("queued", "running"):
         raise HTTPException(409, f"run {run_id} already ended with status {run.status!r}")
-    missing = _foreign_ids(session, key, PromptSet, ids, ["prompt_set_ids"])
+    missing = runs.foreign_ids(session, key.workspace_id, PromptSet, ids, ["prompt_set_ids"])
     if set(ids) & set(run.eval_prompt_set_ids or []):
         missing.append({"loc": ["prompt_set_ids"], "msg": "held-out sets of this run cannot be trained on"})
     if missing:
         raise HTTPException(422, missing)
     config, _ = parse_config(get_recipe(run.method).config_cls, run.config)
-    errors = _method_data_errors(session, key, run.method, ids, config)
+    errors = runs.data_errors(session, key.workspace_id, run.method, ids, config)
     if errors:
         raise HTTPException(422, errors)
     locked = crud.lock_run(session, run_id=run.id)

@@ -14,9 +14,6 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-FINISH_REASONS = ("stop", "length")
-
-
 @dataclass
 class SamplingParams:
     """How to sample. `temperature=0` means greedy decoding (every one of the n samples is the same).
@@ -90,6 +87,11 @@ class Backend(Protocol):
                  params: SamplingParams) -> list[list[Completion]]:
         """One list of `params.n` completions per prompt, in prompt order."""
         ...
+
+
+def shard_seed(base_seed: int, round_number: int, shard: int, batch: int) -> int:
+    """Distinct, reproducible sampling seeds per round, shard and batch."""
+    return (base_seed * 1_000_003 + round_number * 10_007 + shard * 101 + batch) % (2**31)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

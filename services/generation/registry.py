@@ -10,9 +10,11 @@ what they learned about servers (unless an option is a callable).
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import threading
+from functools import lru_cache
 
 from services.generation.base import Backend
 
@@ -53,3 +55,21 @@ def get_backend(name: str, **options) -> Backend:
         if cacheable:
             _cache[key] = backend
         return backend
+
+
+@lru_cache
+def backend() -> Backend:
+    """This process's backend, built once from the settings (`generation_backend` and its options)."""
+    from shared.config import get_settings
+
+    s = get_settings()
+    if ":" in s.generation_backend:  # a plug-in: "package.module:factory", called with device=...
+        module, attr = s.generation_backend.split(":", 1)
+        return getattr(importlib.import_module(module), attr)(device=s.device)
+    if s.generation_backend == "tgi":
+        return get_backend("tgi", urls=[u for u in s.tgi_urls.split(",") if u],
+                           refresh_command=s.tgi_refresh_command or None,
+                           preloaded_adapters=[a for a in s.tgi_preloaded_adapters.split(",") if a] or None)
+    if s.generation_backend == "openai":
+        return get_backend("openai", base_url=s.openai_base_url, endpoint=s.openai_endpoint)
+    return get_backend("local", device=s.device)

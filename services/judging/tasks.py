@@ -1,7 +1,8 @@
-"""Judging-queue tasks: verify samples, judge them with the rubric or the refiner (LLM judges reached
-through the generation backend), build a round's preference pairs, evaluate a version.
+"""Judging-queue tasks: verify samples, judge them with an LLM judge of a kind (rubric scores or
+refiner verdicts, reached through the generation backend), build a round's preference pairs (with
+the run's recipe's pairs hook), evaluate a version.
 
-Thin, as every task: load rows, call the pure judging / method code, upsert rows. Unparseable
+Thin, as every task: load rows, call the pure judging code or the recipe's hook, upsert rows. Unparseable
 judgments are stored with score/passed None — counted, never scored as 0.
 """
 from __future__ import annotations
@@ -10,9 +11,13 @@ import logging
 
 from sqlmodel import select
 
+from services.generation.base import SamplingParams, shard_seed
+from services.generation.registry import backend
+from services.generation.versions import model_for
 from shared import crud
 from shared.db import session_scope
-from shared.models import Judgment, Prompt, RefinementNode, Round, Sample
+from shared.models import Prompt, Round, Sample
+from shared.round_data import RoundData
 from shared.queue import task
 from shared.stages import StageContext, execute
 
@@ -29,7 +34,7 @@ def _shard_samples(ctx: StageContext) -> tuple[list[Sample], dict[int, Prompt]]:
     return samples, prompts
 
 
-# ---------------------------------------------------------------- verifier (ReST-EM)
+# ---------------------------------------------------------------- verifier
 def _verify(ctx: StageContext) -> None:
     from services.judging.verifier import binary_reward
 
@@ -51,19 +56,27 @@ def verify_shard(stage_task_id: int) -> None:
 
 
 # ---------------------------------------------------------------- LLM judges
-def _llm_votes(ctx: StageContext, *, build, parse, votes: int, temperature: float, max_new_tokens: int,
-               model: str, kind: str) -> None:
-    """Sample `votes` judgments per sample from a judge model and store each parsed vote."""
-    from services.generation.base import SamplingParams
-    from services.generation.tasks import backend, model_for, shard_seed
+def _judges() -> dict:
+    """Judge kind → (request builder, parser of one vote)."""
+    from services.judging.refiner import judge_messages, parse_verdict
+    from services.judging.rubric import parse_score, rubric_messages
 
+    return {"rubric": (rubric_messages, parse_score), "refiner": (judge_messages, parse_verdict)}
+
+
+def llm_votes(ctx: StageContext, kind: str) -> None:
+    """Sample `votes` judgments of `kind` per sample of the shard from the payload's judge model
+    (payload: prompt_ids, role, votes, temperature, max_new_tokens, model) and store each vote."""
+    build, parse = _judges()[kind]
+    p = ctx.payload
     samples, prompts = _shard_samples(ctx)
     if not samples:
         return
     requests = [build(prompts[x.prompt_id].messages, x.text) for x in samples]
-    params = SamplingParams(n=votes, temperature=temperature, max_new_tokens=max_new_tokens,
+    params = SamplingParams(n=int(p["votes"]), temperature=float(p["temperature"]),
+                            max_new_tokens=int(p["max_new_tokens"]),
                             seed=shard_seed(ctx.config.get("seed", 0), ctx.round_number, ctx.shard, 7))
-    outs = backend().generate(requests, model_for(ctx, model), params)
+    outs = backend().generate(requests, model_for(ctx, p.get("model", "policy")), params)
     rows, unparsed = [], 0
     for x, comps in zip(samples, outs):
         for v, c in enumerate(comps):
@@ -77,87 +90,24 @@ def _llm_votes(ctx: StageContext, *, build, parse, votes: int, temperature: floa
     log.info("%s judge: %d votes, %d unparseable", kind, len(rows), unparsed)
 
 
-def _rubric(ctx: StageContext) -> None:
-    from services.judging.rubric import parse_score, rubric_messages
-
-    cfg = ctx.recipe_config()
-    _llm_votes(ctx, build=rubric_messages, parse=parse_score, votes=cfg.judge_samples,
-               temperature=cfg.judge_temperature, max_new_tokens=cfg.judge_max_new_tokens,
-               model="judge", kind="rubric")
-
-
-def _refiner(ctx: StageContext) -> None:
-    from services.judging.refiner import judge_messages, parse_verdict
-
-    cfg = ctx.recipe_config()
-    _llm_votes(ctx, build=judge_messages, parse=parse_verdict, votes=cfg.judge_votes,
-               temperature=cfg.judge_temperature, max_new_tokens=cfg.judge_max_new_tokens,
-               model="refiner", kind="refiner")
-
-
 @task("judging.rubric_shard")
 def rubric_shard(stage_task_id: int) -> None:
-    execute(stage_task_id, _rubric)
+    execute(stage_task_id, lambda ctx: llm_votes(ctx, "rubric"))
 
 
 @task("judging.refiner_shard")
 def refiner_shard(stage_task_id: int) -> None:
-    execute(stage_task_id, _refiner)
+    execute(stage_task_id, lambda ctx: llm_votes(ctx, "refiner"))
 
 
 # ---------------------------------------------------------------- pairs
-def _pairs_spin(s, ctx) -> tuple[list[dict], dict]:
-    from services.methods.spin import build_pairs
-
-    samples = crud.samples_of_round(s, round_id=ctx.round_id, role="policy")
-    prompts = crud.prompts_by_id(s, ids=sorted({x.prompt_id for x in samples}))
-    pairs, skipped = build_pairs([{"id": p.id, "reference": p.reference} for p in prompts.values()],
-                                 [{"prompt_id": x.prompt_id, "index": x.index, "text": x.text} for x in samples])
-    return pairs, {"samples": len(samples), "pairs_skipped": skipped}
-
-
-def _pairs_self_reward(s, ctx) -> tuple[list[dict], dict]:
-    from services.judging.rubric import mean_score
-    from services.methods.self_reward import best_worst_pairs
-
-    samples = crud.samples_of_round(s, round_id=ctx.round_id, role="candidate")
-    scores: dict[int, list] = {}
-    for j in s.exec(select(Judgment).where(Judgment.sample_id.in_([x.id for x in samples]),
-                                                 Judgment.kind == "rubric")):
-        scores.setdefault(j.sample_id, []).append(j.score)
-    cands: dict[int, list] = {}
-    for x in samples:
-        cands.setdefault(x.prompt_id, []).append((x.index, x.text, mean_score(scores.get(x.id, []))))
-    pairs, counts = best_worst_pairs(cands)
-    unparsed = sum(v is None for vs in scores.values() for v in vs)
-    return pairs, {**counts, "samples": len(samples), "judgments_unparsed": unparsed}
-
-
-def _pairs_spar(s, ctx) -> tuple[list[dict], dict]:
-    from services.methods.spar import refined_pairs
-
-    trees = []
-    roots = s.exec(select(Sample).where(Sample.id.in_(
-        select(RefinementNode.sample_id).join(Sample, Sample.id == RefinementNode.sample_id)
-        .where(Sample.round_id == ctx.round_id)))).all()
-    for root in roots:
-        solved = s.exec(select(RefinementNode).where(RefinementNode.sample_id == root.id,
-                                                     RefinementNode.passed.is_(True), RefinementNode.depth > 0)
-                        .order_by(RefinementNode.id)).first()
-        trees.append({"prompt_id": root.prompt_id, "sample_index": root.index, "root": root.text,
-                      "solution": solved.text if solved else None})
-    pairs = refined_pairs(trees)
-    return pairs, {"searched": len(trees), "solved": sum(t["solution"] is not None for t in trees)}
-
-
-PAIR_BUILDERS = {"spin": _pairs_spin, "self_reward": _pairs_self_reward, "spar": _pairs_spar}
-
-
 def _build_pairs(ctx: StageContext) -> None:
-    if ctx.method not in PAIR_BUILDERS:
-        raise ValueError(f"no pair builder for method {ctx.method!r}")
+    """The round's preference pairs, made by the run's recipe from what the round's stages wrote."""
+    recipe, cfg = ctx.recipe(), ctx.recipe_config()
+    if getattr(recipe, "pairs", None) is None:
+        raise ValueError(f"method {ctx.method!r} makes no preference pairs; its recipe has no pairs hook")
     with session_scope() as s:
-        pairs, counts = PAIR_BUILDERS[ctx.method](s, ctx)
+        pairs, counts = recipe.pairs(RoundData(s, round_id=ctx.round_id), cfg)
         crud.upsert_pairs(s, rows=[{"margin": None, **p, "round_id": ctx.round_id} for p in pairs])
         rnd = s.get(Round, ctx.round_id)
         rnd.metrics = {**rnd.metrics, "pairs": len(pairs), "pair_stats": counts}
@@ -173,8 +123,6 @@ def build_pairs(stage_task_id: int) -> None:
 def _eval_judge_scores(ctx: StageContext, samples: list[Sample], prompts: dict, role: str) -> list:
     """Mean rubric score of each held-out answer, judged by the model that wrote it (None when
     no vote parsed); [] when the run does not ask for judge scores."""
-    from services.generation.base import SamplingParams
-    from services.generation.tasks import backend, model_for, shard_seed
     from services.judging.rubric import mean_score, parse_score, rubric_messages
 
     k = int(ctx.config.get("eval_judge_samples", 0))

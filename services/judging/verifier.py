@@ -94,11 +94,6 @@ def _ifeval() -> SimpleNamespace:
     return SimpleNamespace(registry=instructions_registry, util=instructions_util, utils=utils)
 
 
-def instruction_ids() -> list[str]:
-    """The instruction ids lm_eval's registry checks (what `constraints[i]["id"]` may be)."""
-    return sorted(_ifeval().registry.INSTRUCTION_DICT)
-
-
 def conflicts() -> dict[str, set[str]]:
     """IFEval's instruction conflicts, made symmetric (lm_eval ships the table one-sided)."""
     table = {k: set(v) for k, v in _ifeval().registry.INSTRUCTION_CONFLICTS.items()}

@@ -1,13 +1,27 @@
-"""What a method recipe is: a validated config dataclass plus the ordered stages of one round.
+"""What a method recipe is: a validated config dataclass, the ordered stages of one round, and
+the hooks the generic machinery calls for the method's own data.
 
 A stage names the task that does its work and how the work is split into StageTasks (shards).
-The conductor only ever sees this shape, so adding a method never touches the conductor.
+The conductor only ever sees this shape, and the generic tasks only call the hooks, so adding a
+method is one recipe module (registered with `register`) and never touches a service:
+
+- `check_data(check) -> errors`: refuse a run whose prompts cannot feed the method, before any
+  work is queued (same check for the API and the embedded mode, see runs.py);
+- `pairs(data, config) -> (pairs, counts)`: the round's preference pairs (`judging.build_pairs`);
+- `training_job(data, config, role) -> TrainJob`: what a `training.train_round` task with that
+  payload role trains (`policy`, `refiner`, `bootstrap`, ...).
+
+`data` is a shared.round_data.RoundData: a read-only view of the round, never a session.
+A method-only task (Self-Rewarding's self-instruction) is a task in the recipe's module,
+registered with `shared.queue.task` when the module is imported.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
+
+from shared import recipes as _registry
 
 
 @dataclass(frozen=True)
@@ -21,9 +35,9 @@ class PlanInput:
     shard_size: int
     config: Any
     round_id: int = 0
-    # An open DB session, for planners that split work by rows earlier stages wrote (failed
-    # samples, self-instructed prompts). Planners only read through it.
-    session: Any = None
+    # A read-only view of the round (shared.round_data.RoundData), for planners that split work
+    # by rows earlier stages wrote (failed samples, self-instructed prompts).
+    data: Any = None
 
 
 @dataclass(frozen=True)
@@ -34,10 +48,37 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class DataCheck:
+    """What a recipe's data check sees of a run being created: its training prompts as plain dicts
+    ({"id", "prompt_set_id", "messages", "reference", "constraints", "answer"}), its config, and
+    `missing(kind, ids, loc)`: errors for ids of "prompt_set" or "model_version" that do not exist
+    in the run's workspace."""
+
+    prompts: list[dict]
+    config: Any
+    missing: Callable[[str, list, list], list[dict]]
+
+
+@dataclass(frozen=True)
 class Recipe:
     method: str
     config_cls: type
     stages: Callable[[Any, bool], list[Stage]]  # (config, has_eval_prompts) -> stages
+    check_data: Callable[[DataCheck], list[dict]] = lambda check: []
+    pairs: Callable[[Any, Any], tuple[list[dict], dict]] | None = None
+    training_job: Callable[[Any, Any, str], Any] | None = None
+
+    def load_config(self, data: dict | None) -> Any:
+        """The config from stored JSON; ValueError naming the fields when it does not validate."""
+        cfg, errors = parse_config(self.config_cls, data)
+        if errors:
+            raise ValueError(str(errors))
+        return cfg
+
+
+def register(recipe: Recipe) -> Recipe:
+    """Make `recipe` known to the conductor, the run creation and the generic tasks."""
+    return _registry.register(recipe)
 
 
 def shards(ids: list[int], size: int, **extra: Any) -> list[dict]:
@@ -89,11 +130,9 @@ def _field_in_message(msg: str, names: set[str]) -> str | None:
 
 
 def get_recipe(method: str) -> Recipe:
-    from services.methods.registry import RECIPES
+    import services.methods.registry  # noqa: F401 - the built-in recipes register on import
 
-    if method not in RECIPES:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(RECIPES)}")
-    return RECIPES[method]
+    return _registry.recipe_for(method)
 
 
 def check(cond: bool, field: str, msg: str) -> None:
@@ -145,6 +184,28 @@ class TrainerFields:
         check(self.lora_r >= 1, "lora_r", "must be >= 1")
         check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
         check(0 <= self.eval_judge_samples <= 16, "eval_judge_samples", "must be in 0..16")
+
+
+@dataclass
+class SamplingFields:
+    """How a method samples its policy; the generation task reads these from the run's config.
+    Method configs subclass this, may change the defaults, and may narrow SAMPLES_RANGE."""
+
+    samples_per_prompt: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 256
+    SAMPLES_RANGE: ClassVar[tuple[int, int]] = (1, 64)
+    SAMPLES_WHY: ClassVar[str] = ""
+
+    def check_sampling_fields(self) -> None:
+        lo, hi = self.SAMPLES_RANGE
+        check(lo <= self.samples_per_prompt <= hi, "samples_per_prompt", f"must be in {lo}..{hi}{self.SAMPLES_WHY}")
+        check(self.temperature > 0, "temperature", f"must be > 0 (the method samples), got {self.temperature}")
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        check(self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
+        check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
 
 
 TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields) if f.name not in ("train", "eval_judge_samples"))

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.methods.base import TrainerFields, Recipe, Stage, check, evaluation_stages, shard_prompts, single
+from services.methods.base import (
+    DataCheck, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, register, shard_prompts, single,
+)
+from services.methods.jobs import sft_from_base_job
 
 
 @dataclass
-class RestEMConfig(TrainerFields):
+class RestEMConfig(SamplingFields, TrainerFields):
     samples_per_prompt: int = 32  # N [32 for math, 64 for code]
     max_correct_per_prompt: int = 10  # K [10]
     temperature: float = 0.7  # [0.7]
@@ -26,15 +29,12 @@ class RestEMConfig(TrainerFields):
     max_new_tokens: int = 256
     learning_rate: float = 1e-4
     epochs: int = 2
+    SAMPLES_RANGE = (1, 256)
 
     def __post_init__(self) -> None:
         self.check_trainer_fields()
-        check(1 <= self.samples_per_prompt <= 256, "samples_per_prompt", "must be in 1..256")
+        self.check_sampling_fields()
         check(self.max_correct_per_prompt >= 1, "max_correct_per_prompt", "must be >= 1")
-        check(self.temperature > 0, "temperature", "must be > 0 (ReST-EM samples)")
-        check(self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
-        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
         self.train_config(1, 1)
 
@@ -65,6 +65,26 @@ def select_correct(samples: list[dict], k: int) -> tuple[list[dict], dict]:
     return kept, {"correct": correct, "kept": len(kept), "prompts_with_correct": len(seen)}
 
 
+def check_data(check: DataCheck) -> list[dict]:
+    if not any(p["constraints"] or p["answer"] for p in check.prompts):
+        return [{"loc": ["prompt_set_ids"], "msg": "ReST-EM needs a checkable reward: give prompts "
+                 "`constraints` or an `answer`"}]
+    return []
+
+
+def training_job(data, cfg: RestEMConfig, role: str):
+    """M-step: SFT from the base on the verified samples of the round."""
+    if role != "policy":
+        return None
+    rewards = {j["sample_id"]: j["score"] for j in data.judgments("verifier", role="policy") if j["vote_index"] == 0}
+    samples = [{**x, "reward": rewards.get(x["id"])} for x in data.samples("policy")]
+    kept, stats = select_correct(samples, cfg.max_correct_per_prompt)
+    prompts = data.prompts(sorted({k["prompt_id"] for k in kept}))
+    items = [{"messages": prompts[k["prompt_id"]]["messages"], "response": k["text"]} for k in kept]
+    return sft_from_base_job(data, items, cfg.train_config(data.round_number, data.total_rounds),
+                             {**stats, "samples": len(samples)})
+
+
 def _stages(cfg: RestEMConfig, has_eval: bool) -> list[Stage]:
     return [
         Stage("generate", "generation.generate_shard", shard_prompts(role="policy")),
@@ -73,4 +93,5 @@ def _stages(cfg: RestEMConfig, has_eval: bool) -> list[Stage]:
     ] + evaluation_stages(has_eval)
 
 
-RECIPE = Recipe(method="rest_em", config_cls=RestEMConfig, stages=_stages)
+RECIPE = register(Recipe(method="rest_em", config_cls=RestEMConfig, stages=_stages, check_data=check_data,
+                         training_job=training_job))

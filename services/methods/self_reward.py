@@ -17,12 +17,14 @@ import re
 from dataclasses import dataclass, field
 
 from services.methods.base import (
-    TrainerFields, PlanInput, Recipe, Stage, check, evaluation_stages, shards, single,
+    DataCheck, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, register, shards,
+    single,
 )
+from services.methods.jobs import gold_examples, pairwise_job, sft_from_base_job
 
 
 @dataclass
-class SelfRewardConfig(TrainerFields):
+class SelfRewardConfig(SamplingFields, TrainerFields):
     bootstrap_sft: bool = True  # round 1 first makes M1 by SFT on IFT + EFT data
     eft_prompt_set_ids: list = field(default_factory=list)  # judge-training sets (prompt → judgment)
     bootstrap_learning_rate: float = 1e-4
@@ -41,9 +43,12 @@ class SelfRewardConfig(TrainerFields):
     judge_version_id: int | None = None  # None: the policy judges itself
     beta: float = 0.1  # [0.1]
     learning_rate: float = 1e-6  # [1e-6 → 1e-7 over training]
+    SAMPLES_RANGE = (2, 64)
+    SAMPLES_WHY = " (pairs need two)"
 
     def __post_init__(self) -> None:
         self.check_trainer_fields()
+        self.check_sampling_fields()
         check(isinstance(self.eft_prompt_set_ids, list) and all(
             type(i) is int for i in self.eft_prompt_set_ids), "eft_prompt_set_ids", "must be a list of integer ids")
         check(self.judge_version_id is None or type(self.judge_version_id) is int, "judge_version_id",
@@ -54,10 +59,6 @@ class SelfRewardConfig(TrainerFields):
         check(self.instruct_temperature > 0, "instruct_temperature", "must be > 0")
         check(0 < self.instruct_top_p <= 1, "instruct_top_p", "must be in (0, 1]")
         check(0 < self.dedupe_threshold <= 1, "dedupe_threshold", "must be in (0, 1]")
-        check(2 <= self.samples_per_prompt <= 64, "samples_per_prompt", "must be in 2..64 (pairs need two)")
-        check(self.temperature > 0, "temperature", "must be > 0")
-        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
         check(1 <= self.judge_samples <= 16, "judge_samples", "must be in 1..16")
         check(self.judge_temperature > 0, "judge_temperature", "must be > 0 (votes are sampled)")
         check(self.beta > 0, "beta", "must be > 0")
@@ -134,23 +135,55 @@ def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]])
     return pairs, {"pairs": len(pairs), "ties_dropped": ties, "unscored_prompts": unscored}
 
 
+# ---------------------------------------------------------------- hooks
+def check_data(check: DataCheck) -> list[dict]:
+    """The config's prompt sets (judge training data) and judge version must be the workspace's."""
+    cfg = check.config
+    judge = [cfg.judge_version_id] if cfg.judge_version_id is not None else []
+    return (check.missing("prompt_set", cfg.eft_prompt_set_ids, ["config", "eft_prompt_set_ids"])
+            + [{**e, "loc": e["loc"][:-1]} for e in check.missing("model_version", judge, ["config", "judge_version_id"])])
+
+
+def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
+    from services.judging.rubric import mean_score
+
+    samples = data.samples("candidate")
+    scores: dict[int, list] = {}
+    for j in data.judgments("rubric", role="candidate"):
+        scores.setdefault(j["sample_id"], []).append(j["score"])
+    cands: dict[int, list] = {}
+    for x in samples:
+        cands.setdefault(x["prompt_id"], []).append((x["index"], x["text"], mean_score(scores.get(x["id"], []))))
+    pairs, counts = best_worst_pairs(cands)
+    unparsed = sum(v is None for vs in scores.values() for v in vs)
+    return pairs, {**counts, "samples": len(samples), "judgments_unparsed": unparsed}
+
+
+def training_job(data, cfg: SelfRewardConfig, role: str):
+    if role == "bootstrap":  # M1: SFT of the base on instruction (IFT) and evaluation (EFT) data
+        items = gold_examples(data, data.prompt_set_ids + list(cfg.eft_prompt_set_ids))
+        return sft_from_base_job(data, items, cfg.bootstrap_config(), {"sft_examples": len(items)},
+                                 key_round=0, sets_policy=True)
+    return pairwise_job(data, cfg) if role == "policy" else None
+
+
 # ---------------------------------------------------------------- stages
 def _self_instruct_plan(inp: PlanInput) -> list[dict]:
     return [{"count": inp.config.new_prompts_per_round}]
 
 
 def _candidate_shards(inp: PlanInput) -> list[dict]:
-    from shared.crud import prompts_of_round
-
-    ids = [p.id for p in prompts_of_round(inp.session, round_id=inp.round_id)]
+    ids = [p["id"] for p in inp.data.round_prompts()]
     return shards(ids, inp.shard_size, role="candidate", n=inp.config.samples_per_prompt)
 
 
 def _judge_shards(inp: PlanInput) -> list[dict]:
-    from shared.crud import prompts_of_round
-
-    ids = [p.id for p in prompts_of_round(inp.session, round_id=inp.round_id)]
-    return shards(ids, inp.shard_size, role="candidate")
+    """Rubric votes on the candidates, by θ(t-1) itself unless the config names a judge version."""
+    cfg = inp.config
+    judge = f"version:{cfg.judge_version_id}" if cfg.judge_version_id is not None else "policy"
+    ids = [p["id"] for p in inp.data.round_prompts()]
+    return shards(ids, inp.shard_size, role="candidate", model=judge, votes=cfg.judge_samples,
+                  temperature=cfg.judge_temperature, max_new_tokens=cfg.judge_max_new_tokens)
 
 
 def _bootstrap_plan(inp: PlanInput) -> list[dict]:
@@ -168,4 +201,5 @@ def _stages(cfg: SelfRewardConfig, has_eval: bool) -> list[Stage]:
     ] + evaluation_stages(has_eval)
 
 
-RECIPE = Recipe(method="self_reward", config_cls=SelfRewardConfig, stages=_stages)
+RECIPE = register(Recipe(method="self_reward", config_cls=SelfRewardConfig, stages=_stages, check_data=check_data,
+                         pairs=round_pairs, training_job=training_job))

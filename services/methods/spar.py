@@ -15,15 +15,18 @@ data as a normal SFT run and use its version as the base to do the same).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from services.methods.base import (
-    TrainerFields, PlanInput, Recipe, Stage, check, evaluation_stages, shard_prompts, single,
+    PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, register, shard_prompts, single,
 )
+from services.methods.jobs import pairwise_job
+from services.training.job import TrainJob
 
 
 @dataclass
-class SPaRConfig(TrainerFields):
+class SPaRConfig(SamplingFields, TrainerFields):
     samples_per_prompt: int = 5  # K [5]
     temperature: float = 0.9  # [0.9]
     top_p: float = 1.0
@@ -46,10 +49,7 @@ class SPaRConfig(TrainerFields):
 
     def __post_init__(self) -> None:
         self.check_trainer_fields()
-        check(1 <= self.samples_per_prompt <= 64, "samples_per_prompt", "must be in 1..64")
-        check(self.temperature > 0, "temperature", "must be > 0")
-        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
+        self.check_sampling_fields()
         check(1 <= self.judge_votes <= 16, "judge_votes", "must be in 1..16")
         check(self.judge_temperature > 0 and self.refine_temperature > 0, "judge_temperature",
               "judge_temperature and refine_temperature must be > 0")
@@ -91,11 +91,73 @@ def refined_pairs(trees: list[dict]) -> list[dict]:
             for t in trees if t.get("solution") and t["solution"].strip() != t["root"].strip()]
 
 
-def _refine_plan(inp: PlanInput) -> list[dict]:
-    from shared.crud import failed_samples
+# ---------------------------------------------------------------- hooks
+REFINER = "role:refiner"  # the refiner's newest version (services/generation/versions.py), else the base
 
-    ids = failed_samples(inp.session, round_id=inp.round_id)[: inp.config.max_failed_per_round]
-    return [{"sample_id": i} for i in ids]
+
+def _failed(judgments: list[dict]) -> list[int]:
+    """Samples whose refiner majority verdict is 'no', in id order."""
+    from services.judging.votes import majorities
+
+    return sorted(sid for sid, v in majorities(judgments).items() if v is False)
+
+
+def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
+    from services.refinement.search import first_solved
+
+    trees = []
+    for t in data.refinement_trees():
+        solved = first_solved(t["nodes"])
+        trees.append({**t, "solution": solved["text"] if solved else None})
+    return refined_pairs(trees), {"searched": len(trees), "solved": sum(t["solution"] is not None for t in trees)}
+
+
+def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
+    """The refiner learns from its own traces: judgments that agree with its majority verdict, and
+    each refinement step on a path that ended in a correct node."""
+    from services.judging.refiner import judge_messages, refine_messages
+    from services.judging.votes import majorities
+    from services.refinement.search import solution_path
+
+    samples = {x["id"]: x for x in data.samples("policy")}
+    prompts = data.prompts(sorted({x["prompt_id"] for x in samples.values()}))
+    judgments = data.judgments("refiner", role="policy")
+    majority = majorities(judgments)
+    items = []
+    for j in judgments:
+        if j["passed"] is not None and j["passed"] == majority.get(j["sample_id"]) and j["rationale"]:
+            x = samples[j["sample_id"]]
+            items.append({"messages": judge_messages(prompts[x["prompt_id"]]["messages"], x["text"]),
+                          "response": j["rationale"]})
+    n_judgments = len(items)
+    for tree in data.refinement_trees():
+        if tree["sample_id"] not in samples:
+            continue
+        messages = prompts[tree["prompt_id"]]["messages"]
+        for parent, node in solution_path(tree["nodes"]):
+            items.append({"messages": refine_messages(messages, parent["text"], parent["judgment"] or ""),
+                          "response": f"Refined response:\n{node['text']}"})
+    previous = data.latest_version("refiner")
+    return TrainJob(kind="sft", items=items, tcfg=cfg.refiner_config(), key_round=data.round_number, role="refiner",
+                    init_adapter=previous["adapter"], parent_id=previous["version_id"],
+                    stats={"judgment_examples": n_judgments, "refinement_examples": len(items) - n_judgments})
+
+
+def training_job(data, cfg: SPaRConfig, role: str):
+    if role == "refiner":
+        return refiner_job(data, cfg)
+    return pairwise_job(data, cfg) if role == "policy" else None
+
+
+# ---------------------------------------------------------------- stages
+def _refine_plan(inp: PlanInput) -> list[dict]:
+    cfg = inp.config
+    ids = _failed(inp.data.judgments("refiner", role="policy"))[: cfg.max_failed_per_round]
+    how = {"model": REFINER, "search": dataclasses.asdict(cfg.search_config()),
+           "refine": {"temperature": cfg.refine_temperature, "max_new_tokens": cfg.max_new_tokens},
+           "judge": {"votes": cfg.judge_votes, "temperature": cfg.judge_temperature,
+                     "max_new_tokens": cfg.judge_max_new_tokens}}
+    return [{"sample_id": i, **how} for i in ids]
 
 
 def _refiner_train_plan(inp: PlanInput) -> list[dict]:
@@ -105,7 +167,9 @@ def _refiner_train_plan(inp: PlanInput) -> list[dict]:
 def _stages(cfg: SPaRConfig, has_eval: bool) -> list[Stage]:
     return [
         Stage("generate", "generation.generate_shard", shard_prompts(role="policy")),
-        Stage("judge", "judging.refiner_shard", shard_prompts(role="policy")),
+        Stage("judge", "judging.refiner_shard", shard_prompts(
+            role="policy", model=REFINER, votes=cfg.judge_votes, temperature=cfg.judge_temperature,
+            max_new_tokens=cfg.judge_max_new_tokens)),
         Stage("refine", "refinement.search_sample", _refine_plan),
         Stage("pairs", "judging.build_pairs", single),
         Stage("train", "training.train_round", single),
@@ -113,4 +177,5 @@ def _stages(cfg: SPaRConfig, has_eval: bool) -> list[Stage]:
     ] + evaluation_stages(has_eval)
 
 
-RECIPE = Recipe(method="spar", config_cls=SPaRConfig, stages=_stages)
+RECIPE = register(Recipe(method="spar", config_cls=SPaRConfig, stages=_stages, pairs=round_pairs,
+                         training_job=training_job))

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.methods.base import TrainerFields, Recipe, Stage, check, evaluation_stages, shard_prompts, single
+from services.methods.base import (
+    DataCheck, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, register, shard_prompts, single,
+)
+from services.methods.jobs import pairwise_job
 
 
 @dataclass
-class SPINConfig(TrainerFields):
+class SPINConfig(SamplingFields, TrainerFields):
     beta: float = 0.1  # λ in the paper
     last_round_beta: float | None = 5.0  # the paper raises λ to 5.0 in its last iteration
     learning_rate: float = 5e-7
@@ -31,6 +34,7 @@ class SPINConfig(TrainerFields):
 
     def __post_init__(self) -> None:
         self.check_trainer_fields()
+        self.check_sampling_fields()
         check(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
         check(self.last_round_beta is None or self.last_round_beta > 0, "last_round_beta",
               "must be > 0 or null to keep beta")
@@ -38,10 +42,6 @@ class SPINConfig(TrainerFields):
         check(self.later_learning_rate > 0, "later_learning_rate", "must be > 0")
         check(self.later_from_round >= 1, "later_from_round", "must be >= 1")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        check(1 <= self.samples_per_prompt <= 64, "samples_per_prompt", "must be in 1..64")
-        check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
-        check(self.temperature > 0, "temperature", "must be > 0 (SPIN samples, it does not decode greedily)")
-        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         self.train_config(1, 1)  # validates the `train` overrides now, not at round time
 
     def train_config(self, round_number: int, total_rounds: int):
@@ -74,6 +74,25 @@ def build_pairs(prompts: list[dict], samples: list[dict]) -> tuple[list[dict], i
     return pairs, skipped
 
 
+def check_data(check: DataCheck) -> list[dict]:
+    missing = sorted({p["prompt_set_id"] for p in check.prompts if p["reference"] is None})
+    if missing:
+        return [{"loc": ["prompt_set_ids"], "msg": f"SPIN needs a gold `reference` for every prompt; "
+                 f"set(s) {missing} have prompts without one"}]
+    return []
+
+
+def round_pairs(data, cfg: SPINConfig) -> tuple[list[dict], dict]:
+    samples = data.samples("policy")
+    prompts = data.prompts(sorted({x["prompt_id"] for x in samples}))
+    pairs, skipped = build_pairs([{"id": p["id"], "reference": p["reference"]} for p in prompts.values()], samples)
+    return pairs, {"samples": len(samples), "pairs_skipped": skipped}
+
+
+def training_job(data, cfg: SPINConfig, role: str):
+    return pairwise_job(data, cfg, mix_previous=cfg.mix_previous_pairs) if role == "policy" else None
+
+
 def _stages(cfg: SPINConfig, has_eval: bool) -> list[Stage]:
     stages = [
         Stage("generate", "generation.generate_shard", shard_prompts(role="policy")),
@@ -83,4 +102,5 @@ def _stages(cfg: SPINConfig, has_eval: bool) -> list[Stage]:
     return stages + evaluation_stages(has_eval)
 
 
-RECIPE = Recipe(method="spin", config_cls=SPINConfig, stages=_stages)
+RECIPE = register(Recipe(method="spin", config_cls=SPINConfig, stages=_stages, check_data=check_data,
+                         pairs=round_pairs, training_job=training_job))

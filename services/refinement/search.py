@@ -211,3 +211,21 @@ def tree_search(prompt_messages: list[dict], root_text: str, root_judgment: tupl
              search.used, len(search.nodes), search.dropped)
     return SearchResult(nodes=search.nodes, solution=solution, refinements_used=search.used,
                         stopped=stopped, dropped=search.dropped)
+
+
+def first_solved(nodes: list[dict]) -> dict | None:
+    """The stored tree's solution: its earliest created (lowest id) refined node that passed.
+    nodes: [{"id", "depth", "passed", ...}] as stored (RefinementNode rows)."""
+    return min((n for n in nodes if n["passed"] is True and n["depth"] > 0), key=lambda n: n["id"], default=None)
+
+
+def solution_path(nodes: list[dict]) -> list[tuple[dict, dict]]:
+    """(parent, child) steps from the solution up to the root, solution's step first; [] when
+    the tree has no solution."""
+    by_path = {n["path"]: n for n in nodes}
+    node, steps = first_solved(nodes), []
+    while node is not None and node.get("parent_path") is not None:
+        parent = by_path[node["parent_path"]]
+        steps.append((parent, node))
+        node = parent
+    return steps

@@ -1,9 +1,11 @@
-"""Refinement-queue task: SPaR's tree search over refinements of one failed response.
+"""Refinement-queue task: tree search over refinements of one failed response.
 
-One task per failed response, so a round's searches fan out over every refinement worker. The
-refiner model (its latest version) writes rewrites and judges them through the generation backend;
-every node of the tree is upserted as a RefinementNode (path is the natural key, so a redelivered
-search rewrites the same rows).
+One task per response, so a round's searches fan out over every refinement worker. The payload
+says how to search: `sample_id`, `model` (the refiner, a model choice of
+services/generation/versions.py), `search` (SearchConfig fields), `refine` and `judge` sampling
+({temperature, max_new_tokens}, the judge also `votes`). The refiner writes rewrites and judges
+them through the generation backend; every node of the tree is upserted as a RefinementNode (path
+is the natural key, so a redelivered search rewrites the same rows).
 """
 from __future__ import annotations
 
@@ -11,6 +13,12 @@ import logging
 
 from sqlmodel import delete, select
 
+from services.generation.base import SamplingParams, shard_seed
+from services.generation.registry import backend
+from services.generation.versions import model_for
+from services.judging.refiner import judge_messages, parse_refinement, parse_verdict, refine_messages
+from services.judging.votes import verdict
+from services.refinement.search import SearchConfig, tree_search
 from shared import crud
 from shared.db import session_scope
 from shared.models import Judgment, Prompt, RefinementNode, Sample
@@ -20,55 +28,36 @@ from shared.stages import StageContext, execute
 log = logging.getLogger(__name__)
 
 
-def _root_judgment(votes: list[Judgment]) -> tuple[bool | None, float, str]:
-    from services.judging.votes import majority
-
-    verdicts = [v.passed for v in votes]
-    parsed = [v for v in verdicts if v is not None]
-    reason = next((v.rationale for v in votes if v.passed is False), votes[0].rationale if votes else "")
-    return majority(verdicts), (sum(parsed) / len(parsed) if parsed else 0.0), reason or ""
-
-
 def _search(ctx: StageContext) -> None:
-    from services.generation.base import SamplingParams
-    from services.generation.tasks import backend, model_for, shard_seed
-    from services.judging.refiner import judge_messages, parse_refinement, parse_verdict, refine_messages
-    from services.judging.votes import majority
-    from services.refinement.search import tree_search
-
-    cfg = ctx.recipe_config()
-    sample_id = int(ctx.payload["sample_id"])
+    p = ctx.payload
+    sample_id = int(p["sample_id"])
+    refine_cfg, judge_cfg = p["refine"], p["judge"]
     with session_scope() as s:
         sample = s.get(Sample, sample_id)
         prompt = s.get(Prompt, sample.prompt_id)
         votes = list(s.exec(select(Judgment).where(Judgment.sample_id == sample_id, Judgment.kind == "refiner")
                             .order_by(Judgment.vote_index)))
-    refiner = model_for(ctx, "refiner")
-    seed = shard_seed(cfg.seed, ctx.round_number, sample_id, 0)
+    refiner = model_for(ctx, p.get("model", "policy"))
+    search = SearchConfig(**p["search"])
+    seed = shard_seed(ctx.config.get("seed", 0), ctx.round_number, sample_id, 0)
     calls = {"n": 0}
 
     def refine(messages, text, judgment):
         calls["n"] += 1
-        params = SamplingParams(n=cfg.branching, temperature=cfg.refine_temperature,
-                                max_new_tokens=cfg.max_new_tokens, seed=seed + calls["n"])
+        params = SamplingParams(n=search.branching, temperature=refine_cfg["temperature"],
+                                max_new_tokens=refine_cfg["max_new_tokens"], seed=seed + calls["n"])
         out = backend().generate([refine_messages(messages, text, judgment)], refiner, params)[0]
         return [parse_refinement(c.text) for c in out]
 
     def judge(messages, texts):
         calls["n"] += 1
-        params = SamplingParams(n=cfg.judge_votes, temperature=cfg.judge_temperature,
-                                max_new_tokens=cfg.judge_max_new_tokens, seed=seed + 10_000 + calls["n"])
+        params = SamplingParams(n=judge_cfg["votes"], temperature=judge_cfg["temperature"],
+                                max_new_tokens=judge_cfg["max_new_tokens"], seed=seed + 10_000 + calls["n"])
         outs = backend().generate([judge_messages(messages, t) for t in texts], refiner, params)
-        results = []
-        for comps in outs:
-            verdicts = [parse_verdict(c.text) for c in comps]
-            parsed = [v for v in verdicts if v is not None]
-            reason = next((c.text for c, v in zip(comps, verdicts) if v is False), comps[0].text if comps else "")
-            results.append((majority(verdicts), sum(parsed) / len(parsed) if parsed else 0.0, reason))
-        return results
+        return [verdict([parse_verdict(c.text) for c in comps], [c.text for c in comps]) for comps in outs]
 
-    result = tree_search(prompt.messages, sample.text, _root_judgment(votes), refine=refine, judge=judge,
-                         config=cfg.search_config())
+    root = verdict([v.passed for v in votes], [v.rationale or "" for v in votes])
+    result = tree_search(prompt.messages, sample.text, root, refine=refine, judge=judge, config=search)
     rows = [{"sample_id": sample_id, "path": n.path, "parent_path": n.parent_path, "depth": n.depth,
              "text": n.text, "passed": n.passed, "score": n.score, "judgment": n.judgment} for n in result.nodes]
     with session_scope() as s:  # a redelivered search replaces the whole tree of the earlier attempt

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,12 +31,16 @@ import threading
 import time
 from pathlib import Path
 
+from shared.config import (
+    LAUNCHED_CHILD, child_environment, get_settings, launched_child, mark_launched_child, process_rank,
+)
+
 log = logging.getLogger(__name__)
-CHILD_ENV = "AUTODIDACT_LAUNCHED"
+CHILD_ENV = LAUNCHED_CHILD
 
 
 def should_launch(config) -> bool:
-    if os.environ.get(CHILD_ENV) == "1":
+    if launched_child():
         return False
     if config.distributed != "none":
         return True
@@ -92,7 +95,7 @@ def run_distributed(*, kind, base_model, items, out_dir, config, init_adapter=No
     import torch
 
     gpus = torch.cuda.device_count() if config.device != "cpu" else 0
-    n = gpus or int(os.environ.get("AUTODIDACT_TRAIN_PROCESSES", "1"))
+    n = gpus or get_settings().train_processes
     with tempfile.TemporaryDirectory(prefix="autodidact-train-") as tmp:
         spec = write_spec(Path(tmp), kind=kind, base_model=base_model, items=items, out_dir=out_dir,
                           config=config, init_adapter=init_adapter, ref_adapter=ref_adapter,
@@ -102,7 +105,7 @@ def run_distributed(*, kind, base_model, items, out_dir, config, init_adapter=No
         logfile = Path(tmp) / "launch.log"
         with open(logfile, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                    env={**os.environ, CHILD_ENV: "1"}, cwd=_repo_root())
+                                    env=child_environment(), cwd=_repo_root())
             seen = 0
             while True:
                 done = proc.poll() is not None
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--spec", required=True)
     spec = json.loads(Path(args.parse_args(argv).spec).read_text())
-    os.environ[CHILD_ENV] = "1"
+    mark_launched_child()
     items = [json.loads(x) for x in Path(spec["data"]).read_text().splitlines() if x.strip()]
     metrics = open(spec["metrics"], "a")  # noqa: SIM115 - appended to by on_step, closed below
     lock = threading.Lock()
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         result = train_sft(examples=items, **common)
     metrics.close()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if process_rank() == 0:
         Path(spec["result"]).write_text(json.dumps(result))
 
 

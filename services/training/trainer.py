@@ -58,6 +58,7 @@ from services.training.logprobs import (
     score_all,
 )
 from services.training.losses import pair_losses, sft_term
+from shared.config import world_size
 from shared.modeling import default_dtype, load_base, load_tokenizer, pick_device
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class _Solo:
 
 
 def _accelerator(config: TrainConfig):
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         from accelerate import Accelerator
 
         return Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available())

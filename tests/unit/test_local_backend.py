@@ -175,7 +175,7 @@ def test_registry_builds_and_caches_backends():
         get_backend("local", urls=["http://x"])
 
 
-def test_gemma_cache_fast_path_and_env_override(tmp_path, monkeypatch):
+def test_gemma_cache_fast_path_and_env_override(tmp_path, monkeypatch, fresh_settings):
     from shared import gemma
 
     monkeypatch.setenv("AUTODIDACT_MODEL_CACHE", str(tmp_path))

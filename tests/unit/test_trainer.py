@@ -201,7 +201,7 @@ def test_launch_entry_point_runs_a_spec(tiny_model, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu_matches_one_process(tiny_model, tmp_path, monkeypatch):
+def test_two_process_ddp_on_cpu_matches_one_process(tiny_model, tmp_path, monkeypatch, fresh_settings):
     """Two gloo processes under `accelerate launch` compute the same update as one process."""
     monkeypatch.delenv(launch.CHILD_ENV, raising=False)
     monkeypatch.setenv("AUTODIDACT_TRAIN_PROCESSES", "2")
