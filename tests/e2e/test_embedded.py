@@ -34,3 +34,22 @@ def test_embedded_spin_round_on_sqlite(tiny_model, tmp_path):
     stages = json.loads(con.execute("select stages from round").fetchone()[0])
     assert {k: v["status"] for k, v in stages.items()} == {"generate": "succeeded", "pairs": "succeeded",
                                                             "train": "succeeded"}
+
+
+def test_embedded_refuses_a_run_the_api_refuses(tiny_model, tmp_path):
+    """Same run creation as the API: SPIN on prompts without gold references is refused with the
+    API's 422 message, the command exits non-zero, and nothing is stored."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"list {i} fruits"}) + "\n" for i in range(3)))
+    db = tmp_path / "run.db"
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("AUTODIDACT_DATABASE_URL", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "run", "--embedded", "--method", "spin", "--prompts", str(prompts),
+         "--model", tiny_model, "--rounds", "1", "--db", str(db)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "prompt_set_ids: SPIN needs a gold `reference` for every prompt" in " ".join(out.stdout.split())
+    con = sqlite3.connect(db)
+    assert con.execute("select count(*) from run").fetchone()[0] == 0
+    assert con.execute("select count(*) from promptset").fetchone()[0] == 0
