@@ -115,7 +115,7 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
 def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
     """The refiner learns from its own traces: judgments that agree with its majority verdict, and
     each refinement step on a path that ended in a correct node."""
-    from services.judging.refiner import judge_messages, refine_messages
+    from services.judging.refiner import REFINED_MARK, judge_messages, refine_messages
     from services.judging.votes import majorities
     from services.refinement.search import solution_path
 
@@ -136,7 +136,7 @@ def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
         messages = prompts[tree["prompt_id"]]["messages"]
         for parent, node in solution_path(tree["nodes"]):
             items.append({"messages": refine_messages(messages, parent["text"], parent["judgment"] or ""),
-                          "response": f"Refined response:\n{node['text']}"})
+                          "response": f"{REFINED_MARK}\n{node['text']}"})
     previous = data.latest_version("refiner")
     return TrainJob(kind="sft", items=items, tcfg=cfg.refiner_config(), key_round=data.round_number, role="refiner",
                     init_adapter=previous["adapter"], parent_id=previous["version_id"],
