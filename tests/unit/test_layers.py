@@ -30,3 +30,12 @@ def test_a_broken_contract_fails_the_check(tmp_path):
                       'source_modules = ["services.methods"]\nforbidden_modules = ["services.generation"]\n')
     out = _lint("--config", str(config))
     assert out.returncode != 0 and "BROKEN" in out.stdout, out.stdout + out.stderr
+
+
+def test_only_the_settings_read_the_environment():
+    """Every setting is a field of shared/config.Settings: no other module of shared/ or services/
+    reads the process environment."""
+    readers = [str(p.relative_to(ROOT)) for pkg in ("shared", "services") for p in (ROOT / pkg).rglob("*.py")
+               if p != ROOT / "shared" / "config.py"
+               and any(s in p.read_text(encoding="utf-8") for s in ("os.environ", "os.getenv", "getenv("))]
+    assert readers == []

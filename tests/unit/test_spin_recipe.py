@@ -63,3 +63,4 @@ def test_stages_and_sharding():
     assert all(s["greedy"] and s["n"] == 1 for s in evals)
     with pytest.raises(ValueError, match="unknown method"):
         get_recipe("alchemy")
+

@@ -196,3 +196,17 @@ def test_malformed_judge_entries_read_as_undecided():
                          config=SearchConfig(branching=2, max_depth=1))
     assert [(n.passed, n.score, n.judgment) for n in result.nodes[1:]] == [(None, 0.0, ""), (None, 0.0, "")]
     assert result.stopped == "depth"
+
+
+def test_first_solved_and_its_path_to_the_root():
+    from services.refinement.search import first_solved, solution_path
+
+    nodes = [{"id": 10, "path": "0", "parent_path": None, "depth": 0, "passed": False, "text": "root"},
+             {"id": 11, "path": "0.0", "parent_path": "0", "depth": 1, "passed": False, "text": "a"},
+             {"id": 13, "path": "0.0.1", "parent_path": "0.0", "depth": 2, "passed": True, "text": "b"},
+             {"id": 12, "path": "0.0.0", "parent_path": "0.0", "depth": 2, "passed": True, "text": "c"}]
+    assert first_solved(nodes)["text"] == "c"  # the earliest created passing node, not the first listed
+    assert [(p["text"], c["text"]) for p, c in solution_path(nodes)] == [("a", "c"), ("root", "a")]
+    unsolved = [dict(n, passed=False) for n in nodes]
+    assert first_solved(unsolved) is None and solution_path(unsolved) == []
+    assert first_solved([dict(nodes[0], passed=True)]) is None  # the root itself never counts
