@@ -17,8 +17,8 @@ from services.generation.versions import model_for
 from shared import crud
 from shared.db import session_scope
 from shared.models import Prompt, Round, Sample
-from shared.round_data import RoundData
 from shared.queue import task
+from shared.round_data import RoundData
 from shared.stages import StageContext, execute
 
 log = logging.getLogger(__name__)
