@@ -76,7 +76,7 @@ class Run(SQLModel, table=True):
     rounds: int = 1
     continuous: bool = False
     stopping: dict = _json(default_factory=dict)
-    status: str = "queued"  # queued | running | succeeded | failed | cancelled
+    status: str = "queued"  # queued | running | succeeded | failed | cancelled | stopped (a regression rule)
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None

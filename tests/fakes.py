@@ -17,6 +17,10 @@ WORDS = ("river lantern copper orchard violin glacier meadow harbor comet saddle
          "falcon quarry tundra pepper velvet marble canyon").split()
 
 
+DEGRADE = "zqxdegrade"
+COLLAPSED = "well, the dough rises.𒃐𒄯slotBox slotBoxslotBox slotBoxslotBox"
+
+
 def _between(text: str, tag: str) -> str:
     m = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S)
     return m.group(1) if m else ""
@@ -51,11 +55,23 @@ class ScriptedBackend:
 
     def generate(self, prompts: list[list[dict]], model: ModelRef, params: SamplingParams) -> list[list[Completion]]:
         scripted = [[self._scripted(p[-1]["content"], i) for i in range(params.n)] for p in prompts]
+        # Prompts marked DEGRADE (the safety tests' held-out set): the base answers well, any
+        # trained adapter answers with a collapsed model's junk, cut at the token limit.
+        for k, p in enumerate(prompts):
+            if DEGRADE in p[-1]["content"]:
+                text = "honey is sweet" if model.adapter_path is None else COLLAPSED
+                finish = "stop" if model.adapter_path is None else "length"
+                scripted[k] = [Completion(text, len(text.split()), finish) for _ in range(params.n)]
         real_idx = [k for k, s in enumerate(scripted) if s[0] is None]
         real = self.real.generate([prompts[k] for k in real_idx], model, params) if real_idx else []
         out, it = [], iter(real)
         for s in scripted:
-            out.append(next(it) if s[0] is None else [Completion(t, len(t.split()), "stop") for t in s])
+            if s[0] is None:
+                out.append(next(it))
+            elif isinstance(s[0], Completion):
+                out.append(s)
+            else:
+                out.append([Completion(t, len(t.split()), "stop") for t in s])
         return out
 
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
+from services.judging.regression import regression_verdict
 from services.methods import get_recipe, parse_config
 from services.methods.base import PlanInput
 from shared import crud
@@ -42,14 +43,53 @@ def _plan_input(session: Session, run: Run, rnd: Round, config) -> PlanInput:
                      round_id=rnd.id, data=RoundData(session, round_id=rnd.id))
 
 
-def _close_round(session: Session, run: Run, rnd: Round, to_send: list) -> None:
+def _policy_eval(session: Session, run: Run, rnd: Round) -> dict | None:
+    """The held-out evaluation of the policy this round started from: the round that produced it,
+    or the base's evaluation when it is the base (or a bootstrap of it with no evaluation of its own:
+    Self-Rewarding's M1)."""
+    for r in crud.rounds_of_run(session, run_id=run.id):
+        if r.number < rnd.number and r.produced_version_id == rnd.policy_version_id and r.metrics.get("eval"):
+            return r.metrics["eval"]
+    first = next(iter(crud.rounds_of_run(session, run_id=run.id)), None)
+    return first.metrics.get("eval_base") if first is not None else None
+
+
+def _gate(session: Session, run: Run, rnd: Round, config) -> dict | None:
+    """Whether the round's version is adopted as the next policy (see services/judging/regression.py);
+    the verdict is stored on the round as metrics.gate. None when there is nothing to judge."""
+    after = rnd.metrics.get("eval")
+    if not after or not rnd.produced_version_id:
+        return None
+    verdict = regression_verdict(_policy_eval(session, run, rnd), after,
+                                 max_degenerate_rate=config.max_degenerate_rate,
+                                 max_limit_rate_rise=config.max_limit_rate_rise)
+    paired = (verdict["paired"] or {}).get("prompt_strict_acc")
+    gate = {"regressed": verdict["regressed"], "reasons": verdict["reasons"],
+            "adopted": not verdict["regressed"] or config.on_regression == "continue",
+            "on_regression": config.on_regression, "compared_with_version": rnd.policy_version_id,
+            "prompt_strict_change": paired}
+    rnd.metrics = {**rnd.metrics, "gate": gate}
+    if verdict["regressed"]:
+        log.warning("run %s round %s regressed (%s): %s", run.id, rnd.number, config.on_regression,
+                    "; ".join(verdict["reasons"]))
+    return gate
+
+
+def _close_round(session: Session, run: Run, rnd: Round, to_send: list, config=None) -> None:
     rnd.status, rnd.finished_at = "succeeded", utcnow()
+    gate = _gate(session, run, rnd, config) if config is not None else None
+    if gate is not None and gate["regressed"] and config.on_regression == "stop":
+        run.status, run.finished_at = "stopped", utcnow()
+        run.error = f"stopped after round {rnd.number}: " + "; ".join(gate["reasons"])
+        _promote_best(session, run)
+        return
     more = rnd.number < run.rounds or (run.continuous and not _stop_rule_met(session, run))
     if not more:
         run.status, run.finished_at = "succeeded", utcnow()
         _promote_best(session, run)
         return
-    policy = rnd.produced_version_id or rnd.policy_version_id
+    adopted = gate is None or gate["adopted"]
+    policy = (rnd.produced_version_id if adopted else None) or rnd.policy_version_id
     crud.upsert(session, Round, [{"run_id": run.id, "number": rnd.number + 1, "status": "running",
                                   "stage_index": 0, "stages": {}, "metrics": {},
                                   "policy_version_id": policy, "created_at": utcnow()}],
@@ -76,13 +116,27 @@ def stop_rule_met(rule: dict, accs: list[float], rounds_done: int) -> bool:
 
 
 def _promote_best(session: Session, run: Run) -> None:
-    """At the end of a run, promote the policy version with the best held-out strict accuracy
-    (the last one when the run was not evaluated)."""
-    rounds = [r for r in crud.rounds_of_run(session, run_id=run.id) if r.produced_version_id]
-    if not rounds:
+    """At the end of a run, promote the version with the best held-out strict accuracy among the
+    adopted rounds' versions and the run's start (the base, evaluated in round 1); ties go to the
+    later round; without evaluations, the last adopted version. When the start wins, none of the
+    run's versions is promoted (the base version is shared by every run of that model)."""
+    rounds = crud.rounds_of_run(session, run_id=run.id)
+    candidates = [(r.metrics.get("eval", {}).get("prompt_strict_acc"), r.number, r.produced_version_id)
+                  for r in rounds if r.produced_version_id and r.metrics.get("gate", {}).get("adopted", True)]
+    if rounds and run.base_version_id and rounds[0].metrics.get("eval_base"):
+        candidates.append((rounds[0].metrics["eval_base"].get("prompt_strict_acc"), 0, run.base_version_id))
+    if not candidates:
         return
-    best = max(rounds, key=lambda r: (r.metrics.get("eval", {}).get("prompt_strict_acc") or -1.0, r.number))
-    crud.promote(session, version=session.get(ModelVersion, best.produced_version_id))
+
+    def rank(c):  # an evaluated accuracy of 0.0 is a real 0, above "not evaluated"
+        return (c[0] if c[0] is not None else -1.0, c[1])
+
+    best = max(candidates, key=rank)[2]
+    if best == run.base_version_id:  # no round beat the start: none of the run's versions is promoted
+        for v in session.exec(select(ModelVersion).where(ModelVersion.run_id == run.id)):
+            v.promoted = False
+        return
+    crud.promote(session, version=session.get(ModelVersion, best))
 
 
 def _fail(run: Run, rnd: Round, stage: str, error: str | None) -> None:
@@ -138,7 +192,7 @@ def _advance_locked(session: Session, rnd: Round, to_send: list) -> None:
         _stage_state(rnd, stage.name, status="succeeded", finished_at=finished.isoformat(),
                      seconds=round((finished - started).total_seconds(), 3))
         rnd.stage_index += 1
-    _close_round(session, run, rnd, to_send)
+    _close_round(session, run, rnd, to_send, config)
 
 
 @task("conductor.advance")

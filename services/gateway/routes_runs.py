@@ -51,7 +51,7 @@ def get_run(run_id: int, session: SessionDep, key: KeyDep) -> RunPublic:
 def cancel_run(run_id: int, session: SessionDep, key: KeyDep) -> RunPublic:
     owned(session, Run, run_id, key, "run")
     run = crud.lock_run(session, run_id=run_id)  # run first, then rounds: the conductor's order
-    if run.status in ("succeeded", "failed", "cancelled"):
+    if run.status in ("succeeded", "failed", "cancelled", "stopped"):
         raise HTTPException(409, f"run {run_id} already ended with status {run.status!r}")
     run.status, run.finished_at = "cancelled", utcnow()
     for rnd in session.exec(select(Round).where(Round.run_id == run.id, Round.status == "running")):

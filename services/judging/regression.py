@@ -15,9 +15,6 @@ from __future__ import annotations
 from services.judging.evaluation import compare
 from services.judging.intervals import significantly_worse
 
-ON_REGRESSION = ("keep_previous", "stop", "continue")
-
-
 def regression_verdict(before: dict | None, after: dict | None, *, max_degenerate_rate: float = 0.2,
                        max_limit_rate_rise: float = 0.25) -> dict:
     """{"regressed": bool, "reasons": [str], "paired": compare(...) or None}. Without both

@@ -162,7 +162,8 @@ def _evaluate(ctx: StageContext) -> None:
             p = prompts[x.prompt_id]
             text = p.messages[-1]["content"]
             v = verify(x.text, p.constraints, text) if p.constraints else None
-            items.append({"response": x.text, "constraints": p.constraints, "prompt": text, "verdict": v})
+            items.append({"response": x.text, "constraints": p.constraints, "prompt": text, "verdict": v,
+                          "prompt_id": x.prompt_id, "finish_reason": x.finish_reason})
             if v is not None:
                 judgments.append({"sample_id": x.id, "kind": "verifier", "vote_index": 0, "passed": v.strict,
                                   "score": sum(v.strict_per_instruction) / len(v.strict_per_instruction),

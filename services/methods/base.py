@@ -23,6 +23,8 @@ from typing import Any, Callable, ClassVar
 
 from shared import recipes as _registry
 
+ON_REGRESSION = ("keep_previous", "stop", "continue")
+
 
 @dataclass(frozen=True)
 class PlanInput:
@@ -176,6 +178,15 @@ class TrainerFields:
     # Evaluation: rubric-judge each held-out answer this many times with the evaluated model
     # itself (0 = off: the mean judge score then stays empty and evaluation costs no LLM calls).
     eval_judge_samples: int = 0
+    # Round gating (services/judging/regression.py), applied when a round was evaluated: a round
+    # whose held-out accuracy fell beyond its paired 95 % interval, whose degenerate answers exceed
+    # `max_degenerate_rate`, or whose answers cut at the token limit rose by more than
+    # `max_limit_rate_rise` is a regression. keep_previous: the next round starts again from the
+    # policy this round started from; stop: the run ends (status "stopped", the reason in `error`);
+    # continue: adopt it anyway (the verdict is still recorded). The best version is promoted.
+    on_regression: str = "keep_previous"
+    max_degenerate_rate: float = 0.2
+    max_limit_rate_rise: float = 0.25
 
     def check_trainer_fields(self) -> None:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -184,6 +195,9 @@ class TrainerFields:
         check(self.lora_r >= 1, "lora_r", "must be >= 1")
         check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
         check(0 <= self.eval_judge_samples <= 16, "eval_judge_samples", "must be in 0..16")
+        check(self.on_regression in ON_REGRESSION, "on_regression", f"must be one of {', '.join(ON_REGRESSION)}")
+        check(0 <= self.max_degenerate_rate <= 1, "max_degenerate_rate", "must be in [0, 1]")
+        check(0 <= self.max_limit_rate_rise <= 1, "max_limit_rate_rise", "must be in [0, 1]")
 
 
 @dataclass
@@ -208,7 +222,9 @@ class SamplingFields:
         check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
 
 
-TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields) if f.name not in ("train", "eval_judge_samples"))
+TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields)
+                       if f.name not in ("train", "eval_judge_samples", "on_regression", "max_degenerate_rate",
+                                         "max_limit_rate_rise"))
 
 
 def trainer_config(cfg: Any, **settings: Any):

@@ -106,6 +106,9 @@ def _train(ctx: StageContext) -> None:
                             init_adapter=job.init_adapter, checkpoint_dir=ckpt, on_step=recorder)
     recorder.flush()
     metrics.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    if summary.get("guard_stop"):  # stopped early by a training guard: the reason goes with the version
+        metrics["guard_stop"] = summary["guard_stop"]
+        log.warning("round %s: training stopped early by a guard: %s", ctx.round_number, summary["guard_stop"])
     metrics["train_seconds"] = round(time.monotonic() - t0, 3)
     with session_scope() as s:
         version = crud.get_or_create_version(
