@@ -103,7 +103,8 @@ class RoundData:
     # ------------------------------------------------------------ what the stages wrote
     def samples(self, role: str) -> list[dict]:
         """This round's samples of `role`, by prompt and index."""
-        return [{"id": x.id, "prompt_id": x.prompt_id, "index": x.index, "text": x.text}
+        return [{"id": x.id, "prompt_id": x.prompt_id, "index": x.index, "text": x.text,
+                 "finish_reason": x.finish_reason}
                 for x in crud.samples_of_round(self._s, round_id=self.round_id, role=role)]
 
     def judgments(self, kind: str, role: str | None = None) -> list[dict]:

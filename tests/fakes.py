@@ -18,6 +18,7 @@ WORDS = ("river lantern copper orchard violin glacier meadow harbor comet saddle
 
 
 DEGRADE = "zqxdegrade"
+MUTE = "zqxmute"  # requests about prompts carrying this get unparseable judgments
 COLLAPSED = "well, the dough rises.𒃐𒄯slotBox slotBoxslotBox slotBoxslotBox"
 
 
@@ -43,6 +44,8 @@ class ScriptedBackend:
         self.rng = random.Random(0)
 
     def _scripted(self, text: str, i: int) -> str | None:
+        if MUTE in text and ("additive 5-point scale" in text or 'exactly "Verdict: yes"' in text):
+            return "I am not sure what to say about this."  # a judge that never parses
         if "additive 5-point scale" in text:
             return f"It addresses the request.\nScore: {rubric_score(_between(text, 'response'))}"
         if 'exactly "Verdict: yes"' in text:

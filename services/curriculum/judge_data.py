@@ -24,11 +24,11 @@ from __future__ import annotations
 import random
 
 from services.curriculum.refinements import refine
-from services.curriculum.text import describe
-from services.judging import verifier
-from services.judging.degeneration import degeneration_flags
 from services.judging.refiner import REFINED_MARK, judge_messages, refine_messages
-from services.judging.rubric import MAX_SCORE, eft_target, rubric_messages
+from services.judging.rubric import rubric_messages
+from services.judging.verifier_judge import checks as _checks
+from services.judging.verifier_judge import judgment_text, rubric_judgment
+from services.judging.verifier_judge import rubric_score as _rubric_score
 
 
 def _chat(sample: dict) -> list[dict]:
@@ -41,41 +41,12 @@ def _prompt_text(sample: dict) -> str:
 
 def checks(sample: dict) -> list[tuple[str, bool]]:
     """(instruction in words, followed) per constraint of the sample, by the strict verifier."""
-    verdict = verifier.verify(sample["response"], sample["constraints"], _prompt_text(sample))
-    rng = random.Random(0)  # describe() varies wording; one fixed wording per instruction here
-    return [(describe(c["id"], c.get("kwargs") or {}, rng), ok)
-            for c, ok in zip(sample["constraints"], verdict.strict_per_instruction)]
-
-
-def judgment_text(found: list[tuple[str, bool]]) -> str:
-    lines = ["Instructions in the request:"]
-    lines += [f"{i}. {text}" for i, (text, _) in enumerate(found, 1)]
-    lines.append("Checks:")
-    lines += [f"{i}. {'Followed' if ok else 'Broken'}." for i, (_, ok) in enumerate(found, 1)]
-    passed = all(ok for _, ok in found)
-    lines.append("All instructions are followed." if passed else
-                 f"{sum(not ok for _, ok in found)} instruction(s) broken, so the response fails.")
-    lines.append(f"Verdict: {'yes' if passed else 'no'}")
-    return "\n".join(lines)
+    return _checks(sample["response"], sample["constraints"], _prompt_text(sample))
 
 
 def rubric_score(sample: dict, found: list[tuple[str, bool]]) -> int:
-    flags = degeneration_flags(sample["response"], _prompt_text(sample), sample.get("finish_reason"),
-                               sample["constraints"])
-    if not sample["response"].strip() or flags["echo"] or flags["junk"] or flags["repetition"]:
-        return 0
-    share = sum(ok for _, ok in found) / len(found) if found else 1.0
-    return min(MAX_SCORE, 1 + int(4 * share))
-
-
-def rubric_justification(sample: dict, found: list[tuple[str, bool]], score: int) -> str:
-    if score == 0:
-        return "The response does not answer the request: it is empty, repeats the request or degenerates."
-    broken = [text for text, ok in found if not ok]
-    if not broken:
-        return "The response is relevant and follows every instruction in the request."
-    return ("The response is relevant, but it breaks " + str(len(broken)) + " of " + str(len(found)) +
-            " instructions: " + " ".join(broken))
+    return _rubric_score(sample["response"], found, _prompt_text(sample), sample["constraints"],
+                         sample.get("finish_reason"))
 
 
 def refiner_judgments(samples: list[dict], seed: int = 0) -> list[dict]:
@@ -110,10 +81,8 @@ def refinement_examples(samples: list[dict]) -> list[dict]:
 def rubric_examples(samples: list[dict]) -> list[dict]:
     out = []
     for s in samples:
-        found = checks(s)
-        score = rubric_score(s, found)
-        out.append({"messages": rubric_messages(_chat(s), s["response"]),
-                    "response": eft_target(rubric_justification(s, found, score), score)})
+        _, text = rubric_judgment(s["response"], s["constraints"], _prompt_text(s), s.get("finish_reason"))
+        out.append({"messages": rubric_messages(_chat(s), s["response"]), "response": text})
     return out
 
 

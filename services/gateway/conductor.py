@@ -64,7 +64,7 @@ def _gate(session: Session, run: Run, rnd: Round, config) -> dict | None:
                                  max_degenerate_rate=config.max_degenerate_rate,
                                  max_limit_rate_rise=config.max_limit_rate_rise)
     paired = (verdict["paired"] or {}).get("prompt_strict_acc")
-    gate = {"regressed": verdict["regressed"], "reasons": verdict["reasons"],
+    gate = {"regressed": verdict["regressed"], "reasons": verdict["reasons"], "note": verdict.get("note"),
             "adopted": not verdict["regressed"] or config.on_regression == "continue",
             "on_regression": config.on_regression, "compared_with_version": rnd.policy_version_id,
             "prompt_strict_change": paired}

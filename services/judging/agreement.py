@@ -42,7 +42,7 @@ def judge_agreement(items: list[dict], *, backend, model, samples_per_prompt: in
                                                             max_new_tokens=max_new_tokens, seed=seed))
     responses: list[tuple[int, str, bool]] = []  # (item index, text, verifier strict pass)
     for i, (it, outs) in enumerate(zip(items, sampled)):
-        for text in [it["reference"]] + [c.text for c in outs]:
+        for text in ([it["reference"]] if it.get("reference") else []) + [c.text for c in outs]:
             responses.append((i, text, verify(text, it["constraints"], it["prompt"]).strict))
     judge_params = SamplingParams(n=votes, temperature=0.7, max_new_tokens=max_new_tokens, seed=seed + 1)
     none = [[] for _ in responses]

@@ -2,11 +2,14 @@
 
 A round's version is compared with the policy it started from on the same held-out prompts:
 - accuracy: the paired 95 % interval of (after − before) prompt-level strict accuracy lies wholly
-  below zero — a drop larger than its own noise, not a wobble of one or two prompts;
+  below zero — a drop larger than its own noise, not a wobble of one or two prompts. A percentile
+  bootstrap on a handful of prompts says nothing, so no rule here fires on fewer than MIN_PAIRED
+  held-out prompts (the verdict then says so);
 - degeneration: the share of degenerate answers (junk characters or runaway repetition, see
-  degeneration.py) rose above `max_degenerate_rate`, or the share of answers cut at the token limit
-  rose by more than `max_limit_rate_rise` — a collapsing model can keep its accuracy for a round
-  while its answers turn to noise.
+  degeneration.py) rose above `max_degenerate_rate` (and above the starting policy's own share by
+  more than 5 points: a raw pretrained base that already rambles is not held against its first
+  round), or the share of answers cut at the token limit rose by more than `max_limit_rate_rise` —
+  a collapsing model can keep its accuracy for a round while its answers turn to noise.
 Either makes the round a regression. What happens then is the run's `on_regression` setting.
 Pure: plain metric dicts in (as `evaluation.aggregate` writes them), a verdict out.
 """
@@ -15,6 +18,10 @@ from __future__ import annotations
 from services.judging.evaluation import compare
 from services.judging.intervals import significantly_worse
 
+DEGENERATE_NOISE = 0.05
+MIN_PAIRED = 30
+
+
 def regression_verdict(before: dict | None, after: dict | None, *, max_degenerate_rate: float = 0.2,
                        max_limit_rate_rise: float = 0.25) -> dict:
     """{"regressed": bool, "reasons": [str], "paired": compare(...) or None}. Without both
@@ -22,14 +29,17 @@ def regression_verdict(before: dict | None, after: dict | None, *, max_degenerat
     if not before or not after:
         return {"regressed": False, "reasons": [], "paired": None}
     paired = compare(before, after)
+    if paired["n_paired"] < MIN_PAIRED or (after.get("n_responses") or 0) < MIN_PAIRED:
+        return {"regressed": False, "reasons": [], "paired": paired,
+                "note": f"{paired['n_paired']} paired held-out prompts: too few (< {MIN_PAIRED}) to judge a regression"}
     reasons = []
     strict = paired["prompt_strict_acc"]
     if significantly_worse(strict):
         reasons.append(f"held-out prompt-level strict accuracy fell by {-strict['difference']:.3f} "
                        f"(95 % interval of the change {strict['low']:+.3f} .. {strict['high']:+.3f}, "
                        f"{strict['lost']} prompts lost, {strict['gained']} gained)")
-    degenerate = after.get("degenerate_rate")
-    if degenerate is not None and degenerate > max_degenerate_rate:
+    degenerate, was = after.get("degenerate_rate"), before.get("degenerate_rate") or 0.0
+    if degenerate is not None and degenerate > max_degenerate_rate and degenerate - was > DEGENERATE_NOISE:
         reasons.append(f"{degenerate:.0%} of held-out answers are degenerate (junk or runaway repetition), "
                        f"above the ceiling {max_degenerate_rate:.0%}")
     lim_b, lim_a = before.get("limit_rate"), after.get("limit_rate")

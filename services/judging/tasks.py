@@ -64,12 +64,42 @@ def _judges() -> dict:
     return {"rubric": (rubric_messages, parse_score), "refiner": (judge_messages, parse_verdict)}
 
 
+def _verifier_votes(kind: str, samples: list[Sample], prompts: dict) -> list[dict]:
+    """One judgment of `kind` per sample, written by the verifier in the judge's own format."""
+    from services.judging.verifier_judge import refiner_judgment, rubric_judgment
+
+    rows = []
+    for x in samples:
+        p = prompts[x.prompt_id]
+        text = p.messages[-1]["content"]
+        if kind == "refiner":
+            passed, why = refiner_judgment(x.text, p.constraints, text)
+            rows.append({"sample_id": x.id, "kind": kind, "vote_index": 0, "rationale": why,
+                         "score": float(passed), "passed": passed})
+        else:
+            score, why = rubric_judgment(x.text, p.constraints, text, x.finish_reason)
+            rows.append({"sample_id": x.id, "kind": kind, "vote_index": 0, "rationale": why,
+                         "score": float(score), "passed": None})
+    return rows
+
+
 def llm_votes(ctx: StageContext, kind: str) -> None:
-    """Sample `votes` judgments of `kind` per sample of the shard from the payload's judge model
-    (payload: prompt_ids, role, votes, temperature, max_new_tokens, model) and store each vote."""
+    """Judgments of `kind` for each sample of the shard (payload: prompt_ids, role, votes,
+    temperature, max_new_tokens, model, judge). `judge` "llm" (default): `votes` sampled judgments
+    from the payload's judge model; "verifier": one judgment written by the verifier for samples
+    whose prompt has constraints (others get none); "hybrid": the verifier where there are
+    constraints, the model elsewhere."""
     build, parse = _judges()[kind]
     p = ctx.payload
     samples, prompts = _shard_samples(ctx)
+    mode = p.get("judge", "llm")
+    if mode not in ("llm", "verifier", "hybrid"):
+        raise ValueError(f"payload judge must be llm, verifier or hybrid, got {mode!r}")
+    if mode != "llm":
+        checked = [x for x in samples if prompts[x.prompt_id].constraints]
+        with session_scope() as s:
+            crud.upsert_judgments(s, rows=_verifier_votes(kind, checked, prompts))
+        samples = [x for x in samples if not prompts[x.prompt_id].constraints] if mode == "hybrid" else []
     if not samples:
         return
     requests = [build(prompts[x.prompt_id].messages, x.text) for x in samples]
@@ -98,6 +128,65 @@ def rubric_shard(stage_task_id: int) -> None:
 @task("judging.refiner_shard")
 def refiner_shard(stage_task_id: int) -> None:
     execute(stage_task_id, lambda ctx: llm_votes(ctx, "refiner"))
+
+
+# ---------------------------------------------------------------- judge check
+class JudgeBelowFloor(ValueError):
+    """A self-judged round's judge measured below the configured floor, and the run says stop."""
+
+
+def judge_check_verdict(report: dict, kind: str, floor: dict) -> tuple[bool, list[str]]:
+    """Whether a judge-agreement report clears `floor` ({"parseable", "accuracy"}): the refiner by
+    its balanced verdict accuracy, the rubric judge by its pairwise accuracy."""
+    why = []
+    parseable = report["parseable"].get(kind)
+    accuracy = report["refiner"]["balanced_accuracy"] if kind == "refiner" else report["rubric"]["accuracy"]
+    if parseable is None or parseable < floor["parseable"]:
+        why.append(f"parseable {0 if parseable is None else parseable:.2f} < {floor['parseable']:.2f}")
+    if accuracy is None or accuracy < floor["accuracy"]:
+        what = "balanced verdict accuracy" if kind == "refiner" else "pairwise accuracy"
+        why.append(f"{what} {'none' if accuracy is None else f'{accuracy:.2f}'} < {floor['accuracy']:.2f}")
+    return not why, why
+
+
+def _judge_check(ctx: StageContext) -> None:
+    """Measure the judge the round is about to trust on a labelled probe of training prompts (with
+    constraints: the verifier labels the model's own answers) and record it as metrics.judge_check.
+    Payload: prompt_ids, model, kind (rubric | refiner), samples, votes, max_new_tokens, floor,
+    on_weak (stop | verifier). Below the floor: `stop` fails the run with the numbers; `verifier`
+    records that this round's judging falls back to the verifier (the recipe's judge stage reads it)."""
+    from services.judging.agreement import judge_agreement
+
+    p = ctx.payload
+    with session_scope() as s:
+        prompts = crud.prompts_by_id(s, ids=p["prompt_ids"])
+    items = [{"prompt": q.messages[-1]["content"], "constraints": q.constraints, "reference": q.reference}
+             for q in prompts.values() if q.constraints]
+    kind = p["kind"]
+    report = judge_agreement(items, backend=backend(), model=model_for(ctx, p["model"]),
+                             samples_per_prompt=int(p["samples"]), votes=int(p["votes"]),
+                             max_new_tokens=int(p["max_new_tokens"]), judges=(kind,),
+                             seed=shard_seed(ctx.config.get("seed", 0), ctx.round_number, 0, 13))
+    ok, why = judge_check_verdict(report, kind, p["floor"])
+    summary = {"kind": kind, "probe_prompts": len(items), "responses": report["responses"],
+               "parseable": report["parseable"][kind], "passed": ok, "why": why, "floor": p["floor"],
+               "action": "trust" if ok else p["on_weak"],
+               "accuracy": report["refiner"]["balanced_accuracy"] if kind == "refiner" else report["rubric"]["accuracy"],
+               "by_type": {t: v[kind].get("balanced_accuracy" if kind == "refiner" else "accuracy")
+                           for t, v in report["by_type"].items()}}
+    with session_scope() as s:
+        rnd = s.get(Round, ctx.round_id)
+        rnd.metrics = {**rnd.metrics, "judge_check": summary}
+    log.info("judge check (%s): %s", kind, summary)
+    if not ok and p["on_weak"] == "stop":
+        raise JudgeBelowFloor(f"the {kind} judge is below its floor on {len(items)} training prompts "
+                              f"({'; '.join(why)}); train it first (bootstrap_judge), choose judge: verifier "
+                              "or hybrid, or set on_weak_judge: verifier")
+
+
+@task("judging.judge_check")
+def judge_check(stage_task_id: int) -> None:
+    execute(stage_task_id, _judge_check)
 
 
 # ---------------------------------------------------------------- pairs

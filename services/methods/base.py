@@ -59,6 +59,7 @@ class DataCheck:
     prompts: list[dict]
     config: Any
     missing: Callable[[str, list, list], list[dict]]
+    read_sets: Callable[[list[int]], list[dict]] = lambda ids: []  # prompts of other sets of the workspace
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,99 @@ class SamplingFields:
         check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
 
 
+@dataclass
+class JudgeFields:
+    """How a self-judged method (Self-Rewarding, SPaR) gets a judge it can trust.
+
+    - `judge`: self (the papers' method: the model judges its own samples), verifier (the IFEval
+      verifier writes the judgments, for prompts with constraints), or hybrid (the verifier where
+      a prompt has constraints, the model elsewhere). A model version as judge is
+      `judge_version_id`.
+    - `bootstrap_judge`: in round 1, before judging, teach the judge from the model's own samples on
+      training prompts with constraints, labelled by the verifier and written in the judge's exact
+      output format (services/curriculum/judge_data.py) — the role of the papers' seed EFT data
+      and of SPaR's GPT-4o-built refiner data. Skipped when no training prompt has constraints.
+    - judge check: before each self-judged round trusts its judge, measure it on a probe of
+      `judge_check_prompts` training prompts with constraints (kept out of the bootstrap data):
+      parseable rate and accuracy against the verifier must reach the floors, else `on_weak_judge`:
+      stop (the run fails with the numbers) or verifier (this round is judged by the verifier).
+    """
+
+    judge: str = "self"
+    judge_version_id: int | None = None  # None: the method's own judge model
+    bootstrap_judge: bool = True
+    bootstrap_judge_learning_rate: float = 1e-4  # LoRA SFT of the judge (see chat_start.py)
+    bootstrap_judge_epochs: int = 2
+    judge_check_prompts: int = 24  # 0 = no check
+    judge_floor_parseable: float = 0.9
+    judge_floor_accuracy: float = 0.7
+    on_weak_judge: str = "verifier"
+
+    def check_judge_fields(self) -> None:
+        check(self.judge in JUDGES, "judge", f"must be one of {', '.join(JUDGES)}")
+        check(self.judge_version_id is None or type(self.judge_version_id) is int, "judge_version_id",
+              "must be an integer model version id or null")
+        check(0 < self.bootstrap_judge_learning_rate <= 1e-2, "bootstrap_judge_learning_rate", "must be in (0, 0.01]")
+        check(1 <= self.bootstrap_judge_epochs <= 10, "bootstrap_judge_epochs", "must be in 1..10")
+        check(0 <= self.judge_check_prompts <= 1000, "judge_check_prompts", "must be in 0..1000")
+        check(0 <= self.judge_floor_parseable <= 1, "judge_floor_parseable", "must be in [0, 1]")
+        check(0 <= self.judge_floor_accuracy <= 1, "judge_floor_accuracy", "must be in [0, 1]")
+        check(self.on_weak_judge in ("stop", "verifier"), "on_weak_judge", "must be stop or verifier")
+
+    def constrained_split(self, data) -> tuple[list[int], list[int]]:
+        """(bootstrap prompt ids, probe prompt ids): the run's training prompts with constraints,
+        the last `judge_check_prompts` of them kept for the probe (never trained on by the judge)."""
+        ids = [p["id"] for p in data.run_prompts() if p["constraints"]]
+        k = min(self.judge_check_prompts, len(ids) // 2) if self.judge_check_prompts else 0
+        return (ids[:-k] if k else ids), (ids[-k:] if k else [])
+
+    def judge_mode(self, data) -> str:
+        """The judging payload's mode this round: verifier / hybrid by choice, verifier when the
+        judge check fell below its floor and on_weak_judge says so, else llm."""
+        if self.judge == "verifier" or data.metrics.get("judge_check", {}).get("action") == "verifier":
+            return "verifier"
+        return "hybrid" if self.judge == "hybrid" else "llm"
+
+
+JUDGES = ("self", "verifier", "hybrid")
+
+
+def judge_check_plan(kind: str, model: str, votes_field: str) -> Callable[[PlanInput], list[dict]]:
+    """Planner of the judge check stage (see JudgeFields); [] skips it."""
+
+    def plan(inp: PlanInput) -> list[dict]:
+        cfg = inp.config
+        _, probe = cfg.constrained_split(inp.data)
+        if cfg.judge == "verifier" or not probe:
+            return []
+        return [{"prompt_ids": probe, "kind": kind, "model": model if cfg.judge_version_id is None
+                 else f"version:{cfg.judge_version_id}", "samples": 1, "votes": getattr(cfg, votes_field),
+                 "max_new_tokens": cfg.judge_max_new_tokens,
+                 "floor": {"parseable": cfg.judge_floor_parseable, "accuracy": cfg.judge_floor_accuracy},
+                 "on_weak": cfg.on_weak_judge}]
+
+    return plan
+
+
+def judge_bootstrap_items(data, cfg, kinds: tuple[str, ...], role: str) -> tuple[list[dict], dict]:
+    """SFT examples that teach the judge, from this round's `role` samples on the bootstrap share of
+    the constrained training prompts, labelled by the verifier (services/curriculum/judge_data.py)."""
+    from services.curriculum.judge_data import judge_examples
+
+    boot, _ = cfg.constrained_split(data)
+    prompts = data.prompts(boot)
+    samples = [{"messages": prompts[x["prompt_id"]]["messages"], "response": x["text"],
+                "constraints": prompts[x["prompt_id"]]["constraints"], "finish_reason": x.get("finish_reason")}
+               for x in data.samples(role) if x["prompt_id"] in prompts]
+    made = judge_examples(samples, kinds=kinds, seed=cfg.seed)
+    items = [e for k in kinds for e in made[k]]
+    return items, {"labelled_samples": len(samples), **{f"{k}_examples": len(made[k]) for k in kinds}}
+
+
 TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields)
                        if f.name not in ("train", "eval_judge_samples", "on_regression", "max_degenerate_rate",
                                          "max_limit_rate_rise"))
+JUDGE_FIELDS = tuple(f.name for f in dataclasses.fields(JudgeFields))
 
 
 def trainer_config(cfg: Any, **settings: Any):

@@ -85,7 +85,12 @@ def data_errors(session: Session, workspace_id: int, method: str, set_ids: list[
     def missing(kind: str, ids: list, loc: list) -> list[dict]:
         return foreign_ids(session, workspace_id, models[kind], ids, loc)
 
-    return get_recipe(method).check_data(DataCheck(prompts=prompts, config=config, missing=missing))
+    def read_sets(ids: list[int]) -> list[dict]:
+        own = [i for i in ids if not foreign_ids(session, workspace_id, PromptSet, [i], [])]
+        return [prompt_dict(p) for p in session.exec(select(Prompt).where(Prompt.prompt_set_id.in_(own)))] if own else []
+
+    return get_recipe(method).check_data(DataCheck(prompts=prompts, config=config, missing=missing,
+                                                   read_sets=read_sets))
 
 
 def base_model_errors(name: str) -> list[dict]:

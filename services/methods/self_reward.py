@@ -7,8 +7,17 @@ prompts from the seed prompts, deduplicated), N candidates per new prompt from �
 judge (θ(t-1) itself unless `judge_version_id` names another version) sampled k times and averaged,
 pairs of highest vs lowest mean score with ties dropped, and DPO from θ(t-1) with reference θ(t-1).
 
+A judge it can trust (JudgeFields in base.py): when training prompts carry verifiable constraints,
+round 1 first samples θ0 on them and adds verifier-written rubric judgments of those samples to M1's
+EFT data (`bootstrap_judge`); every round measures its judge on a probe of training prompts before
+trusting it (`judge_check`) and falls back to the verifier (or stops) below the floor. With
+`judge: verifier | hybrid` (or after such a fallback) the candidates also cover the run's own
+prompts with constraints, which the verifier can score; self-instructed prompts carry none.
+
 Departures: deduplication uses word-set Jaccard similarity instead of the paper's ROUGE-L filter;
-the number of new prompts per round is small by default so that a round fits on one CPU.
+the number of new prompts per round is small by default so that a round fits on one CPU; the LoRA
+learning rate is 10x the paper's full-fine-tuning 1e-6 and decays to a tenth of itself, as the
+paper's 1e-6 → 1e-7.
 """
 from __future__ import annotations
 
@@ -17,14 +26,14 @@ import re
 from dataclasses import dataclass, field
 
 from services.methods.base import (
-    DataCheck, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, register, shards,
-    single,
+    DataCheck, JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages,
+    judge_bootstrap_items, judge_check_plan, register, shards, single,
 )
 from services.methods.jobs import gold_examples, pairwise_job, sft_from_base_job
 
 
 @dataclass
-class SelfRewardConfig(SamplingFields, TrainerFields):
+class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     bootstrap_sft: bool = True  # round 1 first makes M1 by SFT on IFT + EFT data
     eft_prompt_set_ids: list = field(default_factory=list)  # judge-training sets (prompt → judgment)
     bootstrap_learning_rate: float = 1e-4
@@ -40,19 +49,18 @@ class SelfRewardConfig(SamplingFields, TrainerFields):
     judge_samples: int = 3  # k [3]
     judge_temperature: float = 0.7
     judge_max_new_tokens: int = 256
-    judge_version_id: int | None = None  # None: the policy judges itself
     beta: float = 0.1  # [0.1]
-    learning_rate: float = 1e-6  # [1e-6 → 1e-7 over training]
+    learning_rate: float = 1e-5  # [1e-6 → 1e-7 over training, full fine-tuning]; LoRA: 10x
+    final_lr_ratio: float = 0.1  # the decay's floor as a share of learning_rate: 1e-6 → 1e-7
     SAMPLES_RANGE = (2, 64)
     SAMPLES_WHY = " (pairs need two)"
 
     def __post_init__(self) -> None:
         self.check_trainer_fields()
         self.check_sampling_fields()
+        self.check_judge_fields()
         check(isinstance(self.eft_prompt_set_ids, list) and all(
             type(i) is int for i in self.eft_prompt_set_ids), "eft_prompt_set_ids", "must be a list of integer ids")
-        check(self.judge_version_id is None or type(self.judge_version_id) is int, "judge_version_id",
-              "must be an integer model version id or null")
         check(self.bootstrap_learning_rate > 0, "bootstrap_learning_rate", "must be > 0")
         check(1 <= self.new_prompts_per_round <= 100_000, "new_prompts_per_round", "must be in 1..100000")
         check(1 <= self.few_shot <= 32, "few_shot", "must be in 1..32")
@@ -68,7 +76,9 @@ class SelfRewardConfig(SamplingFields, TrainerFields):
     def train_config(self, round_number: int, total_rounds: int):
         from services.methods.base import trainer_config
 
-        return trainer_config(self, loss="sigmoid", beta=self.beta, learning_rate=self.learning_rate)
+        # the paper decays the learning rate from 1e-6 to 1e-7, not to 0
+        return trainer_config(self, loss="sigmoid", beta=self.beta, learning_rate=self.learning_rate,
+                              final_lr_ratio=self.final_lr_ratio)
 
     def bootstrap_config(self):
         from services.methods.base import trainer_config
@@ -140,8 +150,19 @@ def check_data(check: DataCheck) -> list[dict]:
     """The config's prompt sets (judge training data) and judge version must be the workspace's."""
     cfg = check.config
     judge = [cfg.judge_version_id] if cfg.judge_version_id is not None else []
-    return (check.missing("prompt_set", cfg.eft_prompt_set_ids, ["config", "eft_prompt_set_ids"])
-            + [{**e, "loc": e["loc"][:-1]} for e in check.missing("model_version", judge, ["config", "judge_version_id"])])
+    errors = (check.missing("prompt_set", cfg.eft_prompt_set_ids, ["config", "eft_prompt_set_ids"])
+              + [{**e, "loc": e["loc"][:-1]} for e in check.missing("model_version", judge, ["config", "judge_version_id"])])
+    if not errors:  # EFT items teach the judge its output format: each reference must end in `Score: N`
+        from services.judging.rubric import parse_score
+
+        bad = [p for p in check.read_sets(list(cfg.eft_prompt_set_ids))
+               if not p["reference"] or parse_score(p["reference"].strip().splitlines()[-1]) is None]
+        if bad:
+            errors.append({"loc": ["config", "eft_prompt_set_ids"], "msg": (
+                f"{len(bad)} EFT item(s) (e.g. prompt {bad[0]['id']} of set {bad[0]['prompt_set_id']}) have no "
+                "reference ending in a line 'Score: N' (N in 0..5); EFT items are judge requests answered "
+                "with a justification and that score line")})
+    return errors
 
 
 def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
@@ -162,7 +183,9 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
 def training_job(data, cfg: SelfRewardConfig, role: str):
     if role == "bootstrap":  # M1: SFT of the base on instruction (IFT) and evaluation (EFT) data
         items = gold_examples(data, data.prompt_set_ids + list(cfg.eft_prompt_set_ids))
-        return sft_from_base_job(data, items, cfg.bootstrap_config(), {"sft_examples": len(items)},
+        judge_items, stats = judge_bootstrap_items(data, cfg, ("rubric",), "bootstrap")
+        return sft_from_base_job(data, items + judge_items, cfg.bootstrap_config(),
+                                 {"sft_examples": len(items) + len(judge_items), **stats},
                                  key_round=0, sets_policy=True)
     return pairwise_job(data, cfg) if role == "policy" else None
 
@@ -172,27 +195,50 @@ def _self_instruct_plan(inp: PlanInput) -> list[dict]:
     return [{"count": inp.config.new_prompts_per_round}]
 
 
-def _candidate_shards(inp: PlanInput) -> list[dict]:
+def _candidate_ids(inp: PlanInput) -> list[int]:
+    """The round's self-instructed prompts, plus the run's prompts with constraints when the
+    verifier judges (it can only score those)."""
     ids = [p["id"] for p in inp.data.round_prompts()]
-    return shards(ids, inp.shard_size, role="candidate", n=inp.config.samples_per_prompt)
+    if inp.config.judge_mode(inp.data) != "llm":
+        ids += [p["id"] for p in inp.data.run_prompts() if p["constraints"]]
+    return ids
+
+
+def _candidate_shards(inp: PlanInput) -> list[dict]:
+    return shards(_candidate_ids(inp), inp.shard_size, role="candidate", n=inp.config.samples_per_prompt)
+
+
+def _judge_model(cfg: SelfRewardConfig) -> str:
+    return f"version:{cfg.judge_version_id}" if cfg.judge_version_id is not None else "policy"
 
 
 def _judge_shards(inp: PlanInput) -> list[dict]:
-    """Rubric votes on the candidates, by θ(t-1) itself unless the config names a judge version."""
+    """Rubric votes on the candidates, by θ(t-1) itself unless the config names a judge version
+    (or by the verifier: judge verifier / hybrid, or after a failed judge check)."""
     cfg = inp.config
-    judge = f"version:{cfg.judge_version_id}" if cfg.judge_version_id is not None else "policy"
-    ids = [p["id"] for p in inp.data.round_prompts()]
-    return shards(ids, inp.shard_size, role="candidate", model=judge, votes=cfg.judge_samples,
-                  temperature=cfg.judge_temperature, max_new_tokens=cfg.judge_max_new_tokens)
+    return shards(_candidate_ids(inp), inp.shard_size, role="candidate", model=_judge_model(cfg),
+                  votes=cfg.judge_samples, temperature=cfg.judge_temperature,
+                  max_new_tokens=cfg.judge_max_new_tokens, judge=cfg.judge_mode(inp.data))
 
 
 def _bootstrap_plan(inp: PlanInput) -> list[dict]:
     return [{"role": "bootstrap"}] if inp.round_number == 1 and inp.config.bootstrap_sft else []
 
 
+def _bootstrap_samples_plan(inp: PlanInput) -> list[dict]:
+    """Round 1, before M1: θ0's answers to the constrained training prompts, for the judge's data."""
+    cfg = inp.config
+    if not (inp.round_number == 1 and cfg.bootstrap_sft and cfg.bootstrap_judge and cfg.judge != "verifier"):
+        return []
+    boot, _ = cfg.constrained_split(inp.data)
+    return shards(boot, inp.shard_size, role="bootstrap", n=2)
+
+
 def _stages(cfg: SelfRewardConfig, has_eval: bool) -> list[Stage]:
     return [
+        Stage("bootstrap_samples", "generation.generate_shard", _bootstrap_samples_plan),
         Stage("bootstrap", "training.train_round", _bootstrap_plan),
+        Stage("judge_check", "judging.judge_check", judge_check_plan("rubric", _judge_model(cfg), "judge_samples")),
         Stage("self_instruct", "generation.self_instruct", _self_instruct_plan),
         Stage("generate", "generation.generate_shard", _candidate_shards),
         Stage("judge", "judging.rubric_shard", _judge_shards),

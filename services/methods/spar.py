@@ -9,9 +9,18 @@ edit, so the pair differs only where it matters; the actor trains with DPO plus 
 chosen side; the refiner trains (SFT) on its own judgments that agreed with its majority and on the
 refinement steps along successful search paths.
 
-Departures: the paper also trains the refiner's judgments with DPO; we use SFT only. Both roles
-start from the base θ0 in round 1 (the paper first fine-tunes the refiner on seed data; give such
-data as a normal SFT run and use its version as the base to do the same).
+The refiner must be able to judge before its votes mean anything. The paper first fine-tunes it on
+judgments and refinements written by GPT-4o; here round 1 does the same with data the verifier
+writes (`bootstrap_judge`, JudgeFields in base.py): after the actor's samples, the refiner is
+trained from θ0 on verifier-labelled judgments of those samples (yes/no balanced) and on minimal
+programmatic fixes of the failing ones, and every round measures its judge on a probe of training
+prompts before trusting it (`judge_check`), falling back to the verifier or stopping below the floor.
+Refiner training also uses the judgments made inside the tree search (each node's verdict text that
+agrees with its majority), not only the roots'.
+
+Departures: the paper also trains the refiner's judgments with DPO; we use SFT only. LoRA learning
+rates are 10x the paper's full-fine-tuning rates (an adapter moves fewer weights; the training
+guards of TrainConfig stop a round that drifts too far anyway).
 """
 from __future__ import annotations
 
@@ -19,14 +28,15 @@ import dataclasses
 from dataclasses import dataclass
 
 from services.methods.base import (
-    PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, register, shard_prompts, single,
+    JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, judge_bootstrap_items,
+    judge_check_plan, register, shard_prompts, shards, single, trainer_config,
 )
 from services.methods.jobs import pairwise_job
 from services.training.job import TrainJob
 
 
 @dataclass
-class SPaRConfig(SamplingFields, TrainerFields):
+class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
     samples_per_prompt: int = 5  # K [5]
     temperature: float = 0.9  # [0.9]
     top_p: float = 1.0
@@ -43,13 +53,14 @@ class SPaRConfig(SamplingFields, TrainerFields):
     max_failed_per_round: int = 256  # cap on tree searches per round (cost control)
     beta: float = 0.1  # [0.1]
     sft_weight: float = 0.1  # [0.1]
-    learning_rate: float = 1e-6
-    refiner_learning_rate: float = 1e-6
+    learning_rate: float = 1e-5  # LoRA: 10x a full fine-tuning rate of 1e-6
+    refiner_learning_rate: float = 1e-5
     train_refiner: bool = True
 
     def __post_init__(self) -> None:
         self.check_trainer_fields()
         self.check_sampling_fields()
+        self.check_judge_fields()
         check(1 <= self.judge_votes <= 16, "judge_votes", "must be in 1..16")
         check(self.judge_temperature > 0 and self.refine_temperature > 0, "judge_temperature",
               "judge_temperature and refine_temperature must be > 0")
@@ -73,6 +84,10 @@ class SPaRConfig(SamplingFields, TrainerFields):
         from services.methods.base import trainer_config
 
         return trainer_config(self, loss="sft", learning_rate=self.refiner_learning_rate)
+
+    def judge_bootstrap_config(self):
+        return trainer_config(self, loss="sft", learning_rate=self.bootstrap_judge_learning_rate,
+                              epochs=self.bootstrap_judge_epochs)
 
     def search_config(self):
         from services.refinement.search import SearchConfig
@@ -115,7 +130,7 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
 def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
     """The refiner learns from its own traces: judgments that agree with its majority verdict, and
     each refinement step on a path that ended in a correct node."""
-    from services.judging.refiner import REFINED_MARK, judge_messages, refine_messages
+    from services.judging.refiner import REFINED_MARK, judge_messages, parse_verdict, refine_messages
     from services.judging.votes import majorities
     from services.refinement.search import solution_path
 
@@ -129,6 +144,14 @@ def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
             x = samples[j["sample_id"]]
             items.append({"messages": judge_messages(prompts[x["prompt_id"]]["messages"], x["text"]),
                           "response": j["rationale"]})
+    for tree in data.refinement_trees():  # the verdicts made inside the search, where they agree with
+        if tree["sample_id"] not in samples:  # the node's own majority
+            continue
+        messages = prompts[tree["prompt_id"]]["messages"]
+        for node in tree["nodes"]:
+            if node["depth"] > 0 and node["judgment"] and node["passed"] is not None \
+                    and parse_verdict(node["judgment"]) == node["passed"]:
+                items.append({"messages": judge_messages(messages, node["text"]), "response": node["judgment"]})
     n_judgments = len(items)
     for tree in data.refinement_trees():
         if tree["sample_id"] not in samples:
@@ -143,20 +166,47 @@ def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
                     stats={"judgment_examples": n_judgments, "refinement_examples": len(items) - n_judgments})
 
 
+def judge_bootstrap_job(data, cfg: SPaRConfig) -> TrainJob:
+    """Round 1: the refiner (version round 0) from θ0, on verifier-written judgments of the actor's
+    samples and on programmatic fixes of the failing ones."""
+    items, stats = judge_bootstrap_items(data, cfg, ("refiner", "refinement"), "policy")
+    return TrainJob(kind="sft", items=items, tcfg=cfg.judge_bootstrap_config(), key_round=0, role="refiner",
+                    parent_id=data.base_version_id, stats=stats, label="bootstrap_judge")
+
+
 def training_job(data, cfg: SPaRConfig, role: str):
+    if role == "judge_bootstrap":
+        return judge_bootstrap_job(data, cfg)
     if role == "refiner":
         return refiner_job(data, cfg)
     return pairwise_job(data, cfg) if role == "policy" else None
 
 
 # ---------------------------------------------------------------- stages
+def _judge_model(cfg: SPaRConfig) -> str:
+    return REFINER if cfg.judge_version_id is None else f"version:{cfg.judge_version_id}"
+
+
+def _judge_plan(inp: PlanInput) -> list[dict]:
+    cfg = inp.config
+    return shards(inp.prompt_ids, inp.shard_size, role="policy", model=_judge_model(cfg), votes=cfg.judge_votes,
+                  temperature=cfg.judge_temperature, max_new_tokens=cfg.judge_max_new_tokens,
+                  judge=cfg.judge_mode(inp.data))
+
+
+def _judge_bootstrap_plan(inp: PlanInput) -> list[dict]:
+    cfg = inp.config
+    wanted = inp.round_number == 1 and cfg.bootstrap_judge and cfg.judge != "verifier"
+    return [{"role": "judge_bootstrap"}] if wanted and cfg.constrained_split(inp.data)[0] else []
+
+
 def _refine_plan(inp: PlanInput) -> list[dict]:
     cfg = inp.config
     ids = _failed(inp.data.judgments("refiner", role="policy"))[: cfg.max_failed_per_round]
     how = {"model": REFINER, "search": dataclasses.asdict(cfg.search_config()),
            "refine": {"temperature": cfg.refine_temperature, "max_new_tokens": cfg.max_new_tokens},
            "judge": {"votes": cfg.judge_votes, "temperature": cfg.judge_temperature,
-                     "max_new_tokens": cfg.judge_max_new_tokens}}
+                     "max_new_tokens": cfg.judge_max_new_tokens, "judge": cfg.judge_mode(inp.data)}}
     return [{"sample_id": i, **how} for i in ids]
 
 
@@ -167,9 +217,9 @@ def _refiner_train_plan(inp: PlanInput) -> list[dict]:
 def _stages(cfg: SPaRConfig, has_eval: bool) -> list[Stage]:
     return [
         Stage("generate", "generation.generate_shard", shard_prompts(role="policy")),
-        Stage("judge", "judging.refiner_shard", shard_prompts(
-            role="policy", model=REFINER, votes=cfg.judge_votes, temperature=cfg.judge_temperature,
-            max_new_tokens=cfg.judge_max_new_tokens)),
+        Stage("bootstrap_judge", "training.train_round", _judge_bootstrap_plan),
+        Stage("judge_check", "judging.judge_check", judge_check_plan("refiner", _judge_model(cfg), "judge_votes")),
+        Stage("judge", "judging.refiner_shard", _judge_plan),
         Stage("refine", "refinement.search_sample", _refine_plan),
         Stage("pairs", "judging.build_pairs", single),
         Stage("train", "training.train_round", single),

@@ -48,8 +48,9 @@ class SPINConfig(SamplingFields, TrainerFields):
         """The trainer's settings for round t, with the paper's schedule of β and learning rate."""
         from services.methods.base import trainer_config
 
-        # total_rounds is 0 for continuous runs, which have no known last round
-        last = round_number == total_rounds and total_rounds > 1
+        # total_rounds is 0 for continuous runs, which have no known last round; a run of one round
+        # is its own last round
+        last = total_rounds > 0 and round_number == total_rounds
         lr = self.later_learning_rate if round_number >= self.later_from_round else self.learning_rate
         beta = self.last_round_beta if last and self.last_round_beta else self.beta
         return trainer_config(self, loss="sigmoid", beta=beta, learning_rate=lr)

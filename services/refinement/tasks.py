@@ -50,6 +50,11 @@ def _search(ctx: StageContext) -> None:
         return [parse_refinement(c.text) for c in out]
 
     def judge(messages, texts):
+        if judge_cfg.get("judge", "llm") in ("verifier", "hybrid") and prompt.constraints:
+            from services.judging.verifier_judge import refiner_judgment
+
+            found = [refiner_judgment(t, prompt.constraints, prompt.messages[-1]["content"]) for t in texts]
+            return [verdict([ok], [why]) for ok, why in found]
         calls["n"] += 1
         params = SamplingParams(n=judge_cfg["votes"], temperature=judge_cfg["temperature"],
                                 max_new_tokens=judge_cfg["max_new_tokens"], seed=seed + 10_000 + calls["n"])

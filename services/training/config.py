@@ -28,6 +28,7 @@ class TrainConfig:
     grad_accum: int = 1
     warmup_ratio: float = 0.1
     schedule: str = "linear"
+    final_lr_ratio: float = 0.0  # linear / cosine decay ends at learning_rate * this (Self-Rewarding: 0.1)
     max_grad_norm: float = 1.0  # 0 turns clipping off
     seed: int = 0
     lora: bool = True  # False = full fine-tuning
@@ -73,6 +74,8 @@ class TrainConfig:
         for name in ("sft_weight", "max_grad_norm", "max_kl", "max_reward_margin"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
+        if not 0 <= self.final_lr_ratio <= 1:
+            bad("final_lr_ratio", "must be in [0, 1]")
         if not 0 <= self.warmup_ratio < 1:
             bad("warmup_ratio", "must be in [0, 1)")
         if not 0 <= self.lora_dropout < 1:

@@ -17,6 +17,7 @@ class TrainJob:
     parent_id: int | None = None  # the ModelVersion this one derives from
     stats: dict = field(default_factory=dict)  # counts about the data, kept in the version's metrics
     sets_policy: bool = False  # the version becomes this round's policy (e.g. Self-Rewarding's M1)
+    label: str | None = None  # where its metrics live on the round (default: see metrics_label)
 
     def __post_init__(self) -> None:
         if self.kind not in ("pairs", "sft"):
@@ -25,6 +26,8 @@ class TrainJob:
 
 def metrics_label(job: TrainJob) -> str:
     """Where a job's metrics live on the round."""
+    if job.label:
+        return job.label
     if job.sets_policy:
         return "bootstrap"
     return "train" if job.role == "policy" else f"train_{job.role}"

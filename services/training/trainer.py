@@ -374,10 +374,11 @@ def _schedule(config: TrainConfig, total: int):
             return step / max(1, warmup)
         if config.schedule == "constant":
             return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        floor = config.final_lr_ratio  # decay to learning_rate * final_lr_ratio, not to 0
         if config.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return max(0.0, 1.0 - progress)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (1.0 - floor) * (1.0 - progress)
 
     return factor
 

@@ -46,7 +46,7 @@ def test_rest_em_keeps_at_most_k_correct_and_trains_from_the_base(api, workers, 
         assert ev["n_judged"] == 4 and 0 <= ev["mean_judge_score"] <= 5  # scripted rubric, all parsed
     # every version is trained from θ0; round 2 samples from round 1's version
     assert versions["round:1:policy"].parent_id == versions["round:2:policy"].parent_id == base_id
-    assert run["round_details"][1]["policy_version_id"] == versions["round:1:policy"].id
+    assert run["round_details"][1]["policy_version_id"] == versions["round:1:policy"].id, run["round_details"][0]["metrics"].get("gate")
     assert "eval_base" in run["round_details"][0]["metrics"]
     with session_scope() as s:
         r1 = s.exec(select(Round).where(Round.run_id == run_id, Round.number == 1)).one()
@@ -70,7 +70,9 @@ def test_self_rewarding_bootstraps_m1_and_drops_ties(api, workers, tiny_model):
                             "bootstrap_learning_rate": 1e-3, **TRAIN})
     run = wait_run(client, a, run_id, workers)
     r1, r2 = run["round_details"]
-    assert stage_status(r1) == dict.fromkeys(["bootstrap", "self_instruct", "generate", "judge", "pairs", "train"], "succeeded")
+    # no seed prompt has constraints: no judge bootstrap samples and no judge check to run
+    assert stage_status(r1) == {**dict.fromkeys(["bootstrap", "self_instruct", "generate", "judge", "pairs", "train"],
+                                                "succeeded"), "bootstrap_samples": "skipped", "judge_check": "skipped"}
     assert stage_status(r2)["bootstrap"] == "skipped"
     versions = _versions(run_id)
     m1 = versions["round:0:policy"]
@@ -94,11 +96,13 @@ def test_spar_pairs_come_from_one_tree_and_the_refiner_trains(api, workers, tiny
     train = upload(client, a, _prompts(5, constraints=NO_COMMA), name="spar")
     run_id = submit(client, a, method="spar", base_model=tiny_model, prompt_set_ids=[train], rounds=2,
                     config={"samples_per_prompt": 3, "max_new_tokens": 10, "judge_votes": 3, "branching": 2,
-                            "keep": 1, "max_depth": 2, "search_budget": 4, **TRAIN})
+                            "keep": 1, "max_depth": 2, "search_budget": 4, "bootstrap_judge": False,
+                            "judge_check_prompts": 0, **TRAIN})
     run = wait_run(client, a, run_id, workers)
     versions = _versions(run_id)
     for rnd in run["round_details"]:
-        assert stage_status(rnd) == dict.fromkeys(["generate", "judge", "refine", "pairs", "train", "train_refiner"], "succeeded")
+        assert stage_status(rnd) == {**dict.fromkeys(["generate", "judge", "refine", "pairs", "train", "train_refiner"],
+                                                     "succeeded"), "bootstrap_judge": "skipped", "judge_check": "skipped"}
         with session_scope() as s:
             row = s.exec(select(Round).where(Round.run_id == run_id, Round.number == rnd["number"])).one()
             samples = {x.id: x for x in s.exec(select(Sample).where(Sample.round_id == row.id))}

@@ -86,5 +86,7 @@ def test_paper_defaults_and_trainer_settings():
 def test_stage_lists():
     names = lambda m, cfg: [s.name for s in get_recipe(m).stages(cfg, False)]  # noqa: E731
     assert names("rest_em", RestEMConfig()) == ["generate", "verify", "train"]
-    assert names("self_reward", SelfRewardConfig()) == ["bootstrap", "self_instruct", "generate", "judge", "pairs", "train"]
-    assert names("spar", SPaRConfig()) == ["generate", "judge", "refine", "pairs", "train", "train_refiner"]
+    assert names("self_reward", SelfRewardConfig()) == ["bootstrap_samples", "bootstrap", "judge_check", "self_instruct",
+                                                        "generate", "judge", "pairs", "train"]
+    assert names("spar", SPaRConfig()) == ["generate", "bootstrap_judge", "judge_check", "judge", "refine", "pairs",
+                                           "train", "train_refiner"]

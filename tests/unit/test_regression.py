@@ -31,3 +31,15 @@ def test_collapse_into_junk_is_a_regression_even_at_equal_accuracy():
     assert v["regressed"] and len(v["reasons"]) == 2
     assert "degenerate" in v["reasons"][0] and "token limit rose from 0% to 75%" in v["reasons"][1]
     assert not regression_verdict(before, after, max_degenerate_rate=0.9, max_limit_rate_rise=1.0)["regressed"]
+
+
+def test_a_start_that_already_rambles_is_not_held_against_the_round():
+    junk = "Bees 𒃐𒄯slotBox slotBoxslotBox"
+    before = evaluation(40, response_fail=junk)
+    after = evaluation(40, response_fail=junk)
+    assert before["degenerate_rate"] == 0.75 and not regression_verdict(before, after)["regressed"]
+
+
+def test_too_few_prompts_cannot_show_an_accuracy_regression():
+    assert not regression_verdict(evaluation(8, n=8), evaluation(0, n=8))["regressed"]
+    assert regression_verdict(evaluation(30, n=30), evaluation(0, n=30))["regressed"]

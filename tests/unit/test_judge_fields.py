@@ -1,0 +1,82 @@
+"""Judge choice, judge check and the faithful details of the recipes, on plain data."""
+from __future__ import annotations
+
+import pytest
+
+from services.judging.tasks import judge_check_verdict
+from services.methods.base import parse_config
+from services.methods.self_reward import SelfRewardConfig
+from services.methods.spar import SPaRConfig
+from services.methods.spin import SPINConfig
+from services.training.config import TrainConfig
+from services.training.trainer import _schedule
+
+FLOOR = {"parseable": 0.9, "accuracy": 0.7}
+
+
+def report(parseable, balanced, pairwise):
+    return {"parseable": {"refiner": parseable, "rubric": parseable},
+            "refiner": {"balanced_accuracy": balanced}, "rubric": {"accuracy": pairwise}}
+
+
+@pytest.mark.parametrize("rep,kind,ok,words", [
+    (report(0.95, 0.8, 0.5), "refiner", True, []),
+    (report(0.95, 0.8, 0.5), "rubric", False, ["pairwise accuracy 0.50 < 0.70"]),
+    (report(0.5, 0.9, 0.9), "refiner", False, ["parseable 0.50 < 0.90"]),
+    (report(None, None, None), "refiner", False, ["parseable 0.00 < 0.90", "balanced verdict accuracy none < 0.70"]),
+])
+def test_judge_check_verdict(rep, kind, ok, words):
+    assert judge_check_verdict(rep, kind, FLOOR) == (ok, words)
+
+
+@pytest.mark.parametrize("cls", [SPaRConfig, SelfRewardConfig])
+@pytest.mark.parametrize("data,field", [({"judge": "oracle"}, "judge"), ({"on_weak_judge": "ignore"}, "on_weak_judge"),
+                                        ({"judge_floor_accuracy": 2}, "judge_floor_accuracy"),
+                                        ({"judge_check_prompts": -1}, "judge_check_prompts")])
+def test_judge_fields_are_validated(cls, data, field):
+    cfg, errors = parse_config(cls, data)
+    assert cfg is None and errors[0]["loc"] == ["config", field]
+
+
+class Data:
+    def __init__(self, n_constrained, n_plain=3, metrics=None):
+        self.metrics = metrics or {}
+        self._prompts = [{"id": i, "constraints": [{"id": "punctuation:no_comma"}]} for i in range(n_constrained)]
+        self._prompts += [{"id": 100 + i, "constraints": None} for i in range(n_plain)]
+
+    def run_prompts(self):
+        return self._prompts
+
+
+def test_probe_prompts_are_kept_out_of_the_judge_bootstrap():
+    cfg = SPaRConfig(judge_check_prompts=4)
+    boot, probe = cfg.constrained_split(Data(10))
+    assert probe == [6, 7, 8, 9] and boot == [0, 1, 2, 3, 4, 5]
+    assert cfg.constrained_split(Data(4)) == ([0, 1], [2, 3])  # at most half goes to the probe
+    assert SPaRConfig(judge_check_prompts=0).constrained_split(Data(4)) == ([0, 1, 2, 3], [])
+
+
+def test_judge_mode_follows_the_choice_and_the_check():
+    assert SPaRConfig().judge_mode(Data(2)) == "llm"
+    assert SPaRConfig(judge="hybrid").judge_mode(Data(2)) == "hybrid"
+    assert SPaRConfig(judge="verifier").judge_mode(Data(2)) == "verifier"
+    assert SPaRConfig().judge_mode(Data(2, metrics={"judge_check": {"action": "verifier"}})) == "verifier"
+    assert SPaRConfig().judge_mode(Data(2, metrics={"judge_check": {"action": "trust"}})) == "llm"
+
+
+def test_self_rewarding_learning_rate_decays_to_its_floor_not_to_zero():
+    tc = SelfRewardConfig().train_config(1, 3)
+    assert tc.final_lr_ratio == 0.1
+    f = _schedule(TrainConfig(warmup_ratio=0.0, final_lr_ratio=0.1), 10)
+    assert f(0) == pytest.approx(1.0) and f(10) == pytest.approx(0.1) and f(5) == pytest.approx(0.55)
+    assert _schedule(TrainConfig(warmup_ratio=0.0), 10)(10) == 0.0  # the default still ends at 0
+    cos = _schedule(TrainConfig(warmup_ratio=0.0, schedule="cosine", final_lr_ratio=0.1), 10)
+    assert cos(10) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="final_lr_ratio"):
+        TrainConfig(final_lr_ratio=1.5)
+
+
+def test_spin_last_round_beta_applies_whenever_the_last_round_is_known():
+    assert SPINConfig().train_config(1, 1).beta == 5.0  # a one-round run is its own last round
+    assert SPINConfig().train_config(1, 2).beta == 0.1
+    assert SPINConfig().train_config(5, 0).beta == 0.1  # continuous: no known last round
