@@ -13,6 +13,11 @@ The held-out split (disjoint topics) is never read here. The result is cached in
 under a name derived from the settings, built once (a file lock serialises concurrent builders), so
 the demo and the benchmark reuse it; `autodidact bootstrap` builds it explicitly.
 
+Training it takes about an hour on a 2-core CPU, so the LoRA adapter of the default settings is
+shipped with the package (chat_start_adapter/<settings key>/, float16, ~7 MB): on a new machine the
+start is the base with that adapter merged in, in seconds. `autodidact bootstrap --retrain` trains
+it from scratch instead and leaves the new adapter beside the merged model.
+
 Departure from the papers: they start from an instruction-tuned checkpoint; we make a small one.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when the data or the recipe changes, so an old cache entry is not reused
+SHIPPED = Path(__file__).with_name("chat_start_adapter")
 
 
 @dataclass(frozen=True)
@@ -74,15 +80,32 @@ def target_dir(cfg: ChatStartConfig = DEFAULT) -> Path:
     return chat_start_dir(cfg.base_model).with_name(f"{chat_start_dir(cfg.base_model).name}-{cfg.key()}")
 
 
-def build_chat_start(cfg: ChatStartConfig = DEFAULT, on_step: Callable[[dict], None] | None = None) -> Path:
-    """The merged chat-start model directory for `cfg`, trained now unless already cached."""
-    from shared.gemma import build_once
+def shipped_adapter(cfg: ChatStartConfig = DEFAULT) -> Path | None:
+    path = SHIPPED / cfg.key()
+    return path if (path / "adapter_model.safetensors").exists() else None
+
+
+def build_chat_start(cfg: ChatStartConfig = DEFAULT, on_step: Callable[[dict], None] | None = None,
+                     retrain: bool = False) -> Path:
+    """The merged chat-start model directory for `cfg`: cached, else merged from the shipped
+    adapter, else (or with `retrain`) trained now."""
+    from shared.gemma import build_once, is_prepared
+
+    target = target_dir(cfg)
+    if retrain and is_prepared(target):
+        shutil.rmtree(target)
 
     def build(tmp: Path) -> None:
         from services.training.config import TrainConfig
         from services.training.trainer import train_sft
         from shared.modeling import merge_adapter
 
+        shipped = None if retrain else shipped_adapter(cfg)
+        if shipped is not None:
+            merge_adapter(cfg.base_model, shipped, tmp)
+            (tmp / "chat_start.json").write_text(json.dumps(
+                {"config": asdict(cfg), "version": VERSION, "adapter": f"shipped ({shipped.name})"}, indent=1))
+            return
         examples = training_examples(cfg)
         log.info("chat start: SFT of %s on %d curriculum answers (%d epoch(s)); this is done once",
                  cfg.base_model, len(examples), cfg.epochs)
@@ -92,9 +115,20 @@ def build_chat_start(cfg: ChatStartConfig = DEFAULT, on_step: Callable[[dict], N
         adapter = tmp / "adapter"
         summary = train_sft(base_model=cfg.base_model, examples=examples, out_dir=adapter, config=tcfg,
                             on_step=on_step)
-        merge_adapter(cfg.base_model, adapter, tmp)
-        shutil.rmtree(adapter)
+        merge_adapter(cfg.base_model, adapter, tmp)  # the adapter stays beside it (export_adapter)
         (tmp / "chat_start.json").write_text(json.dumps(
             {"config": asdict(cfg), "version": VERSION, "examples": len(examples), "train": summary}, indent=1))
 
-    return build_once(target_dir(cfg), build)
+    return build_once(target, build)
+
+
+def export_adapter(adapter: Path, cfg: ChatStartConfig = DEFAULT) -> Path:
+    """Store a trained chat-start adapter (float16) where shipped_adapter finds it."""
+    from safetensors.torch import load_file, save_file
+
+    out = SHIPPED / cfg.key()
+    out.mkdir(parents=True, exist_ok=True)
+    weights = load_file(str(Path(adapter) / "adapter_model.safetensors"))
+    save_file({k: v.half().contiguous() for k, v in weights.items()}, str(out / "adapter_model.safetensors"))
+    shutil.copy(Path(adapter) / "adapter_config.json", out / "adapter_config.json")
+    return out

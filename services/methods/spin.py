@@ -6,6 +6,14 @@ rejected=y') and trains θt from θ(t-1) with DPO's sigmoid loss, reference = θ
 Departures from the paper: LoRA adapters instead of full fine-tuning by default (the adapter of
 round t starts from the adapter of round t-1), and the paper's mixing of the previous round's pairs
 into round ≥2 is on by default but can be turned off.
+
+Learning rates for LoRA: the paper fine-tunes every weight at 5e-7 (1e-7 in later rounds); an
+adapter moves a few million weights and needs a larger step — the usual rule is about 10x — so the
+defaults are 5e-6 and 1e-6. Ten times more again is not safe: on Gemma 3 270M, lr 5e-5 for 2 epochs
+(the old demo setting) drove the reward margin to 115 and pushed the model's own samples down by
+about 8 nats per token in one round; its answers turned to junk (docs/results.md). β stays the
+paper's 0.1 (5.0 in the last round), epochs the paper's 2. The training guards (TrainConfig.max_kl,
+max_reward_margin) and the round gate (on_regression) stand behind these defaults.
 """
 from __future__ import annotations
 
@@ -21,8 +29,8 @@ from services.methods.jobs import pairwise_job
 class SPINConfig(SamplingFields, TrainerFields):
     beta: float = 0.1  # λ in the paper
     last_round_beta: float | None = 5.0  # the paper raises λ to 5.0 in its last iteration
-    learning_rate: float = 5e-7
-    later_learning_rate: float = 1e-7  # paper: 5e-7 in early iterations, 1e-7 later
+    learning_rate: float = 5e-6  # paper (full fine-tuning): 5e-7; LoRA: 10x, see the module docstring
+    later_learning_rate: float = 1e-6  # paper: 5e-7 in early iterations, 1e-7 later
     later_from_round: int = 3
     epochs: int = 2
     warmup_ratio: float = 0.1

@@ -39,8 +39,8 @@ def test_config_errors_name_the_field(data, loc):
 def test_paper_schedule_of_beta_and_learning_rate():
     cfg = SPINConfig()
     r1, r3 = cfg.train_config(1, 3), cfg.train_config(3, 3)
-    assert (r1.beta, r1.learning_rate, r1.loss) == (0.1, 5e-7, "sigmoid")
-    assert (r3.beta, r3.learning_rate) == (5.0, 1e-7)  # last round: λ=5.0; later rounds: lr 1e-7
+    assert (r1.beta, r1.learning_rate, r1.loss) == (0.1, 5e-6, "sigmoid")  # LoRA: 10x the paper's 5e-7
+    assert (r3.beta, r3.learning_rate) == (5.0, 1e-6)  # last round: λ=5.0; later rounds: 10x the paper's 1e-7
     assert SPINConfig(last_round_beta=None).train_config(3, 3).beta == 0.1
     assert SPINConfig(train={"schedule": "cosine"}).train_config(1, 1).schedule == "cosine"
 
