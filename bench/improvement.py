@@ -1,14 +1,21 @@
-"""Measured outcome of the four methods on Gemma 3 270M with the built-in curriculum.
+"""Does a method make Gemma 3 270M stronger? Measured outcome of the four methods, with intervals.
 
-An SFT start (SFT on the curriculum's gold answers, merged into the base), then `--rounds` rounds of
-each method from it, all in embedded mode; prints held-out prompt-level strict accuracy per round
-against the SFT start, wall time per stage, and the judge-agreement report of the SFT start (the
-reason Self-Rewarding and SPaR may not improve a 270M model: it cannot judge itself).
+From the chat-capable start (`gemma-chat`, services/methods/chat_start.py: SFT of the pretrained
+model on ~1,000 curriculum answers), run `--rounds` rounds of each method in embedded mode, all from
+the same start, and evaluate after every round on held-out curriculum prompts whose topics were never
+trained on (≥ 150 for any claim). Per round it reports prompt- and instruction-level strict and loose
+accuracy with 95 % bootstrap intervals, the paired difference against the start with its interval,
+echo rate, token-limit rate, junk rate and mean length; whether the round gate adopted the round;
+and for the self-judged methods what their judge check measured. The raw base and the start are
+evaluated the same way, and the start's judges are measured (`judge_agreement`) on a probe of
+*training* prompts.
 
-    .venv/bin/python bench/improvement.py            # 48 train / 30 held-out prompts, 2 rounds
-    .venv/bin/python bench/improvement.py --quick    # 12 / 10 prompts, 1 round, short answers
+    .venv/bin/python bench/improvement.py                                   # 3 rounds, 160 held-out
+    .venv/bin/python bench/improvement.py --methods rest_em --rounds 1      # one method, one round
+    .venv/bin/python bench/improvement.py --quick                           # smoke run: 12 train / 30 held-out
 
-The last line is `ratio=<best method's final held-out accuracy ÷ the SFT start's>`.
+Writes everything to --out (JSON) and prints the tables of docs/results.md. Settings per method are
+`DEMO_CONFIGS` (services/cli.py) sized for a CPU, not the papers'.
 """
 from __future__ import annotations
 
@@ -22,97 +29,120 @@ ROOT = Path(__file__).resolve().parents[1]
 EX = ROOT / "examples"
 
 
-def subset(src: Path, n: int, out: Path) -> Path:
-    lines = src.read_text().splitlines()[:n]
-    out.write_text("\n".join(lines) + "\n")
-    return out
+def subset(items: list[dict], out: Path) -> Path:
+    from services.curriculum.generator import write_jsonl
+
+    return write_jsonl(items, out)
+
+
+def fmt_acc(ev: dict, key: str) -> str:
+    if not ev or ev.get(key) is None:
+        return "-"
+    low, high = ev["ci95"][key]
+    return f"{ev[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def fmt_diff(d: dict) -> str:
+    return "-" if not d or d.get("difference") is None else f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--methods", default="spin,rest_em,self_reward,spar")
-    ap.add_argument("--model", default="gemma")
-    ap.add_argument("--n-train", type=int, default=None)
-    ap.add_argument("--n-eval", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--methods", default="rest_em,spin,self_reward,spar")
+    ap.add_argument("--model", default="gemma-chat")
+    ap.add_argument("--n-train", type=int, default=48)
+    ap.add_argument("--n-eval", type=int, default=160)
+    ap.add_argument("--new-tokens", type=int, default=160)
+    ap.add_argument("--skip-base", action="store_true", help="do not evaluate the raw pretrained base")
+    ap.add_argument("--out", type=Path, default=Path("improvement.json"))
     args = ap.parse_args()
-    n_train, n_eval, rounds, tokens = (12, 10, 1, 48) if args.quick else (48, 30, 2, 96)
-    rounds, n_train, n_eval = args.rounds or rounds, args.n_train or n_train, args.n_eval or n_eval
-    work = Path(tempfile.mkdtemp(prefix="autodidact-bench-"))
+    if args.quick:
+        args.n_train, args.n_eval, args.rounds, args.new_tokens = 12, 30, 1, 96
 
     from services import embedded
-    from services.cli import DEMO_CONFIGS
-    from services.judging.agreement import judge_agreement
+    from services.cli import DEMO_CONFIGS, _ensure_chat_start
     from services.curriculum.generator import read_jsonl
-    from shared import crud
-    from shared.db import session_scope
-    from shared.modeling import merge_adapter
-    from shared.models import ModelVersion
-
-    embedded.configure(work / "bench.db", work / "artifacts")
-    train = subset(EX / "curriculum_train.jsonl", n_train, work / "train.jsonl")
-    heldout = subset(EX / "curriculum_heldout.jsonl", n_eval, work / "heldout.jsonl")
-    eft = subset(EX / "demo_eft.jsonl", n_train, work / "eft.jsonl")
-
-    def run(method: str, model: str, config: dict, n_rounds: int, sets=None) -> dict:
-        t0 = time.monotonic()
-        run_id = embedded.create_run(method=method, prompts=train, model=model, rounds=n_rounds, config=config,
-                                     eval_prompts=heldout, config_sets=sets)
-        embedded.drive(run_id, show_progress=False)
-        with session_scope() as s:
-            r = crud.get_run(s, run_id=run_id)
-            rounds_ = crud.rounds_of_run(s, run_id=run_id)
-            accs = [rounds_[0].metrics.get("eval_base", {}).get("prompt_strict_acc")] + \
-                   [x.metrics.get("eval", {}).get("prompt_strict_acc") for x in rounds_]
-            stages = {}
-            for x in rounds_:
-                for k, v in x.stages.items():
-                    stages[k] = stages.get(k, 0.0) + (v.get("seconds") or 0.0)
-            version = s.get(ModelVersion, rounds_[-1].produced_version_id or -1)
-            uri = version.uri if version else None
-            skipped = [json.dumps({k: v for k, v in x.metrics.get("train", {}).items() if k != "skipped"})
-                       if x.metrics.get("train", {}).get("skipped") else None for x in rounds_]
-            return {"status": r.status, "error": r.error, "acc": accs, "stages": stages, "uri": uri,
-                    "skipped": skipped, "seconds": time.monotonic() - t0}
-
-    results = {}
-    sft = run("sft", args.model, {"learning_rate": 2e-4, "epochs": 2, "batch_size": 4, "max_new_tokens": tokens}, 1)
-    results["sft"] = sft
-    start_dir = merge_adapter(args.model, sft["uri"], work / "sft-start")
-    for method in args.methods.split(","):
-        cfg = {**DEMO_CONFIGS[method], "max_new_tokens": tokens}
-        sets = {"eft_prompt_set_ids": eft} if method == "self_reward" else None
-        if method == "self_reward":
-            cfg["bootstrap_sft"] = False  # the SFT start is M1's instruction half; EFT rides along below
-        results[method] = run(method, str(start_dir), cfg, rounds, sets)
-
     from services.generation.base import ModelRef
     from services.generation.registry import get_backend
+    from services.judging.agreement import judge_agreement
+    from services.judging.evaluation import compare
+    from services.judging.heldout import evaluate_model
+    from shared import crud
+    from shared.db import session_scope
 
-    items = [it for it in read_jsonl(heldout) if it.get("constraints")][:8]
-    agreement = judge_agreement(items, backend=get_backend("local"), model=ModelRef(str(start_dir)),
-                                samples_per_prompt=2, votes=3, max_new_tokens=tokens)
+    if args.model == "gemma-chat":
+        _ensure_chat_start()
+    work = Path(tempfile.mkdtemp(prefix="autodidact-bench-"))
+    embedded.configure(work / "bench.db", work / "artifacts")
+    train_items = read_jsonl(EX / "curriculum_train.jsonl")[:args.n_train]
+    held_items = [it for it in read_jsonl(EX / "curriculum_heldout.jsonl") if it["constraints"]][:args.n_eval]
+    train = subset(train_items, work / "train.jsonl")
+    heldout = subset(held_items, work / "heldout.jsonl")
+    eft = subset(read_jsonl(EX / "demo_eft.jsonl"), work / "eft.jsonl")
+    backend = get_backend("local")
+    results: dict = {"settings": vars(args) | {"out": str(args.out)}, "methods": {}}
 
-    start_acc = sft["acc"][-1]
-    print(f"\n| method | {' | '.join(f'round {i}' for i in range(rounds + 1))} | status | seconds by stage |")
-    print("|---|" + "---|" * (rounds + 3))
-    print(f"| sft start | {sft['acc'][0]} → {start_acc} | | {sft['status']} | "
-          f"{', '.join(f'{k} {v:.0f}' for k, v in sft['stages'].items())} |")
-    best = start_acc or 0.0
+    t0 = time.monotonic()
+    if not args.skip_base:
+        results["base"] = evaluate_model(held_items, backend=backend, model=ModelRef("gemma"),
+                                         max_new_tokens=args.new_tokens)
+    results["start"] = evaluate_model(held_items, backend=backend, model=ModelRef(args.model),
+                                      max_new_tokens=args.new_tokens)
+    probe = [it for it in read_jsonl(EX / "curriculum_train.jsonl")[args.n_train:] if it["constraints"]][:16]
+    results["start_judges"] = judge_agreement(probe, backend=backend, model=ModelRef(args.model),
+                                              samples_per_prompt=1, votes=3, max_new_tokens=args.new_tokens)
+    print(f"base / start / judges evaluated in {time.monotonic() - t0:.0f} s", flush=True)
+
     for method in args.methods.split(","):
-        r = results[method]
-        accs = [start_acc] + r["acc"][1:]
-        best = max(best, *(a for a in accs[1:] if a is not None), 0.0)
-        print(f"| {method} | {' | '.join('-' if a is None else f'{a:.3f}' for a in accs)} | {r['status']} | "
-              f"{', '.join(f'{k} {v:.0f}' for k, v in r['stages'].items())} |")
-        if r["error"]:
-            print(f"|  error | {r['error'].splitlines()[0][:200]} |")
-        skipped = [f"round {i + 1}: {m}" for i, m in enumerate(r["skipped"]) if m]
-        if skipped:
-            print(f"|  no training | {'; '.join(skipped)} |")
-    print("\njudge agreement of the SFT start:", json.dumps({k: agreement[k] for k in ("rubric", "refiner", "unparsed")}))
-    print(f"ratio={best / start_acc if start_acc else float('nan'):.3f}")
+        t1 = time.monotonic()
+        cfg = {**DEMO_CONFIGS[method], "max_new_tokens": min(args.new_tokens, DEMO_CONFIGS[method]["max_new_tokens"])}
+        sets = {"eft_prompt_set_ids": eft} if method == "self_reward" else None
+        run_id = embedded.create_run(method=method, prompts=train, model=args.model, rounds=args.rounds,
+                                     config=cfg, eval_prompts=heldout, config_sets=sets)
+        embedded.drive(run_id, show_progress=False)
+        with session_scope() as s:
+            run = crud.get_run(s, run_id=run_id)
+            rounds = [{"number": r.number, "metrics": r.metrics, "stages": r.stages}
+                      for r in crud.rounds_of_run(s, run_id=run_id)]
+            status, error = run.status, run.error
+        start_eval = rounds[0]["metrics"].get("eval_base") or results["start"]
+        for r in rounds:
+            ev = r["metrics"].get("eval")
+            r["vs_start"] = compare(start_eval, ev) if ev else None
+        results["methods"][method] = {"status": status, "error": error, "rounds": rounds,
+                                      "seconds": round(time.monotonic() - t1)}
+        args.out.write_text(json.dumps(results, indent=1, default=str))
+        print(f"{method}: {status} in {time.monotonic() - t1:.0f} s", flush=True)
+
+    args.out.write_text(json.dumps(results, indent=1, default=str))
+    print("\n| model | round | prompt strict [95% CI] | instr. strict | prompt loose | instr. loose | "
+          "vs start, prompt strict [95% CI] | echo | limit | junk | words | adopted |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in ("base", "start"):
+        if name in results:
+            ev = results[name]
+            print(f"| {name} | | {fmt_acc(ev, 'prompt_strict_acc')} | {fmt_acc(ev, 'instruction_strict_acc')} | "
+                  f"{fmt_acc(ev, 'prompt_loose_acc')} | {fmt_acc(ev, 'instruction_loose_acc')} | | "
+                  f"{ev['echo_rate']:.0%} | {ev['limit_rate']:.0%} | {ev['junk_rate']:.0%} | "
+                  f"{ev['mean_response_words']:.0f} | |")
+    for method, res in results["methods"].items():
+        for r in res["rounds"]:
+            ev, gate = r["metrics"].get("eval"), r["metrics"].get("gate") or {}
+            if not ev:
+                print(f"| {method} | {r['number']} | not evaluated ({res['status']}: {res['error']}) |")
+                continue
+            adopted = "yes" if gate.get("adopted", True) else "no"
+            print(f"| {method} | {r['number']} | {fmt_acc(ev, 'prompt_strict_acc')} | "
+                  f"{fmt_acc(ev, 'instruction_strict_acc')} | {fmt_acc(ev, 'prompt_loose_acc')} | "
+                  f"{fmt_acc(ev, 'instruction_loose_acc')} | {fmt_diff(r['vs_start']['prompt_strict_acc'])} | "
+                  f"{ev['echo_rate']:.0%} | {ev['limit_rate']:.0%} | {ev['junk_rate']:.0%} | "
+                  f"{ev['mean_response_words']:.0f} | {adopted} |")
+    j = results["start_judges"]
+    print(f"\njudges of the start on {len(probe)} training prompts: parseable rubric {j['parseable']['rubric']}, "
+          f"refiner {j['parseable']['refiner']}; refiner balanced accuracy {j['refiner']['balanced_accuracy']}; "
+          f"rubric pairwise accuracy {j['rubric']['accuracy']}")
 
 
 if __name__ == "__main__":
