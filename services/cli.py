@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -19,20 +21,62 @@ console = Console()
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+def _duration(text: str) -> timedelta:
+    """'90m', '12h', '30d' -> timedelta."""
+    m = re.fullmatch(r"([1-9][0-9]{0,5})([mhd])", text.strip())
+    if m is None:
+        raise typer.BadParameter("give a number and a unit: 90m, 12h or 30d", param_hint="--expires-in")
+    unit = {"m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+    return timedelta(**{unit: int(m.group(1))})
+
+
 @keys_app.command("create")
 def keys_create(workspace: str = typer.Option(..., help="workspace name (created if new)"),
-                role: str = typer.Option("member", help="admin | member")) -> None:
+                role: str = typer.Option("member", help="admin | member"),
+                expires_in: Optional[str] = typer.Option(None, help="lifetime, e.g. 90m, 12h, 30d (default: none)")) -> None:
     """Create an API key and print it once (only its hash is stored)."""
+    from shared import crud
+    from shared.db import session_scope
+    from shared.models import utcnow
+
+    expires = utcnow() + _duration(expires_in) if expires_in else None
+    with session_scope() as s:
+        ws = crud.get_or_create_workspace(s, name=workspace)
+        try:
+            plain, _ = crud.create_api_key(s, workspace_id=ws.id, role=role, expires_at=expires)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--role")
+    typer.echo(plain)
+
+
+@keys_app.command("list")
+def keys_list(workspace: str = typer.Option(..., help="workspace name")) -> None:
+    """The workspace's keys: id, public prefix, role, state (the secret part is never stored)."""
+    from shared import crud
+    from shared.db import session_scope
+
+    table = Table(title=f"API keys of {workspace}")
+    for col in ("id", "prefix", "role", "state", "created", "expires"):
+        table.add_column(col)
+    with session_scope() as s:
+        ws = crud.get_or_create_workspace(s, name=workspace)
+        for k in crud.list_api_keys(s, workspace_id=ws.id):
+            table.add_row(str(k.id), k.prefix, k.role, crud.key_state(k), f"{k.created_at:%Y-%m-%d %H:%M}",
+                          f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "never")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int, workspace: str = typer.Option(..., help="workspace name")) -> None:
+    """Revoke a key; its next request is refused (401)."""
     from shared import crud
     from shared.db import session_scope
 
     with session_scope() as s:
         ws = crud.get_or_create_workspace(s, name=workspace)
-        try:
-            plain, _ = crud.create_api_key(s, workspace_id=ws.id, role=role)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--role")
-    typer.echo(plain)
+        if crud.revoke_api_key(s, workspace_id=ws.id, key_id=key_id) is None:
+            raise typer.BadParameter(f"workspace {workspace!r} has no key {key_id}", param_hint="key_id")
+    console.print(f"revoked key {key_id}")
 
 
 @db_app.command("upgrade")

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     model_cache: Path = Field(default_factory=lambda: default_home() / "models")
     # The project's NLTK data directory (punkt_tab written from a PyPI package, never downloaded).
     nltk_data: Path = Field(default_factory=lambda: default_home() / "nltk_data")
+    # The gateway refuses request bodies larger than this (413); uploads are read in a stream.
+    max_body_bytes: int = 32 * 1024 * 1024
+    # Where API runs may take their base model from (besides "gemma"): directories whose
+    # subdirectories are models (with config.json), comma-separated; the compose file mounts /models.
+    model_roots: str = "/models"
+    # Hugging Face hub ids the deployment allows as base_model (comma-separated; empty: none).
+    allowed_hub_models: str = ""
 
 
 _installed: Settings | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,6 +20,7 @@ from shared.models import (
 )
 
 KEY_PREFIX = "adk_"
+ROLES = ("admin", "member")
 
 
 # ---------------------------------------------------------------- generic upsert
@@ -61,20 +63,51 @@ def get_or_create_workspace(session: Session, *, name: str) -> Workspace:
     return ws
 
 
-def create_api_key(session: Session, *, workspace_id: int, role: str) -> tuple[str, ApiKey]:
-    """A new key; the plain key is returned once and only its hash is stored."""
-    if role not in ("admin", "member"):
-        raise ValueError(f"role must be 'admin' or 'member', got {role!r}")
-    plain = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(workspace_id=workspace_id, prefix=plain[:10], key_hash=hash_key(plain), role=role)
+def create_api_key(session: Session, *, workspace_id: int, role: str,
+                   expires_at: datetime | None = None) -> tuple[str, ApiKey]:
+    """A new key "adk_<public id>_<secret>"; the plain key is returned once. Stored: the public
+    id (as `prefix`, for listings) and the hash of the whole key, never a secret character."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    prefix = KEY_PREFIX + secrets.token_hex(4)
+    plain = f"{prefix}_{secrets.token_urlsafe(32)}"
+    row = ApiKey(workspace_id=workspace_id, prefix=prefix, key_hash=hash_key(plain), role=role,
+                 expires_at=expires_at)
     session.add(row)
     session.flush()
     return plain, row
 
 
-def find_api_key(session: Session, *, key: str) -> ApiKey | None:
-    row = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).first()
-    return None if row is None or row.revoked else row
+def lookup_api_key(session: Session, *, key: str) -> ApiKey | None:
+    """The key's row whatever its state (see key_state), or None if it is unknown."""
+    return session.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).first()
+
+
+def key_state(row: ApiKey) -> str:
+    """active | revoked | expired"""
+    if row.revoked:
+        return "revoked"
+    if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
+        return "expired"
+    return "active"
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def list_api_keys(session: Session, *, workspace_id: int) -> list[ApiKey]:
+    return list(session.exec(select(ApiKey).where(ApiKey.workspace_id == workspace_id).order_by(ApiKey.id)))
+
+
+def revoke_api_key(session: Session, *, workspace_id: int, key_id: int) -> ApiKey | None:
+    """Revoke a key of the workspace (effective on its next request); None if there is no such key."""
+    row = session.get(ApiKey, key_id)
+    if row is None or row.workspace_id != workspace_id:
+        return None
+    row.revoked = True
+    session.flush()
+    return row
 
 
 def workspace_rows(session: Session, model: type[SQLModel], *, workspace_id: int) -> list:

@@ -31,11 +31,27 @@ class Workspace(SQLModel, table=True):
 class ApiKey(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     workspace_id: int = Field(foreign_key="workspace.id", index=True)
-    prefix: str = Field(index=True)  # first characters of the key, shown in listings
+    prefix: str = Field(index=True)  # the key's public id ("adk_<id>"), shown in listings; no secret part
     key_hash: str = Field(unique=True)  # sha256 of the whole key; the key itself is never stored
     role: str = "member"  # admin | member
     created_at: datetime = Field(default_factory=utcnow)
     revoked: bool = False
+    expires_at: Optional[datetime] = None  # None: never expires
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first answer to a creating request sent with an `Idempotency-Key` header; a retry with
+    the same key gets this answer back instead of creating again."""
+
+    __table_args__ = (UniqueConstraint("workspace_id", "scope", "key"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    workspace_id: int = Field(foreign_key="workspace.id", index=True)
+    scope: str  # which endpoint: "runs" | "prompt-sets"
+    key: str
+    request_hash: str  # sha256 of the request body: the same key with another body is refused
+    status_code: Optional[int] = None  # None while the first request is still running
+    response: Optional[dict] = _json()
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 # ---------------------------------------------------------------- data
@@ -80,6 +96,8 @@ class Run(SQLModel, table=True):
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
+    # The API key that submitted the run (None: embedded mode); members may cancel only their own.
+    created_by_key_id: Optional[int] = Field(default=None, foreign_key="apikey.id")
 
 
 class Round(SQLModel, table=True):

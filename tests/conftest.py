@@ -49,7 +49,14 @@ def fresh_settings(monkeypatch):
 def tiny_model(tmp_path_factory) -> str:
     from shared.tinymodel import build_tiny_model
 
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+    # Under the test model root (see services_env): the API takes base models only from there.
+    return str(build_tiny_model(model_root(tmp_path_factory) / "tiny"))
+
+
+def model_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.getbasetemp() / "models"
+    root.mkdir(exist_ok=True)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +107,7 @@ def services_env(pg_url, redis_client, tmp_path_factory):
         "AUTODIDACT_GENERATION_BACKEND": "tests.fakes:scripted_backend",
         # Five worker processes share two cores: one torch thread each, or they spin-wait.
         "AUTODIDACT_TORCH_THREADS": "1",
+        "AUTODIDACT_MODEL_ROOTS": str(model_root(tmp_path_factory)),
     }
     os.environ.update(env)
     get_settings.cache_clear()

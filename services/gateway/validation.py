@@ -3,15 +3,16 @@ set with any problem is refused whole (nothing is half-stored).
 """
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Any, Iterable
+
+from fastapi import HTTPException
 
 ROLES = ("system", "user", "assistant")
 FIELDS = ("prompt", "reference", "constraints", "answer", "topic")
 
 
 def _err(loc: list, msg: str) -> dict:
-    return {"loc": loc, "msg": msg}
+    return {"loc": loc, "msg": msg, "type": "invalid"}
 
 
 def _messages(prompt: Any, loc: list, errors: list) -> list[dict] | None:
@@ -28,6 +29,10 @@ def _messages(prompt: Any, loc: list, errors: list) -> list[dict] | None:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             errors.append(_err(loc + [j], f"each message needs role in {ROLES} and string content"))
             return None
+        if set(m) - {"role", "content"}:
+            errors.append(_err(loc + [j], f"unknown message field(s) {sorted(set(m) - {'role', 'content'})}; "
+                               "a message has only role and content"))
+            return None
         out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] != "user":
         errors.append(_err(loc, "the last message must come from the user"))
@@ -43,8 +48,9 @@ def _constraints(value: Any, loc: list, errors: list) -> list[dict] | None:
         return None
     out = []
     for j, c in enumerate(value):
-        if not isinstance(c, dict) or not isinstance(c.get("id"), str) or not isinstance(c.get("kwargs", {}), dict):
-            errors.append(_err(loc + [j], "each constraint needs a string 'id' and an object 'kwargs'"))
+        if (not isinstance(c, dict) or not isinstance(c.get("id"), str) or not isinstance(c.get("kwargs", {}), dict)
+                or set(c) - {"id", "kwargs"}):
+            errors.append(_err(loc + [j], "each constraint is {'id': string, 'kwargs': object} and nothing else"))
             return None
         out.append({"id": c["id"], "kwargs": c.get("kwargs") or {}})
     try:
@@ -86,18 +92,32 @@ def validate_items(items: Any, *, where: str = "items") -> tuple[list[dict], lis
     return ([c for c in clean if c is not None] if not errors else []), errors
 
 
-def parse_jsonl(text: str) -> tuple[list[dict], list[dict]]:
-    """Parse and validate a JSONL upload; error locations name the 1-based line."""
+def parse_jsonl_lines(lines: Iterable[bytes], digest=None, max_errors: int = 100) -> tuple[list[dict], list[dict]]:
+    """Parse and validate a JSONL upload line by line (the file is never held twice in memory);
+    error locations name the 1-based line. `digest` (a hashlib object) is fed every byte read."""
+    from services.gateway.limits import loads_strict
+
     errors: list[dict] = []
     clean = []
-    lines = [(n, ln) for n, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
-    if not lines:
-        return [], [_err(["file"], "the file holds no JSON lines")]
-    for n, line in lines:
+    seen = 0
+    for n, raw in enumerate(lines, start=1):
+        if digest is not None:
+            digest.update(raw)
+        if not raw.strip():
+            continue
+        seen += 1
+        if len(errors) >= max_errors:
+            continue  # keep reading (for the digest) but stop collecting errors
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append(_err(["file", f"line {n}"], f"invalid JSON: {exc.msg}"))
+            obj = loads_strict(raw, ["file", f"line {n}"])
+        except HTTPException as exc:
+            errors.extend(exc.detail)
             continue
         clean.append(validate_item(obj, ["file", f"line {n}"], errors))
-    return ([c for c in clean if c is not None] if not errors else []), errors
+    if not seen:
+        return [], [_err(["file"], "the file holds no JSON lines")]
+    return ([c for c in clean if c is not None] if not errors else []), errors[:max_errors]
+
+
+def parse_jsonl(text: str) -> tuple[list[dict], list[dict]]:
+    return parse_jsonl_lines(line.encode("utf-8", "surrogatepass") for line in text.splitlines())

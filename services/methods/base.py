@@ -190,6 +190,9 @@ class TrainerFields:
     max_limit_rate_rise: float = 0.25
 
     def check_trainer_fields(self) -> None:
+        from services.methods.bounds import check_numbers
+
+        check_numbers(self)  # types and upper bounds of every numeric field, the subclass's included
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
@@ -329,6 +332,12 @@ def trainer_config(cfg: Any, **settings: Any):
     overrides = getattr(cfg, "train", {}) or {}
     unknown = set(overrides) - set(TrainConfig.__dataclass_fields__)
     check(not unknown, "train", f"unknown trainer fields {sorted(unknown)}")
+    try:
+        from services.methods.bounds import check_numbers
+
+        check_numbers(None, values=overrides, cls=TrainConfig)
+    except ValueError as exc:
+        check(False, "train", str(exc))
     check(overrides.get("lora", True) is not False, "train",
           "lora: false (full fine-tuning) is supported by the trainer but runs publish and chain LoRA "
           "adapters; leave lora on for runs")

@@ -98,7 +98,8 @@ def base_model_errors(name: str) -> list[dict]:
     if path.is_relative_to(Path(get_settings().artifact_dir).resolve()):
         return [{"loc": ["base_model"], "msg": "the artifact store is not a model source; start from a "
                  "model directory (e.g. one exported with shared.modeling.merge_adapter)"}]
-    if name in ("gemma", "gemma-chat") or (path / "config.json").exists():
+    hub = [h.strip() for h in get_settings().allowed_hub_models.split(",") if h.strip()]
+    if name in ("gemma", "gemma-chat") or name in hub or (path / "config.json").exists():
         return []
     return [{"loc": ["base_model"], "msg": f"{name!r} is neither 'gemma', 'gemma-chat' nor a model directory "
              "(with config.json) visible to the gateway and workers"}]

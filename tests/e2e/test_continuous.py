@@ -38,11 +38,11 @@ def test_continuous_run_picks_up_a_new_prompt_set_and_stops_by_rule(api, workers
             per_round[number] = set(s.exec(select(Sample.prompt_id).where(Sample.round_id == rnd.id)).all())
     assert not per_round[1] & later_ids  # round 1 was planned before the set was added
     assert later_ids <= per_round[2] and later_ids <= per_round[3]
-    promoted = [m for m in client.get("/v1/models", headers=a).json() if m["run_id"] == run_id and m["promoted"]]
+    promoted = [m for m in client.get("/v1/models", headers=a).json()["items"] if m["run_id"] == run_id and m["promoted"]]
     assert len(promoted) == 1 and promoted[0]["round_number"] == 3  # not evaluated: the last one
     # promoting by hand moves the mark
     first_version = run["round_details"][0]["produced_version_id"]
     assert client.post(f"/v1/models/{first_version}/promote", headers=a).json()["promoted"] is True
-    marks = {m["id"]: m["promoted"] for m in client.get("/v1/models", headers=a).json() if m["run_id"] == run_id}
+    marks = {m["id"]: m["promoted"] for m in client.get("/v1/models", headers=a).json()["items"] if m["run_id"] == run_id}
     assert marks[first_version] and sum(marks.values()) == 1
     assert client.post(f"/v1/runs/{run_id}/prompt-sets", headers=a, json={"prompt_set_ids": [later]}).status_code == 409

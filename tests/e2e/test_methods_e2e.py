@@ -34,7 +34,7 @@ def test_rest_em_keeps_at_most_k_correct_and_trains_from_the_base(api, workers, 
                             "eval_judge_samples": 2, **TRAIN})
     run = wait_run(client, a, run_id, workers)
     versions = _versions(run_id)
-    base_id = client.get("/v1/models", headers=a).json()
+    base_id = client.get("/v1/models", headers=a).json()["items"]
     base_id = next(m["id"] for m in base_id if m["key"] == f"base:{tiny_model}")
     for rnd in run["round_details"]:
         assert stage_status(rnd) == dict.fromkeys(["generate", "verify", "train", "eval_generate", "evaluate"], "succeeded")
@@ -120,6 +120,6 @@ def test_spar_pairs_come_from_one_tree_and_the_refiner_trains(api, workers, tiny
                 assert len(nodes) == 1 and nodes[0].passed and nodes[0].depth >= 1
         assert rnd["metrics"]["train_refiner"]["refinement_examples"] >= len(pairs)
     refiner1, refiner2 = versions["round:1:refiner"], versions["round:2:refiner"]
-    base = next(m["id"] for m in client.get("/v1/models", headers=a).json() if m["key"] == f"base:{tiny_model}")
+    base = next(m["id"] for m in client.get("/v1/models", headers=a).json()["items"] if m["key"] == f"base:{tiny_model}")
     assert refiner2.parent_id == refiner1.id and refiner1.parent_id == base  # round 1 refines with the base
     assert versions["round:2:policy"].parent_id == versions["round:1:policy"].id

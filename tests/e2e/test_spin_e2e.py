@@ -74,7 +74,9 @@ def test_two_round_spin_with_a_killed_generation_worker(api, workers, tiny_model
         train = rnd["metrics"]["train"]
         for key in ("loss", "reward_margin", "reward_accuracy", "logp_margin_before", "logp_margin_after"):
             assert isinstance(train[key], float), (key, train)
-        assert rnd["metrics"]["train_steps"], "per-step metrics are stored"
+        assert not any(k.endswith("_steps") for k in rnd["metrics"]), "per-step metrics have their own endpoint"
+        steps = client.get(f"/v1/runs/{run_id}/rounds/{rnd['number']}/train-steps", headers=a).json()
+        assert steps["round"] == rnd["number"] and steps["series"]["train_steps"], "per-step metrics are stored"
     # exactly one sample per (prompt, index) despite the kill and redelivery
     for number in (1, 2):
         assert _sample_count(run_id, number) == total
@@ -93,7 +95,7 @@ def test_two_round_spin_with_a_killed_generation_worker(api, workers, tiny_model
     assert r1["produced_version_id"] == versions[0].id and r2["produced_version_id"] == versions[1].id
     assert _adapter_digest(versions[0].uri) != _adapter_digest(versions[1].uri)
     # models endpoint lists them; the pairs export is TRL-shaped JSONL
-    listed = {m["id"] for m in client.get("/v1/models", headers=a).json()}
+    listed = {m["id"] for m in client.get("/v1/models", headers=a).json()["items"]}
     assert {v.id for v in versions} <= listed
     lines = client.get(f"/v1/runs/{run_id}/pairs", headers=a).text.strip().splitlines()
     assert len(lines) == r1["metrics"]["pairs"] + r2["metrics"]["pairs"] > 0

@@ -52,7 +52,7 @@ def test_prompt_set_roundtrip_and_paging(api):
     page = client.get(f"/v1/prompt-sets/{ps['id']}/prompts?offset=1&limit=1", headers=a).json()
     assert page["total"] == 2 and len(page["items"]) == 1
     assert page["items"][0]["messages"][-1] == {"role": "user", "content": "Count to 3."}
-    assert any(s["id"] == ps["id"] for s in client.get("/v1/prompt-sets", headers=a).json())
+    assert any(s["id"] == ps["id"] for s in client.get("/v1/prompt-sets", headers=a).json()["items"])
 
 
 def test_export_round_trips_through_upload(api):
@@ -74,7 +74,7 @@ def test_other_workspace_ids_answer_404(api):
     ps = _create_set(client, a)
     assert client.get(f"/v1/prompt-sets/{ps['id']}", headers=b).status_code == 404
     assert client.get(f"/v1/prompt-sets/{ps['id']}/prompts", headers=b).status_code == 404
-    assert all(s["id"] != ps["id"] for s in client.get("/v1/prompt-sets", headers=b).json())
+    assert all(s["id"] != ps["id"] for s in client.get("/v1/prompt-sets", headers=b).json()["items"])
     r = client.post("/v1/runs", headers=b, json={"method": "spin", "base_model": "gemma",
                                                  "prompt_set_ids": [ps["id"]]})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["prompt_set_ids", 0]
@@ -82,14 +82,14 @@ def test_other_workspace_ids_answer_404(api):
 
 def test_invalid_json_items_are_refused_whole_with_field_names(api):
     client, a, _ = api
-    before = len(client.get("/v1/prompt-sets", headers=a).json())
+    before = len(client.get("/v1/prompt-sets", headers=a).json()["items"])
     bad = ITEMS + [{"prompt": ""}, {"reference": "no prompt"}, {"prompt": "x", "constraints": [{"kwargs": {}}]}]
     r = client.post("/v1/prompt-sets", json={"name": "bad", "items": bad}, headers=a)
     assert r.status_code == 422
     locs = [e["loc"] for e in r.json()["detail"]]
     assert ["items", 2, "prompt"] in locs and ["items", 3, "prompt"] in locs
     assert ["items", 4, "constraints", 0] in locs
-    assert len(client.get("/v1/prompt-sets", headers=a).json()) == before  # nothing stored
+    assert len(client.get("/v1/prompt-sets", headers=a).json()["items"]) == before  # nothing stored
 
 
 def test_jsonl_upload_and_line_numbered_errors(api):
@@ -118,7 +118,7 @@ def test_jsonl_upload_and_line_numbered_errors(api):
     ({"stopping": {"patience": -1}}, ["stopping", "patience"]),
     ({"stopping": {"delta": True}}, ["stopping", "delta"]),
     ({"config": {"train": {"lora": False}}}, ["config", "train"]),
-    ({"prompt_set_ids": [True]}, ["body", "prompt_set_ids", 0]),
+    ({"prompt_set_ids": [True]}, ["prompt_set_ids", 0]),
     ({"prompt_set_ids": [2**70]}, ["prompt_set_ids", 0]),
     ({"method": "self_reward", "config": {"eft_prompt_set_ids": [{"a": 1}]}}, ["config", "eft_prompt_set_ids"]),
     ({"method": "self_reward", "config": {"judge_version_id": [1]}}, ["config", "judge_version_id"]),
