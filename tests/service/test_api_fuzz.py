@@ -27,8 +27,10 @@ def fuzz_headers(api):
 
     client, _, _ = api
     h = {"Authorization": f"Bearer {_key(f'fuzz-{uuid.uuid4().hex[:6]}', 'admin')}"}
-    sid = client.post("/v1/prompt-sets", json={"name": "seed", "items": [{"prompt": "hi", "reference": "hello"}]},
-                      headers=h).json()["id"]
+    # The constraint also loads the verifier (lm_eval) now rather than inside a fuzzed request,
+    # whose 10-second client timeout a cold import on a busy machine can pass.
+    items = [{"prompt": "hi", "reference": "hello", "constraints": [{"id": "change_case:english_lowercase"}]}]
+    sid = client.post("/v1/prompt-sets", json={"name": "seed", "items": items}, headers=h).json()["id"]
     client.post("/v1/runs", json={"method": "spin", "base_model": "gemma", "prompt_set_ids": [sid]}, headers=h)
     return h
 
