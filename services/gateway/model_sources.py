@@ -1,5 +1,5 @@
-"""Where an API run may take its base model from: 'gemma' or 'gemma-chat', a model directory under one of the
-configured model roots (AUTODIDACT_MODEL_ROOTS), or a hub id the deployment allows
+"""Where an API run may take its base model from: 'gemma' or 'gemma-chat', a model directory
+under one of the configured model roots (AUTODIDACT_MODEL_ROOTS), or a hub id the deployment allows
 (AUTODIDACT_ALLOWED_HUB_MODELS). Never an arbitrary path on the gateway host.
 
 A name under a root is given relative to it ("tiny") or as its full path inside the root. Every
