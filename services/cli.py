@@ -112,11 +112,16 @@ def worker(queue: str = typer.Option(..., help="conductor | generation | judging
 
 
 @app.command()
-def beat(loglevel: str = "INFO") -> None:
-    """Start Celery beat (the conductor's periodic sweep)."""
+def beat(loglevel: str = "INFO",
+         schedule: str = typer.Option("", help="beat's state file (default: in the temp directory; "
+                                      "the only entry is an interval, so losing it loses nothing)")) -> None:
+    """Start Celery beat (the conductor's periodic sweep, every AUTODIDACT_SWEEP_INTERVAL_SECONDS)."""
+    import tempfile
+
     from shared.queue import celery_app
 
-    celery_app.start(["beat", f"--loglevel={loglevel}"])
+    schedule = schedule or str(Path(tempfile.gettempdir()) / "autodidact-celerybeat-schedule")
+    celery_app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
 
 
 @app.command()

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     # The conductor's sweep resends a StageTask still pending this long after it was sent (a lost
     # message: broker flushed, or the sender died between commit and send).
     resend_after_seconds: int = 600
+    # A worker stamps the StageTask it runs every `heartbeat_seconds`; the sweep (every
+    # `sweep_interval_seconds`, Celery beat) resends a running task whose stamp is older than
+    # `heartbeat_timeout` seconds: its worker died, and the per-task lock makes an early resend safe.
+    heartbeat_seconds: float = 5.0
+    heartbeat_timeout: float = 30.0
+    sweep_interval_seconds: float = 15.0
     # Prompts per generation shard: a round's generation fans out over this many-sized shards.
     generation_shard_size: int = 16
     generation_batch_size: int = 8  # prompts per backend call inside a shard (progress is saved per batch)

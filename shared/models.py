@@ -131,6 +131,9 @@ class StageTask(SQLModel, table=True):
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     enqueued_at: Optional[datetime] = None
     started_at: Optional[datetime] = None
+    # Stamped every few seconds by the worker running it (shared/stages.py); a stale stamp on a
+    # running task means its worker died, and the sweep resends it.
+    heartbeat_at: Optional[datetime] = None
     finished_at: Optional[datetime] = None
 
 

@@ -7,6 +7,7 @@ database, not in a result backend. Retries happen only on transient errors, insi
 """
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 from celery import Celery
@@ -53,7 +54,7 @@ def make_celery() -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         beat_schedule={
-            "conductor-sweep": {"task": "conductor.sweep", "schedule": 30.0},
+            "conductor-sweep": {"task": "conductor.sweep", "schedule": s.sweep_interval_seconds},
         },
         timezone="UTC",
     )
@@ -61,6 +62,7 @@ def make_celery() -> Celery:
 
 
 celery_app = make_celery()
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- tasks and dispatch
@@ -95,6 +97,18 @@ def enqueue(name: str, *args) -> None:
         _inline_queue.append((name, args))
     else:
         celery_app.send_task(name, args=list(args), queue=route_for(name))
+
+
+def try_enqueue(name: str, *args) -> bool:
+    """`enqueue`, but a broker that is down is logged instead of raised: for a send whose rows are
+    already committed and that the conductor's sweep repeats anyway (it advances every open round),
+    so failing the caller would only invite a retry that duplicates the committed work."""
+    try:
+        enqueue(name, *args)
+        return True
+    except Exception as exc:  # kombu / redis errors, whatever the transport raises
+        log.warning("could not send %s%s now (the sweep will): %s", name, args, exc)
+        return False
 
 
 def run_inline(on_task=None, max_tasks: int | None = None) -> int:

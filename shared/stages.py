@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from shared.crud import get_run
 from shared.db import get_engine, session_scope
+from shared.heartbeat import heartbeat
 from shared.models import ModelVersion, Round, StageTask, utcnow
 from shared.queue import enqueue
 from shared.recipes import recipe_for
@@ -79,7 +80,8 @@ def _claim(stage_task_id: int) -> StageContext | None:
         run = get_run(s, run_id=rnd.run_id)
         if st.status == "done" or run.status in ("cancelled", "failed") or rnd.status != "running":
             return None
-        st.status, st.attempts, st.started_at, st.error = "running", st.attempts + 1, utcnow(), None
+        now = utcnow()
+        st.status, st.attempts, st.started_at, st.heartbeat_at, st.error = "running", st.attempts + 1, now, now, None
         policy = s.get(ModelVersion, rnd.policy_version_id) if rnd.policy_version_id else None
         return StageContext(
             stage_task_id=st.id, stage=st.stage, shard=st.shard, payload=dict(st.payload or {}),
@@ -154,7 +156,8 @@ def _execute(stage_task_id: int, work: Callable[[StageContext], None]) -> None:
         return
     error = None
     try:
-        work(ctx)
+        with heartbeat(stage_task_id):
+            work(ctx)
     except Cancelled:
         log.info("stage task %s stopped: run %s was cancelled", stage_task_id, ctx.run_id)
         return

@@ -17,7 +17,9 @@ import pytest
 PG_ADMIN = os.environ.get("AUTODIDACT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("AUTODIDACT_TEST_REDIS", "redis://127.0.0.1:6379/15")
 os.environ["AUTODIDACT_REDIS_URL"] = REDIS_URL
-os.environ.setdefault("AUTODIDACT_VISIBILITY_TIMEOUT", "10")
+# Recovery from a dead worker must come from heartbeats and the sweep (seconds), not from Redis
+# redelivering an unacked message after the visibility timeout (hours by default): keep it long.
+os.environ.setdefault("AUTODIDACT_VISIBILITY_TIMEOUT", "3600")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,6 +110,10 @@ def services_env(pg_url, redis_client, tmp_path_factory):
         # Five worker processes share two cores: one torch thread each, or they spin-wait.
         "AUTODIDACT_TORCH_THREADS": "1",
         "AUTODIDACT_MODEL_ROOTS": str(model_root(tmp_path_factory)),
+        # Beat sweeps every 2 s; a running task whose worker stopped beating for 8 s is resent.
+        "AUTODIDACT_SWEEP_INTERVAL_SECONDS": "2",
+        "AUTODIDACT_HEARTBEAT_SECONDS": "1",
+        "AUTODIDACT_HEARTBEAT_TIMEOUT": "8",
     }
     os.environ.update(env)
     get_settings.cache_clear()
@@ -139,7 +145,8 @@ def api(services_env):
 
 
 class Workers:
-    """Real `autodidact worker` subprocesses, one per queue; can kill and restart one."""
+    """Real `autodidact worker` subprocesses, one per queue, and `autodidact beat` (name "beat");
+    can kill and restart any of them."""
 
     def __init__(self, env: dict, log_dir: Path):
         self.env = {**os.environ, **env}
@@ -148,9 +155,16 @@ class Workers:
 
     def start(self, queue: str) -> None:
         log = open(self.log_dir / f"{queue}-{time.time():.0f}.log", "w")
+        if queue == "beat":
+            argv = ["beat", "--loglevel", "INFO", "--schedule", str(self.log_dir / "beat-schedule")]
+        else:
+            argv = ["worker", "--queue", queue, "--loglevel", "INFO"]
         self.procs[queue] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "worker", "--queue", queue, "--loglevel", "INFO"],
+            [sys.executable, "-m", "services.cli", *argv],
             env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def pid(self, queue: str) -> int:
+        return self.procs[queue].pid
 
     def kill(self, queue: str) -> None:
         proc = self.procs.pop(queue)
@@ -173,7 +187,7 @@ class Workers:
 @pytest.fixture(scope="session")
 def workers(services_env, tmp_path_factory):
     w = Workers(services_env, tmp_path_factory.mktemp("worker-logs"))
-    for q in ("conductor", "generation", "judging", "refinement", "training"):
+    for q in ("conductor", "generation", "judging", "refinement", "training", "beat"):
         w.start(q)
     yield w
     w.stop_all()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from sqlalchemy import func
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
@@ -223,24 +224,32 @@ def advance(round_id: int) -> None:
 
 @task("conductor.sweep")
 def sweep() -> None:
-    """Periodic safety net: advance every open round; resend StageTasks that sat pending (a lost
-    message) or running for longer than the broker's visibility timeout (a lost worker and a lost
-    message). A resent copy of a task still being worked on drops itself (see shared/stages.py)."""
+    """Periodic safety net (Celery beat): advance every open round, and resend StageTasks whose
+    message or worker was lost: pending ones sent more than `resend_after_seconds` ago (broker
+    flushed, sender died between commit and send), and running ones whose worker stopped beating
+    for `heartbeat_timeout` seconds (worker killed; shared/heartbeat.py). A running task is resent
+    at most once per timeout, and a resent copy of a task still being worked on drops itself
+    (the per-task lock in shared/stages.py), so an early resend is safe."""
     settings = get_settings()
     now = utcnow()
     pending_cutoff = now - timedelta(seconds=settings.resend_after_seconds)
-    running_cutoff = now - timedelta(seconds=settings.visibility_timeout)
+    dead_cutoff = now - timedelta(seconds=settings.heartbeat_timeout)
     with session_scope() as session:
         open_rounds = session.exec(select(Round.id).where(Round.status == "running")).all()
+        beat = func.coalesce(StageTask.heartbeat_at, StageTask.started_at)
         stale = session.exec(select(StageTask).join(Round, Round.id == StageTask.round_id).where(
             Round.status == "running",
             ((StageTask.status == "pending") & (StageTask.enqueued_at < pending_cutoff))
-            | ((StageTask.status == "running") & (StageTask.started_at < running_cutoff)))).all()
+            | ((StageTask.status == "running") & (beat < dead_cutoff) & (StageTask.enqueued_at < dead_cutoff)))
+        ).all()
         resend = []
         for st in stale:
             st.enqueued_at = now
             stage = next(s for s in _stages_of(session, st.round_id) if s.name == st.stage)
             resend.append((stage.task, st.id))
+            if st.status == "running":
+                log.warning("stage task %s (%s) has not beaten since %s: resending", st.id, st.stage,
+                            st.heartbeat_at or st.started_at)
     for name, arg in resend:
         enqueue(name, arg)
     for round_id in open_rounds:

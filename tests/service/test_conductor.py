@@ -134,3 +134,62 @@ def test_transient_errors_go_back_to_pending_until_attempts_run_out(api, tiny_mo
         assert s.get(StageTask, st_id).status == "failed"
         run = s.get(Run, run_id)
         assert run.status == "failed" and f"after {MAX_ATTEMPTS} attempts" in run.error
+
+
+def test_the_sweep_resends_a_running_task_whose_worker_stopped_beating(api, tiny_model, inline, monkeypatch):
+    from datetime import timedelta
+
+    from shared.heartbeat import beat_once
+    from shared.models import utcnow
+
+    monkeypatch.setenv("AUTODIDACT_RESEND_AFTER_SECONDS", "600")
+    monkeypatch.setenv("AUTODIDACT_HEARTBEAT_TIMEOUT", "20")
+    get_settings.cache_clear()
+    run_id = _start(api, tiny_model)
+    queue.run_inline(max_tasks=1)  # plans the generation shards
+    queue._inline_queue.clear()
+    long_ago = utcnow() - timedelta(seconds=60)
+    with session_scope() as s:
+        dead, alive = s.exec(select(StageTask).where(StageTask.round_id == _round(run_id).id)
+                             .order_by(StageTask.shard)).all()
+        for st in (dead, alive):  # both claimed a minute ago by a worker
+            st.status, st.started_at, st.heartbeat_at, st.enqueued_at = "running", long_ago, long_ago, long_ago
+        dead_id, alive_id = dead.id, alive.id
+    beat_once(alive_id)  # only this one's worker is still beating
+    conductor.sweep()
+    sent = [args[0] for name, args in queue._inline_queue if name == "generation.generate_shard"]
+    assert sent == [dead_id]
+    queue._inline_queue.clear()
+    conductor.sweep()  # resent once per timeout, not on every sweep
+    assert not [a for n, a in queue._inline_queue if n == "generation.generate_shard"]
+
+
+def test_a_running_task_beats_while_it_works(services_env, monkeypatch):
+    import time
+
+    from shared.heartbeat import heartbeat
+    from shared.models import Round as R, Run as Rn, utcnow
+
+    with session_scope() as s:  # a bare run/round/task, enough for the stamp
+        from shared import crud
+
+        ws = crud.get_or_create_workspace(s, name="beat")
+        run = Rn(workspace_id=ws.id, method="spin", base_model="x", prompt_set_ids=[], config={}, rounds=1)
+        s.add(run)
+        s.flush()
+        rnd = R(run_id=run.id, number=1)
+        s.add(rnd)
+        s.flush()
+        st = StageTask(round_id=rnd.id, stage="generate", status="running", heartbeat_at=None)
+        s.add(st)
+        s.flush()
+        st_id = st.id
+    before = utcnow()
+    with heartbeat(st_id, interval=0.2):
+        time.sleep(1.0)
+    with session_scope() as s:
+        stamp = s.get(StageTask, st_id).heartbeat_at
+    assert stamp is not None and stamp > before
+    time.sleep(0.5)
+    with session_scope() as s:  # the thread stopped with the block
+        assert s.get(StageTask, st_id).heartbeat_at == stamp
