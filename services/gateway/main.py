@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.gateway import errors, routes_data, routes_keys, routes_runs
+from services.gateway import errors, outages, routes_data, routes_keys, routes_runs
 from services.gateway.limits import BodyLimit, StrictRoute
 from shared.config import get_settings
 from shared.db import get_engine
@@ -74,6 +74,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.on_http_error)
     app.add_exception_handler(OverflowError, errors.on_db_value_error)
     app.add_exception_handler(DataError, errors.on_db_value_error)
+    outages.register(app)
     app.add_middleware(BodyLimit, limit=get_settings().max_body_bytes)
     health = APIRouter(route_class=StrictRoute)
     health.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"], response_model=Health,

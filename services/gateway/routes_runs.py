@@ -20,7 +20,7 @@ from services.methods import get_recipe, parse_config, runs
 from shared import crud
 from shared.config import get_settings
 from shared.models import ModelVersion, ModelVersionPublic, PreferencePair, Prompt, PromptSet, Round, Run, utcnow
-from shared.queue import enqueue
+from shared.queue import try_enqueue
 
 router = APIRouter(tags=["runs"], route_class=StrictRoute, responses=errors.responses(401, 422))
 MAX_ROUNDS = runs.MAX_ROUNDS
@@ -60,7 +60,10 @@ def _create_run(req: RunRequest, session, key) -> RunDetail:
         raise HTTPException(422, exc.errors)
     run.created_by_key_id = key.id
     session.commit()
-    enqueue("conductor.advance", rnd.id)
+    # Committed: from here the run exists whatever the broker does. If the send fails, the sweep
+    # starts the round (it advances every open round), so the caller gets 201, never a 500 that
+    # a retry would turn into a second run.
+    try_enqueue("conductor.advance", rnd.id)
     return _public(session, run)
 
 
