@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     tgi_preloaded_adapters: str = ""  # comma-separated adapter ids already served at start-up
     openai_base_url: str = ""
     openai_endpoint: str = "completions"  # completions | chat
+    # Run-time LoRA adapters a server keeps (vLLM's --max-loras); past it, the least recently used
+    # are unloaded. 0 = never unload.
+    openai_max_loras: int = 4
     # Threads per worker process for torch (0 = torch's default). Set it to cores / processes on a
     # shared host: oversubscribed threads spin and slow every worker down.
     torch_threads: int = 0

@@ -147,7 +147,16 @@ class LocalBackend:
         if not prompts:
             return []
         tok = load_tokenizer(model.base_model)
-        encoded = [prompt_ids(tok, messages) for messages in prompts]
+        return self.generate_encoded([prompt_ids(tok, messages) for messages in prompts], model, params)
+
+    def generate_encoded(self, encoded: list[list[int]], model: ModelRef,
+                         params: SamplingParams) -> list[list[Completion]]:
+        """`generate` on prompts already rendered to token ids (what an OpenAI-compatible server
+        receives on /v1/completions)."""
+        if not encoded:
+            return []
+        tok = load_tokenizer(model.base_model)
+        prompts = encoded
         seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(62)
         # Rows are (prompt, sample); sorted by prompt length so each batch carries little padding.
         rows = sorted(((i, j) for i in range(len(prompts)) for j in range(params.n)),

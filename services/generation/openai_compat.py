@@ -14,6 +14,10 @@ VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora). If GET /v1/models does
 adapter, we POST /v1/load_lora_adapter {lora_name, lora_path} to each server lacking it (the path
 must be readable by the server: a shared volume), then sample with model=<adapter name>. A custom
 `refresh_command` (as for tgi) replaces the API call for servers that cannot load at run time.
+Versions no longer needed are unloaded (POST /v1/unload_lora_adapter): with `max_loras` > 0, a
+server holding more run-time adapters than that drops the ones this backend used least recently
+(adapters it never used first), never the one being sampled. Another worker may still want an
+evicted adapter: a request answered "model does not exist" (404) loads it again and retries.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from services.generation.base import (
@@ -37,6 +42,7 @@ from services.generation.servers import (
     ServerPool,
     call_refresh_hook,
     run_sync,
+    status_of,
 )
 from shared.modeling import as_messages, end_of_turn_ids, load_tokenizer, prompt_ids
 
@@ -64,7 +70,7 @@ class OpenAIBackend:
                  endpoint: str = "completions", model_name: str | None = None, api_key: str | None = None,
                  max_concurrency: int = 16, timeout: float = 300.0, refresh_command: RefreshHook | None = None,
                  refresh_timeout: float = 600.0, poll_interval: float = 2.0, tokenizer: str | None = None,
-                 retry: RetryPolicy | None = None):
+                 retry: RetryPolicy | None = None, max_loras: int = 0):
         if endpoint not in ("completions", "chat"):
             raise ValueError(f"endpoint must be 'completions' or 'chat', got {endpoint!r}")
         self.urls = list(urls or []) + ([base_url] if base_url else [])
@@ -78,6 +84,10 @@ class OpenAIBackend:
         self.poll_interval = poll_interval
         self.tokenizer = tokenizer
         self.retry = retry or RetryPolicy()
+        if not isinstance(max_loras, int) or max_loras < 0:
+            raise ValueError(f"max_loras must be an integer >= 0 (0 = never unload), got {max_loras!r}")
+        self.max_loras = max_loras
+        self._recent: OrderedDict[str, None] = OrderedDict()  # adapters this backend sampled, oldest first
         self._call_lock = threading.Lock()  # one generate at a time: the pool's state is per call
         self._pool = ServerPool(self.urls, max_concurrency, self._probe, self.retry)
         self._http = None
@@ -132,6 +142,9 @@ class OpenAIBackend:
             adapter = model.adapter_name
             if adapter is not None:
                 await self._ensure_adapter(adapter, str(model.adapter_path))
+                self._recent[adapter] = None
+                self._recent.move_to_end(adapter)
+                await self._evict(keep=adapter)
             served = adapter or self._base_name()
             body = openai_parameters(params)
             eot = end_of_turn_ids(tok)
@@ -145,9 +158,18 @@ class OpenAIBackend:
                 async def request(server: Server):
                     return await self._post(server.url + path, payload)
 
-                out = await self._pool.call(request, lambda s: adapter is None or adapter in (s.adapters or ()),
-                                            what=f"POST {path}")
-                return _completions(out, params, tok, eot)
+                for attempt in range(3):
+                    try:
+                        out = await self._pool.call(request, lambda s: adapter is None or adapter in (s.adapters or ()),
+                                                    what=f"POST {path}")
+                        return _completions(out, params, tok, eot)
+                    except ValueError as exc:  # unloaded meanwhile (another worker's eviction): load again
+                        if adapter is None or status_of(exc) != 404 or attempt == 2:
+                            raise
+                        log.info("adapter %s was unloaded meanwhile; loading it again", adapter)
+                        await self._pool.refresh_health()
+                        await self._ensure_adapter(adapter, str(model.adapter_path))
+                raise AssertionError("unreachable")
 
             try:
                 return list(await asyncio.gather(*(one(m) for m in messages)))
@@ -188,6 +210,27 @@ class OpenAIBackend:
                 raise TransientBackendError(f"adapter {adapter!r} not listed by /v1/models on {self.urls} "
                                             f"{self.refresh_timeout:.0f} s after loading it")
             await asyncio.sleep(self.poll_interval)
+
+    async def _evict(self, keep: str) -> None:
+        if not self.max_loras:
+            return
+        for server in [s for s in self._pool.servers if s.available]:
+            resident = set(server.adapters or ())
+            excess = len(resident) - self.max_loras
+            if excess <= 0:
+                continue
+            order = [a for a in sorted(resident) if a not in self._recent] + [a for a in self._recent if a in resident]
+            for name in [a for a in order if a != keep][:excess]:
+                log.info("unloading adapter %s from %s (more than max_loras=%d resident)", name, server.url,
+                         self.max_loras)
+                try:
+                    await self._post(f"{server.url}/v1/unload_lora_adapter", {"lora_name": name})
+                except Exception as exc:  # already gone (another worker unloaded it): fine
+                    if status_of(exc) not in (400, 404):
+                        log.warning("unloading adapter %s from %s failed: %s", name, server.url, exc)
+                        continue
+                server.adapters = (server.adapters or set()) - {name}
+                self._recent.pop(name, None)
 
 
 def _completions(out: dict, params: SamplingParams, tok, eot: list[int]) -> list[Completion]:

@@ -8,9 +8,15 @@ server on a free local port (stdlib http.server in a thread).
 - GET /v1/models: the base model (parent null) and each loaded LoRA adapter (parent = base).
 - POST /v1/load_lora_adapter {lora_name, lora_path}: 200 text on success, 400 when already loaded,
   404 when run-time loading is off (vLLM registers the route only with
-  VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
+  VLLM_ALLOW_RUNTIME_LORA_UPDATING=True). POST /v1/unload_lora_adapter {lora_name}: 200 text,
+  404 when no such adapter is loaded.
 - Errors in vLLM's shape {"object": "error", "message", "type", "code"}; unknown model 404;
   429 for the next k requests after overload_next(k). stop() refuses connections.
+
+`ModelOpenAI` is the same server backed by a real model (the tests' tiny one): completions are
+sampled with the `local` backend from the base model or the PEFT adapter a request names, adapters
+are loaded from and unloaded by their directories at run time as vLLM does, and `served` records
+which model (base or adapter name, with its directory) answered each request.
 """
 from __future__ import annotations
 
@@ -51,7 +57,8 @@ class FakeOpenAI(FakeHTTPServer):
                  for name, path in self.adapters.items()]
         return {"object": "list", "data": data}
 
-    def complete(self, prompt_key: str, body: dict) -> list[dict]:
+    def complete(self, prompt, body: dict) -> list[dict]:
+        prompt_key = json.dumps(prompt)
         n, max_tokens = body.get("n", 1), body.get("max_tokens", 16)
         choices = []
         for i in range(n):
@@ -122,6 +129,15 @@ def _handler(fake: FakeOpenAI):
                 fake.requests.append((self.path, body))
                 self._send(200, f"Success: LoRA adapter '{name}' added successfully.", text=True)
                 return
+            if self.path == "/v1/unload_lora_adapter":
+                name = body.get("lora_name")
+                if not fake.runtime_lora or name not in fake.adapters:
+                    self._send(404, _error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError"))
+                    return
+                del fake.adapters[name]
+                fake.requests.append((self.path, body))
+                self._send(200, f"Success: LoRA adapter '{name}' removed successfully.", text=True)
+                return
             if self.path not in ("/v1/completions", "/v1/chat/completions"):
                 self._send(404, _error(404, f"no route {self.path}", "NotFoundError"))
                 return
@@ -132,8 +148,11 @@ def _handler(fake: FakeOpenAI):
                 self._send(400, _error(400, "invalid sampling parameters", "BadRequestError"))
                 return
             chat = self.path.endswith("chat/completions")
-            key = json.dumps(body["messages"] if chat else body["prompt"])
-            choices = fake.complete(key, body)
+            try:
+                choices = fake.complete(body["messages"] if chat else body["prompt"], body)
+            except ValueError as exc:
+                self._send(400, _error(400, str(exc), "BadRequestError"))
+                return
             used = sum(c.pop("tokens") for c in choices)
             if chat:
                 choices = [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
@@ -144,3 +163,37 @@ def _handler(fake: FakeOpenAI):
                              "usage": {"prompt_tokens": 0, "completion_tokens": used, "total_tokens": used}})
 
     return Handler
+
+
+class ModelOpenAI(FakeOpenAI):
+    """The server above, generating with a real model directory (see the module docstring)."""
+
+    def __init__(self, base_model: str, **kwargs):
+        super().__init__(**kwargs)
+        from services.generation.local import LocalBackend
+
+        self.base_model = base_model
+        self.local = LocalBackend(device="cpu")
+        self.served: list[tuple[str, str | None]] = []  # (model name, adapter dir or None) per request
+        self._generate_lock = threading.Lock()
+
+    def complete(self, prompt, body: dict) -> list[dict]:
+        from services.generation.base import ModelRef, SamplingParams
+
+        name = body["model"]
+        path = self.adapters.get(name) if name != self.model_id else None
+        params = SamplingParams(n=body.get("n", 1), temperature=body.get("temperature", 1.0),
+                                top_p=body.get("top_p", 1.0), top_k=body.get("top_k", 0),
+                                max_new_tokens=body.get("max_tokens", 16), stop=body.get("stop") or [],
+                                seed=body.get("seed"))
+        ref = ModelRef(self.base_model, adapter_path=path)
+        with self._generate_lock:  # one model, one request at a time
+            if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+                out = self.local.generate_encoded([prompt], ref, params)[0]
+            elif isinstance(prompt, list):
+                out = self.local.generate([prompt], ref, params)[0]
+            else:
+                raise ValueError("this server takes token-id prompts or chat messages, not raw text")
+            self.served.append((name, path))
+        return [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "stop_reason": None,
+                 "tokens": c.token_count} for i, c in enumerate(out)]

@@ -103,3 +103,40 @@ def test_bad_configuration_fails_fast():
         OpenAIBackend("http://127.0.0.1:1", endpoint="responses")
     with pytest.raises(ValueError, match="no server URLs"):
         OpenAIBackend()
+
+
+@pytest.fixture(scope="module")
+def real_adapters(tiny_model, tmp_path_factory) -> list[str]:
+    from tests.unit.test_local_backend import _make_adapter
+
+    return [_make_adapter(tiny_model, tmp_path_factory.mktemp(f"oa-adapter{k}"), seed=k) for k in (1, 2, 3)]
+
+
+def test_a_model_server_samples_the_adapter_asked_for_and_old_ones_are_unloaded(tiny_model, real_adapters):
+    from fake_openai import ModelOpenAI
+
+    server = ModelOpenAI(tiny_model).start()
+    try:
+        openai = backend(server, max_loras=2)
+        params = SamplingParams(n=2, max_new_tokens=8, seed=3, temperature=0)
+        base = openai.generate(PROMPTS, ModelRef(tiny_model), params)
+        outs = [openai.generate(PROMPTS, ModelRef(tiny_model, path, version_id=k), params)
+                for k, path in enumerate(real_adapters, 1)]
+        # real generation: the base and each adapter answer differently, greedy answers repeat
+        texts = [[c.text for per in out for c in per] for out in (base, *outs)]
+        assert len({tuple(t) for t in texts}) == 4 and all(t[0] == t[1] for t in texts)
+        assert [name for name, _ in server.served] == ["tiny-base"] * 2 + ["v1"] * 2 + ["v2"] * 2 + ["v3"] * 2
+        assert [path for name, path in server.served if name == "v2"] == [real_adapters[1]] * 2
+        # at most two resident: loading v3 unloaded v1, the least recently used
+        assert server.posts("/v1/unload_lora_adapter") == [{"lora_name": "v1"}]
+        assert set(server.adapters) == {"v2", "v3"}
+        again = openai.generate(PROMPTS, ModelRef(tiny_model, real_adapters[0], version_id=1), params)
+        assert again == outs[0]  # reloaded from its directory: the same adapter, the same greedy answers
+        assert set(server.adapters) == {"v3", "v1"} and server.served[-1][0] == "v1"
+    finally:
+        server.stop()
+
+
+def test_max_loras_must_be_a_count():
+    with pytest.raises(ValueError, match="max_loras"):
+        OpenAIBackend("http://127.0.0.1:1", max_loras=-1)
