@@ -171,6 +171,15 @@ class Workers:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
+    def restart_all(self, **env: str) -> None:
+        """Stop every process, change their environment (e.g. another generation backend), and
+        start them again."""
+        names = list(self.procs)
+        self.stop_all()
+        self.env.update(env)
+        for name in names:
+            self.start(name)
+
     def stop_all(self) -> None:
         for queue in list(self.procs):
             proc = self.procs.pop(queue)

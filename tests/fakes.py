@@ -82,3 +82,12 @@ def scripted_backend(**options) -> ScriptedBackend:
     from services.generation.registry import get_backend
 
     return ScriptedBackend(get_backend("local", **options))
+
+
+def scripted_openai(**_options) -> ScriptedBackend:
+    from services.generation.registry import get_backend
+    from shared.config import get_settings
+
+    s = get_settings()
+    return ScriptedBackend(get_backend("openai", base_url=s.openai_base_url, endpoint=s.openai_endpoint,
+                                       max_loras=s.openai_max_loras))
