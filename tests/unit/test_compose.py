@@ -1,8 +1,12 @@
-"""docker-compose.yml cannot run here (no Docker engine), so check its shape: every service has an
-image, our services run commands that exist in our CLI, every queue has a worker, the backing
-services and the gateway have healthchecks, GPU services reserve a GPU."""
+"""docker-compose.yml and infra/Dockerfile cannot run here (no Docker engine), so check what would
+make `docker compose up` fail or misbehave: every service has an image; our services run commands
+that exist in our CLI; every queue has a worker; vLLM is the default generation server with
+run-time LoRA loading; every AUTODIDACT_* variable the stack sets or the code reads is a Settings
+field with a valid value; volumes are writable by the user that writes them; GPU services reserve
+a GPU; the TGI refresh hook the workers call is in the image."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,9 +14,11 @@ import yaml
 from typer.main import get_command
 
 from services.cli import app
+from shared.config import Settings
 from shared.queue import QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = (ROOT / "infra" / "Dockerfile").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +30,35 @@ def _ours(svc: dict) -> bool:
     return "build" in svc or svc.get("image", "").startswith("autodidact")
 
 
+def _resolved(value) -> str:
+    """A compose value with ${VAR:-default} interpolated as on a host that sets nothing."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def _env(svc: dict) -> dict[str, str]:
+    return {k: _resolved(v) for k, v in (svc.get("environment") or {}).items()}
+
+
+def _gpus(svc: dict) -> int:
+    devices = svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    return sum(d.get("count", 0) for d in devices if "gpu" in d.get("capabilities", []))
+
+
 def test_every_service_has_an_image_and_valid_dependencies(compose):
     services = compose["services"]
-    expected = {"postgres", "redis", "tgi", "gateway", "beat", "flower"} | {f"worker-{q}" for q in QUEUES}
+    expected = {"postgres", "redis", "vllm", "tgi", "gateway", "beat", "flower"} | {f"worker-{q}" for q in QUEUES}
     assert expected <= set(services)
     for name, svc in services.items():
-        assert svc.get("image"), f"{name} has no image"
-        for dep in svc.get("depends_on", {}):
+        assert re.fullmatch(r"[\w./-]+(:[\w.-]+)?", svc.get("image", "")), f"{name} has no valid image"
+        assert svc.get("image") != "autodidact:latest" or svc["build"]["dockerfile"] == "infra/Dockerfile"
+        for dep, cond in (svc.get("depends_on") or {}).items():
             assert dep in services, f"{name} depends on unknown service {dep}"
-    for vol in ("pgdata", "artifacts"):
-        assert vol in compose["volumes"]
+            assert cond["condition"] in ("service_healthy", "service_started")
+            if cond["condition"] == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy; it has no healthcheck"
+        for vol in svc.get("volumes", []):
+            source = vol.split(":")[0]
+            assert source.startswith(".") or source in compose["volumes"], f"{name}: unknown volume {source}"
 
 
 def test_our_commands_exist_in_the_cli(compose):
@@ -50,24 +75,86 @@ def test_our_commands_exist_in_the_cli(compose):
             assert ctx.params["queue"] in QUEUES
 
 
-def test_every_queue_has_a_worker(compose):
-    served = {svc["command"][svc["command"].index("--queue") + 1]
-              for svc in compose["services"].values() if _ours(svc) and svc["command"][0] == "worker"}
+def test_every_queue_has_a_worker_and_beat_runs(compose):
+    ours = [svc for svc in compose["services"].values() if _ours(svc)]
+    served = {svc["command"][svc["command"].index("--queue") + 1] for svc in ours if svc["command"][0] == "worker"}
     assert served == set(QUEUES)
+    assert sum(svc["command"][0] == "beat" for svc in ours) == 1  # one beat: two would double every sweep
+
+
+def test_vllm_is_the_default_generation_server(compose):
+    services = compose["services"]
+    vllm = services["vllm"]
+    assert vllm["image"].startswith("vllm/vllm-openai:") and "profiles" not in vllm
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    cmd = vllm["command"]
+    assert "--enable-lora" in cmd and cmd[cmd.index("--model") + 1].startswith("/models/")
+    port = cmd[cmd.index("--port") + 1]
+    assert "artifacts:/artifacts:ro" in vllm["volumes"]  # adapters are loaded from the shared volume
+    for name, svc in services.items():
+        if not _ours(svc):
+            continue
+        env = _env(svc)
+        assert env["AUTODIDACT_GENERATION_BACKEND"] == "openai", name
+        assert env["AUTODIDACT_OPENAI_BASE_URL"] == f"http://vllm:{port}", name
+        assert int(env["AUTODIDACT_OPENAI_MAX_LORAS"]) == int(cmd[cmd.index("--max-loras") + 1])
+    assert "vllm" in services["worker-generation"]["depends_on"]
+    assert services["tgi"]["profiles"] == ["tgi"]  # the alternative, started only when asked for
+
+
+def test_every_autodidact_variable_is_a_valid_setting(compose):
+    fields = set(Settings.model_fields)
+    for name, svc in compose["services"].items():
+        env = {k: v for k, v in _env(svc).items() if k.startswith("AUTODIDACT_")}
+        unknown = sorted(k for k in env if k.removeprefix("AUTODIDACT_").lower() not in fields)
+        assert not unknown, f"{name} sets {unknown}, which no Settings field reads"
+        if env:
+            Settings(**{k.removeprefix("AUTODIDACT_").lower(): v for k, v in env.items()})  # values validate
 
 
 def test_healthchecks_and_gpu_reservations(compose):
     services = compose["services"]
-    for name in ("postgres", "redis", "tgi", "gateway"):
+    for name in ("postgres", "redis", "vllm", "tgi", "gateway"):
         test = services[name]["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1
     assert "/healthz" in " ".join(services["gateway"]["healthcheck"]["test"])
-    for name in ("tgi", "worker-training"):
-        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["capabilities"] == ["gpu"]
-    assert services["worker-generation"]["environment"]["AUTODIDACT_TGI_URLS"].startswith("http://tgi")
+    assert "/health" in " ".join(services["vllm"]["healthcheck"]["test"])
+    for name in ("vllm", "tgi", "worker-training"):
+        assert _gpus(services[name]) >= 1, f"{name} reserves no GPU"
+    for name, svc in services.items():
+        if name not in ("vllm", "tgi", "worker-training"):
+            assert _gpus(svc) == 0, f"{name} reserves a GPU it does not use"
+
+
+def test_volumes_are_writable_by_their_writers(compose):
+    user = re.findall(r"^USER\s+(\S+)", DOCKERFILE, re.M)
+    assert user and user[-1] not in ("root", "0"), "the image must run as an unprivileged user"
+    app_user = user[-1]
+    assert re.search(rf"useradd\b[^\n]*--create-home[^\n]*\b{app_user}\b", DOCKERFILE), "the user needs a home"
+    owned = {path for m in re.finditer(r"chown\s+(\S+?):\S+\s+([^\n&\\]+)", DOCKERFILE)
+             if m.group(1) == app_user for path in m.group(2).split()}
+    for name, svc in compose["services"].items():
+        if not _ours(svc):
+            continue
+        mounts = {v.split(":")[1]: v for v in svc["volumes"]}
+        artifact_dir = _env(svc)["AUTODIDACT_ARTIFACT_DIR"]
+        assert artifact_dir in mounts and not mounts[artifact_dir].endswith(":ro"), name
+        assert artifact_dir in owned, f"{artifact_dir} is not created owned by {app_user} in the image"
+    # NLTK data is written as the app user (into its home), not as root at build time
+    assert DOCKERFILE.index(f"USER {app_user}") < DOCKERFILE.index("python -m shared.nltk_data")
+
+
+def test_the_tgi_refresh_hook_is_wired(compose):
+    services = compose["services"]
+    hook = _env(services["worker-generation"])["AUTODIDACT_TGI_REFRESH_COMMAND"]
+    script = hook.split()[0]
+    assert script.startswith("/app/infra/") and (ROOT / "infra" / Path(script).name).exists()
+    assert "COPY infra ./infra" in DOCKERFILE and "WORKDIR /app" in DOCKERFILE
+    assert hook.format(adapter_id="v1", adapter_path="/artifacts/x").split()[1:] == ["v1", "/artifacts/x"]
+    tgi = services["tgi"]
+    assert tgi["entrypoint"][-1] == "/infra/tgi-supervise.sh" and "./infra:/infra:ro" in tgi["volumes"]
+    assert tgi["environment"]["TGI_ADAPTERS_FILE"] == _env(services["worker-generation"])["TGI_ADAPTERS_FILE"]
 
 
 def test_dockerfile_installs_the_cli():
-    text = (ROOT / "infra" / "Dockerfile").read_text()
-    assert 'ENTRYPOINT ["autodidact"]' in text and "pip install -e ." in text
+    assert 'ENTRYPOINT ["autodidact"]' in DOCKERFILE and "pip install -e ." in DOCKERFILE
