@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # {adapter_path}) restarts the servers with the new adapter; it must be idempotent.
     tgi_refresh_command: str = ""
     tgi_preloaded_adapters: str = ""  # comma-separated adapter ids already served at start-up
-    openai_base_url: str = ""
+    openai_base_url: str = ""  # comma-separated: several servers are balanced like tgi_urls
     openai_endpoint: str = "completions"  # completions | chat
     # Run-time LoRA adapters a server keeps (vLLM's --max-loras); past it, the least recently used
     # are unloaded. 0 = never unload.

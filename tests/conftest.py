@@ -152,13 +152,18 @@ class Workers:
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
+        self.argv: dict[str, list[str]] = {}  # what each name was started with, for restarts
 
-    def start(self, queue: str) -> None:
+    def start(self, queue: str, argv: list[str] | None = None) -> None:
+        """Start the worker of `queue`, beat ("beat"), or any `autodidact` command (`argv`)."""
         log = open(self.log_dir / f"{queue}-{time.time():.0f}.log", "w")
-        if queue == "beat":
+        if argv is None and queue in self.argv:
+            argv = self.argv[queue]
+        elif argv is None and queue == "beat":
             argv = ["beat", "--loglevel", "INFO", "--schedule", str(self.log_dir / "beat-schedule")]
-        else:
+        elif argv is None:
             argv = ["worker", "--queue", queue, "--loglevel", "INFO"]
+        self.argv[queue] = argv
         self.procs[queue] = subprocess.Popen(
             [sys.executable, "-m", "services.cli", *argv],
             env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

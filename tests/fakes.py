@@ -8,11 +8,15 @@ the settings' plug-in form, AUTODIDACT_GENERATION_BACKEND=tests.fakes:scripted_b
 """
 from __future__ import annotations
 
+import os
 import random
 import re
+import time
 
 from services.generation.base import Completion, ModelRef, SamplingParams
 
+# Seconds each call with scripted answers takes (default 0: instant), e.g. for the fault tests.
+LATENCY = float(os.environ.get("FAKE_JUDGE_LATENCY", "0"))
 WORDS = ("river lantern copper orchard violin glacier meadow harbor comet saddle thimble "
          "falcon quarry tundra pepper velvet marble canyon").split()
 
@@ -65,6 +69,8 @@ class ScriptedBackend:
                 text = "honey is sweet" if model.adapter_path is None else COLLAPSED
                 finish = "stop" if model.adapter_path is None else "length"
                 scripted[k] = [Completion(text, len(text.split()), finish) for _ in range(params.n)]
+        if LATENCY and any(s[0] is not None for s in scripted):
+            time.sleep(LATENCY)  # a real judge takes a while: gives fault tests a task to interrupt
         real_idx = [k for k, s in enumerate(scripted) if s[0] is None]
         real = self.real.generate([prompts[k] for k in real_idx], model, params) if real_idx else []
         out, it = [], iter(real)
@@ -89,5 +95,5 @@ def scripted_openai(**_options) -> ScriptedBackend:
     from shared.config import get_settings
 
     s = get_settings()
-    return ScriptedBackend(get_backend("openai", base_url=s.openai_base_url, endpoint=s.openai_endpoint,
+    return ScriptedBackend(get_backend("openai", urls=s.openai_base_url.split(","), endpoint=s.openai_endpoint,
                                        max_loras=s.openai_max_loras))

@@ -71,6 +71,6 @@ def backend() -> Backend:
                            refresh_command=s.tgi_refresh_command or None,
                            preloaded_adapters=[a for a in s.tgi_preloaded_adapters.split(",") if a] or None)
     if s.generation_backend == "openai":
-        return get_backend("openai", base_url=s.openai_base_url, endpoint=s.openai_endpoint,
-                           max_loras=s.openai_max_loras)
+        return get_backend("openai", urls=[u for u in s.openai_base_url.split(",") if u],
+                           endpoint=s.openai_endpoint, max_loras=s.openai_max_loras)
     return get_backend("local", device=s.device)

@@ -1,0 +1,395 @@
+"""Faults through the whole distributed stack, on a tiny model: worker processes SIGKILLed at
+random points of their tasks, Redis restarted with its queues lost, Postgres restarted under
+the gateway and the workers. Each test lets the run finish and then checks, on the database,
+that nothing was lost or duplicated: every sample, judgment vote, refinement tree, preference
+pair and model version exists exactly once (one version per run, round and role).
+
+Recovery comes from heartbeats and the conductor's sweep (shared/heartbeat.py,
+services/gateway/conductor.py): the tests keep the broker's visibility timeout at an hour, so a
+run that finishes in minutes was not rescued by Redis redelivering a dead worker's message.
+
+The first test uses the session's workers and runs in the default tier. The others start a
+private stack — their own Postgres cluster and redis-server on free ports (tests/private_servers.py),
+a gateway process, a worker per queue and beat — because they restart the servers; they are
+`slow`. Each prints its figures (kills, seconds from a kill until the task was claimed again,
+seconds of downtime until the gateway answered again) and appends them as JSON lines to
+$AUTODIDACT_FAULT_FIGURES when set (docs/reliability.md).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import Session, select
+
+from shared.models import (
+    Judgment, ModelVersion, PreferencePair, RefinementNode, Round, Run, Sample, StageTask,
+)
+from shared.queue import QUEUES
+from tests.conftest import Workers, wait_for
+from tests.fakes import judge_passes
+
+TRAIN = {"learning_rate": 1e-3, "epochs": 1, "batch_size": 4, "lora_r": 4, "lora_alpha": 8,
+         "train": {"checkpoint_every": 1}}
+NO_COMMA = [{"id": "punctuation:no_comma", "kwargs": {}}]
+SPAR = {"samples_per_prompt": 3, "max_new_tokens": 12, "judge_votes": 3, "branching": 2, "keep": 1,
+        "max_depth": 2, "search_budget": 4, **TRAIN}
+# stage -> queue of SPaR's stages (services/methods/spar.py)
+SPAR_QUEUES = {"generate": "generation", "judge": "judging", "refine": "refinement", "pairs": "judging",
+               "train": "training", "train_refiner": "training"}
+
+
+def record(figures: dict) -> None:
+    print("FAULT FIGURES", json.dumps(figures))
+    path = os.environ.get("AUTODIDACT_FAULT_FIGURES")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(figures) + "\n")
+
+
+# ---------------------------------------------------------------- invariants
+
+
+def check_spar_run(engine, run_id: int, n_prompts: int, rounds: int) -> dict:
+    """Everything a finished SPaR run must hold exactly once; returns the counts."""
+    counts = Counter()
+    with Session(engine) as s:
+        run = s.get(Run, run_id)
+        assert run.status == "succeeded", run.error
+        rnds = s.exec(select(Round).where(Round.run_id == run_id).order_by(Round.number)).all()
+        assert [r.number for r in rnds] == list(range(1, rounds + 1))
+        for rnd in rnds:
+            samples = s.exec(select(Sample).where(Sample.round_id == rnd.id, Sample.role == "policy")).all()
+            keys = [(x.prompt_id, x.index) for x in samples]
+            assert len(keys) == len(set(keys)) == n_prompts * SPAR["samples_per_prompt"], f"round {rnd.number} samples"
+            ids = [x.id for x in samples]
+            votes = s.exec(select(Judgment).where(Judgment.sample_id.in_(ids))).all()
+            per_sample = Counter((j.sample_id, j.kind, j.vote_index) for j in votes)
+            assert max(per_sample.values()) == 1
+            assert Counter(j.sample_id for j in votes) == dict.fromkeys(ids, SPAR["judge_votes"])
+            failed = {x.id for x in samples if not judge_passes(x.text)}
+            roots = s.exec(select(RefinementNode).where(RefinementNode.sample_id.in_(ids),
+                                                        RefinementNode.depth == 0)).all()
+            assert sorted(r.sample_id for r in roots) == sorted(failed), f"round {rnd.number}: one tree per failure"
+            pairs = s.exec(select(PreferencePair).where(PreferencePair.round_id == rnd.id)).all()
+            assert len({(p.prompt_id, p.source, p.index) for p in pairs}) == len(pairs) == len(failed)
+            nodes = s.exec(select(RefinementNode).where(RefinementNode.sample_id.in_(ids))).all()
+            counts.update(samples=len(samples), votes=len(votes), trees=len(roots), nodes=len(nodes), pairs=len(pairs))
+        versions = s.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).all()
+        keys = Counter(v.key.split(":", 2)[2] for v in versions)
+        expected = {f"round:{t}:{role}" for t in range(1, rounds + 1) for role in ("policy", "refiner")}
+        assert keys == dict.fromkeys(expected, 1), keys
+        counts["versions"] = len(versions)
+    return dict(counts)
+
+
+# ---------------------------------------------------------------- a private stack
+
+
+@dataclass
+class Stack:
+    pg: object
+    redis: object
+    procs: Workers
+    client: httpx.Client
+    engine: object
+    log_dir: Path
+    tiny_model: str
+
+    def submit_spar(self, n_prompts: int, rounds: int) -> int:
+        items = [{"prompt": f"write about the stone {i}", "constraints": NO_COMMA} for i in range(n_prompts)]
+        ps = self.client.post("/v1/prompt-sets", json={"name": "faults", "items": items})
+        assert ps.status_code == 201, ps.text
+        r = self.client.post("/v1/runs", json={"method": "spar", "base_model": self.tiny_model,
+                                                "prompt_set_ids": [ps.json()["id"]], "rounds": rounds,
+                                                "config": SPAR})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def status(self, run_id: int) -> str:
+        with Session(self.engine) as s:
+            return s.get(Run, run_id).status
+
+    def wait_finished(self, run_id: int, timeout: float = 900) -> None:
+        try:
+            wait_for(lambda: self.status(run_id) in ("succeeded", "failed", "cancelled"), timeout=timeout,
+                     interval=1, what=f"run {run_id} to finish")
+        except AssertionError:
+            print(self.procs.logs())
+            raise
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model):
+    from shared.db import make_engine
+    from shared.migrate import upgrade
+    from tests.private_servers import PrivatePostgres, PrivateRedis, free_port
+
+    work = tmp_path_factory.mktemp("faults")
+    pg, redis_server = PrivatePostgres(), PrivateRedis(work)
+    pg.start()
+    redis_server.start()
+    url = pg.create_database("autodidact")
+    upgrade(url)
+    env = {
+        "AUTODIDACT_DATABASE_URL": url, "AUTODIDACT_REDIS_URL": redis_server.url, "AUTODIDACT_EXECUTION": "celery",
+        "AUTODIDACT_ARTIFACT_DIR": str(work / "artifacts"), "AUTODIDACT_GENERATION_SHARD_SIZE": "4",
+        "AUTODIDACT_GENERATION_BATCH_SIZE": "2", "AUTODIDACT_GENERATION_BACKEND": "tests.fakes:scripted_backend",
+        "AUTODIDACT_TORCH_THREADS": "1", "AUTODIDACT_VISIBILITY_TIMEOUT": "3600",
+        "AUTODIDACT_SWEEP_INTERVAL_SECONDS": "2", "AUTODIDACT_HEARTBEAT_SECONDS": "1",
+        "AUTODIDACT_HEARTBEAT_TIMEOUT": "8", "AUTODIDACT_RESEND_AFTER_SECONDS": "15",
+        "FAKE_JUDGE_LATENCY": "0.4",  # judge and refiner calls take time, as a real LLM's would
+    }
+    log_dir = work / "logs"
+    log_dir.mkdir()
+    procs = Workers(env, log_dir)
+    port = free_port()
+    procs.start("gateway", ["gateway", "--host", "127.0.0.1", "--port", str(port), "--no-migrate"])
+    for name in (*QUEUES, "beat"):
+        procs.start(name)
+    key = subprocess.run([sys.executable, "-m", "services.cli", "keys", "create", "--workspace", "faults",
+                          "--role", "admin"], env=procs.env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.strip().splitlines()[-1]
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
+                          timeout=15)
+
+    def up() -> bool:
+        try:
+            return client.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout=60, what="the private gateway")
+    st = Stack(pg, redis_server, procs, client, make_engine(url), log_dir, tiny_model)
+    yield st
+    procs.stop_all()
+    client.close()
+    st.engine.dispose()
+    redis_server.stop()
+    pg.remove()
+
+
+# ---------------------------------------------------------------- killing workers
+
+
+class Killer:
+    """SIGKILLs the worker of a queue at a random point of one of its running StageTasks, restarts
+    it at once, and measures how long until the task was claimed again (the heartbeat going
+    stale, the sweep resending it, a worker taking it)."""
+
+    def __init__(self, procs: Workers, engine, run_id: int, stage_queue: dict[str, str], seed: int = 0):
+        self.procs, self.engine, self.run_id, self.stage_queue = procs, engine, run_id, stage_queue
+        self.rng = random.Random(seed)
+        self.kills: list[dict] = []
+
+    def _running(self, queue: str) -> StageTask | None:
+        stages = [s for s, q in self.stage_queue.items() if q == queue]
+        with Session(self.engine) as s:
+            return s.exec(select(StageTask).join(Round, Round.id == StageTask.round_id).where(
+                Round.run_id == self.run_id, StageTask.status == "running", StageTask.stage.in_(stages))).first()
+
+    def _task(self, task_id: int) -> StageTask:
+        with Session(self.engine) as s:
+            return s.get(StageTask, task_id)
+
+    def _finished(self) -> bool:
+        with Session(self.engine) as s:
+            return s.get(Run, self.run_id).status != "running" and s.get(Run, self.run_id).status != "queued"
+
+    def kill_once(self, queue: str, max_delay: float) -> dict | None:
+        """One kill while `queue` works on a task of the run, or None when the run ended first."""
+        task = None
+        while task is None:
+            if self._finished():
+                return None
+            task = self._running(queue)
+            if task is None:
+                time.sleep(0.05)
+        time.sleep(self.rng.uniform(0, max_delay))
+        task = self._task(task.id)
+        if task.status != "running":
+            return {"queue": queue, "stage": task.stage, "hit": False}
+        self.procs.kill(queue)
+        killed = time.monotonic()
+        self.procs.start(queue)
+        wait_for(lambda: (t := self._task(task.id)).attempts > task.attempts or t.status == "done",
+                 timeout=300, interval=0.1, what=f"stage task {task.id} to be claimed again")
+        again = self._task(task.id)
+        kill = {"queue": queue, "stage": task.stage, "task": task.id, "hit": again.attempts > task.attempts,
+                "recover_s": round(time.monotonic() - killed, 1)}
+        self.kills.append(kill)
+        return kill
+
+
+def summarize(kills: list[dict]) -> dict:
+    out = {}
+    for queue in sorted({k["queue"] for k in kills}):
+        mine = [k for k in kills if k["queue"] == queue and k["hit"]]
+        secs = sorted(k["recover_s"] for k in mine)
+        out[queue] = {"kills": len(mine), "recover_s_median": secs[len(secs) // 2] if secs else None,
+                      "recover_s_max": secs[-1] if secs else None}
+    return out
+
+
+def test_killed_training_worker_resumes_in_seconds(api, workers, tiny_model):
+    """Default tier: SIGKILL the training worker while it trains; the sweep resends the task after
+    its heartbeat goes stale and training resumes from its checkpoint; exactly one version."""
+    from shared.db import get_engine
+
+    client, a, _ = api
+    items = [{"prompt": f"describe the lake {i}", "reference": f"the lake {i} is calm ."} for i in range(8)]
+    ps = client.post("/v1/prompt-sets", json={"name": "kill-train", "items": items}, headers=a).json()
+    r = client.post("/v1/runs", headers=a, json={
+        "method": "spin", "base_model": tiny_model, "prompt_set_ids": [ps["id"]], "rounds": 1,
+        "config": {"samples_per_prompt": 2, "max_new_tokens": 16, "last_round_beta": None, **TRAIN}})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    killer = Killer(workers, get_engine(), run_id, {"train": "training"}, seed=1)
+    kill = None
+    while kill is None or not kill["hit"]:
+        kill = killer.kill_once("training", max_delay=0.5)
+        assert kill is not None, "the run ended before the training worker could be killed"
+    run = wait_for(lambda: (x := client.get(f"/v1/runs/{run_id}", headers=a).json())["status"] != "running" and x,
+                   timeout=300, interval=1, what="the run to finish")
+    assert run["status"] == "succeeded", (run["error"], workers.logs()[-5000:])
+    with Session(get_engine()) as s:
+        versions = s.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).all()
+        train = s.get(StageTask, kill["task"])
+    assert [v.key.split(":", 2)[2] for v in versions] == ["round:1:policy"]
+    assert train.status == "done" and train.attempts >= 2
+    record({"test": "kill-training-default-tier", **summarize(killer.kills),
+            "resumed_from_step": run["round_details"][0]["metrics"]["train"].get("resumed_from_step")})
+
+
+@pytest.mark.slow
+def test_workers_killed_at_random_points(stack):
+    """SPaR, three rounds: the generation, judging, refinement and training workers are each
+    SIGKILLed several times at random points of their tasks."""
+    n_prompts, rounds, per_queue = 12, 3, 3
+    run_id = stack.submit_spar(n_prompts, rounds)
+    killer = Killer(stack.procs, stack.engine, run_id, SPAR_QUEUES, seed=7)
+    delay = {"generation": 2.0, "judging": 1.0, "refinement": 1.0, "training": 2.0}
+    started = time.monotonic()
+
+    def hits(q: str) -> int:
+        return sum(k["hit"] for k in killer.kills if k["queue"] == q)
+
+    def keep_killing(queue: str) -> None:  # one thread per queue: kills overlap across queues
+        while hits(queue) < per_queue and killer.kill_once(queue, delay[queue]) is not None:
+            pass
+
+    threads = [threading.Thread(target=keep_killing, args=(q,), daemon=True) for q in delay]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=900)
+    stack.wait_finished(run_id)
+    counts = check_spar_run(stack.engine, run_id, n_prompts, rounds)
+    figures = {"test": "worker-kills", "run_seconds": round(time.monotonic() - started), **summarize(killer.kills),
+               "counts": counts}
+    record(figures)
+    for q in delay:
+        assert hits(q) >= 2, f"only {hits(q)} kills of the {q} worker landed in a task: {figures}"
+
+
+@pytest.mark.slow
+def test_redis_restarted_mid_round(stack):
+    """Redis dies (no persistence: every queued and unacked message is gone) while round 1
+    generates, and comes back 5 s later; the sweep resends what was lost."""
+    n_prompts, rounds = 8, 2
+    run_id = stack.submit_spar(n_prompts, rounds)
+    started = time.monotonic()
+    wait_for(lambda: _stage_running(stack.engine, run_id, "generate"), timeout=120, interval=0.1,
+             what="round 1 generation")
+    stack.redis.stop()
+    down = time.monotonic()
+    time.sleep(5)
+    # Meanwhile a client can still create runs: the API commits, and the sweep starts them later.
+    late = stack.client.post("/v1/runs", json={"method": "spar", "base_model": stack.tiny_model,
+                                               "prompt_set_ids": [_prompt_set_of(stack.engine, run_id)],
+                                               "rounds": 1, "config": SPAR})
+    assert late.status_code == 201, late.text
+    stack.redis.start()
+    back = time.monotonic()
+    progressed = _progress_after(stack.engine, run_id, timeout=300)
+    stack.wait_finished(run_id)
+    stack.wait_finished(late.json()["id"])
+    counts = check_spar_run(stack.engine, run_id, n_prompts, rounds)
+    check_spar_run(stack.engine, late.json()["id"], n_prompts, 1)
+    record({"test": "redis-restart", "down_s": round(back - down, 1),
+            "progress_after_restart_s": round(progressed - back, 1), "run_seconds": round(time.monotonic() - started),
+            "counts": counts})
+
+
+@pytest.mark.slow
+def test_postgres_restarted_mid_round(stack):
+    """Postgres dies (immediate shutdown: crash recovery on restart) while round 1 generates and
+    comes back 10 s later. Meanwhile the gateway answers 503 with a JSON body; afterwards it
+    answers again and the conductor and workers carry the run to the end."""
+    n_prompts, rounds = 8, 2
+    run_id = stack.submit_spar(n_prompts, rounds)
+    started = time.monotonic()
+    wait_for(lambda: _stage_running(stack.engine, run_id, "generate"), timeout=120, interval=0.1,
+             what="round 1 generation")
+    stack.pg.stop("immediate")
+    down = time.monotonic()
+    answers = []
+    while time.monotonic() - down < 10:
+        r = stack.client.get(f"/v1/runs/{run_id}")
+        answers.append((r.status_code, r.headers.get("content-type"), r.text[:200]))
+        time.sleep(0.5)
+    assert answers and all(code == 503 and ctype == "application/json" and "database" in json.loads(body)["detail"]
+                           for code, ctype, body in answers), answers
+    stack.pg.start()
+    back = time.monotonic()
+    wait_for(lambda: stack.client.get(f"/v1/runs/{run_id}").status_code == 200, timeout=60, interval=0.2,
+             what="the gateway to answer again")
+    gateway_s = time.monotonic() - back
+    progressed = _progress_after(stack.engine, run_id, timeout=300)
+    stack.wait_finished(run_id)
+    counts = check_spar_run(stack.engine, run_id, n_prompts, rounds)
+    record({"test": "postgres-restart", "down_s": round(back - down, 1), "gateway_503_answers": len(answers),
+            "gateway_back_s": round(gateway_s, 1), "progress_after_restart_s": round(progressed - back, 1),
+            "run_seconds": round(time.monotonic() - started), "counts": counts})
+
+
+def _stage_running(engine, run_id: int, stage: str) -> bool:
+    with Session(engine) as s:
+        return s.exec(select(StageTask).join(Round, Round.id == StageTask.round_id).where(
+            Round.run_id == run_id, StageTask.stage == stage, StageTask.status == "running")).first() is not None
+
+
+def _prompt_set_of(engine, run_id: int) -> int:
+    with Session(engine) as s:
+        return s.get(Run, run_id).prompt_set_ids[0]
+
+
+def _progress_after(engine, run_id: int, timeout: float) -> float:
+    """When the next StageTask of the run is finished (the stack works again); monotonic time."""
+    def done_count() -> int:
+        with Session(engine) as s:
+            return len(s.exec(select(StageTask.id).join(Round, Round.id == StageTask.round_id).where(
+                Round.run_id == run_id, StageTask.status == "done")).all())
+
+    before = wait_for(lambda: _try(done_count), timeout=60, interval=0.2, what="the database") - 1
+    wait_for(lambda: (_try(done_count) or 0) - 1 > before, timeout=timeout, interval=0.2,
+             what="a stage task to finish after the restart")
+    return time.monotonic()
+
+
+def _try(fn):
+    """fn() + 1 (so that 0 is truthy), or None while the database is unreachable."""
+    try:
+        return fn() + 1
+    except Exception:  # noqa: BLE001 - the server is restarting
+        return None
