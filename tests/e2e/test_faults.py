@@ -311,6 +311,7 @@ def test_redis_restarted_mid_round(stack):
     started = time.monotonic()
     wait_for(lambda: _stage_running(stack.engine, run_id, "generate"), timeout=120, interval=0.1,
              what="round 1 generation")
+    in_flight = _in_flight(stack.engine, run_id)
     stack.redis.stop()
     down = time.monotonic()
     time.sleep(5)
@@ -322,12 +323,14 @@ def test_redis_restarted_mid_round(stack):
     stack.redis.start()
     back = time.monotonic()
     progressed = _progress_after(stack.engine, run_id, timeout=300)
+    recovered = _all_done(stack.engine, in_flight, timeout=300)
     stack.wait_finished(run_id)
     stack.wait_finished(late.json()["id"])
     counts = check_spar_run(stack.engine, run_id, n_prompts, rounds)
     check_spar_run(stack.engine, late.json()["id"], n_prompts, 1)
-    record({"test": "redis-restart", "down_s": round(back - down, 1),
-            "progress_after_restart_s": round(progressed - back, 1), "run_seconds": round(time.monotonic() - started),
+    record({"test": "redis-restart", "down_s": round(back - down, 1), "tasks_in_flight": len(in_flight),
+            "progress_after_restart_s": round(progressed - back, 1),
+            "in_flight_done_after_restart_s": round(recovered - back, 1), "run_seconds": round(time.monotonic() - started),
             "counts": counts})
 
 
@@ -341,6 +344,7 @@ def test_postgres_restarted_mid_round(stack):
     started = time.monotonic()
     wait_for(lambda: _stage_running(stack.engine, run_id, "generate"), timeout=120, interval=0.1,
              what="round 1 generation")
+    in_flight = _in_flight(stack.engine, run_id)
     stack.pg.stop("immediate")
     down = time.monotonic()
     answers = []
@@ -356,10 +360,13 @@ def test_postgres_restarted_mid_round(stack):
              what="the gateway to answer again")
     gateway_s = time.monotonic() - back
     progressed = _progress_after(stack.engine, run_id, timeout=300)
+    recovered = _all_done(stack.engine, in_flight, timeout=300)
     stack.wait_finished(run_id)
     counts = check_spar_run(stack.engine, run_id, n_prompts, rounds)
     record({"test": "postgres-restart", "down_s": round(back - down, 1), "gateway_503_answers": len(answers),
-            "gateway_back_s": round(gateway_s, 1), "progress_after_restart_s": round(progressed - back, 1),
+            "gateway_back_s": round(gateway_s, 1), "tasks_in_flight": len(in_flight),
+            "progress_after_restart_s": round(progressed - back, 1),
+            "in_flight_done_after_restart_s": round(recovered - back, 1),
             "run_seconds": round(time.monotonic() - started), "counts": counts})
 
 
@@ -367,6 +374,23 @@ def _stage_running(engine, run_id: int, stage: str) -> bool:
     with Session(engine) as s:
         return s.exec(select(StageTask).join(Round, Round.id == StageTask.round_id).where(
             Round.run_id == run_id, StageTask.stage == stage, StageTask.status == "running")).first() is not None
+
+
+def _in_flight(engine, run_id: int) -> list[int]:
+    """StageTasks of the run that are pending or running now (their messages may be lost)."""
+    with Session(engine) as s:
+        return list(s.exec(select(StageTask.id).join(Round, Round.id == StageTask.round_id).where(
+            Round.run_id == run_id, StageTask.status.in_(["pending", "running"]))).all())
+
+
+def _all_done(engine, task_ids: list[int], timeout: float) -> float:
+    """When every one of `task_ids` is done; monotonic time."""
+    def done() -> bool:
+        with Session(engine) as s:
+            return all(s.get(StageTask, t).status == "done" for t in task_ids)
+
+    wait_for(lambda: _try(done) == 2, timeout=timeout, interval=0.2, what=f"stage tasks {task_ids} to finish")
+    return time.monotonic()
 
 
 def _prompt_set_of(engine, run_id: int) -> int:
