@@ -112,6 +112,18 @@ def test_every_autodidact_variable_is_a_valid_setting(compose):
             Settings(**{k.removeprefix("AUTODIDACT_").lower(): v for k, v in env.items()})  # values validate
 
 
+def test_every_variable_the_code_reads_is_a_setting():
+    """Outside shared/config.py, an AUTODIDACT_* name in the code is a setting being read (the
+    launcher's child marker is a protocol between processes, not a setting)."""
+    fields = set(Settings.model_fields)
+    protocol = {"AUTODIDACT_LAUNCHED"}
+    for path in [*ROOT.glob("shared/**/*.py"), *ROOT.glob("services/**/*.py")]:
+        if path.name == "config.py" and path.parent.name == "shared":
+            continue
+        for var in set(re.findall(r"AUTODIDACT_[A-Z_]+", path.read_text())) - protocol:
+            assert var.removeprefix("AUTODIDACT_").lower() in fields, f"{path.relative_to(ROOT)} reads {var}"
+
+
 def test_healthchecks_and_gpu_reservations(compose):
     services = compose["services"]
     for name in ("postgres", "redis", "vllm", "tgi", "gateway"):
