@@ -97,3 +97,13 @@ def scripted_openai(**_options) -> ScriptedBackend:
     s = get_settings()
     return ScriptedBackend(get_backend("openai", urls=s.openai_base_url.split(","), endpoint=s.openai_endpoint,
                                        max_loras=s.openai_max_loras))
+
+
+def scripted_tgi(**_options) -> ScriptedBackend:
+    """The policy's requests to the `tgi` backend as the settings configure it (urls, refresh hook)."""
+    from services.generation.registry import get_backend
+    from shared.config import get_settings
+
+    s = get_settings()
+    return ScriptedBackend(get_backend("tgi", urls=[u for u in s.tgi_urls.split(",") if u],
+                                       refresh_command=s.tgi_refresh_command or None, poll_interval=0.2))

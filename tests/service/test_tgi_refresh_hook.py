@@ -4,17 +4,11 @@ is infra/tgi-refresh.sh, and a new adapter is served after the supervisor restar
 with the new LORA_ADAPTERS."""
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from fake_tgi_main import info, start_supervised, stop_supervised
 
 from services.generation.base import ModelRef, SamplingParams
 from services.generation.servers import RetryPolicy
@@ -25,39 +19,15 @@ HOOK = f"sh {ROOT / 'infra' / 'tgi-refresh.sh'} {{adapter_id}} {{adapter_path}}"
 PROMPTS = [[{"role": "user", "content": "write a short poem about the sea"}]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _info(url: str) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"{url}/info", timeout=1) as r:
-            return json.loads(r.read())
-    except OSError:
-        return None
-
-
 @pytest.fixture
 def supervised_tgi(tmp_path, monkeypatch):
     listing = tmp_path / "tgi" / "lora_adapters"
     monkeypatch.setenv("TGI_ADAPTERS_FILE", str(listing))  # read by the hook the backend runs
     monkeypatch.setenv("TGI_MAX_ADAPTERS", "2")
     monkeypatch.setenv("TGI_REFRESH_WAIT", "30")
-    port = _free_port()
-    env = {**os.environ, "TGI_LAUNCHER": f"{sys.executable} {ROOT / 'tests' / 'service' / 'fake_tgi_main.py'}",
-           "TGI_WATCH_SECONDS": "0.2"}
-    proc = subprocess.Popen(["sh", str(ROOT / "infra" / "tgi-supervise.sh"), "--port", str(port)], env=env,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while _info(url) is None:
-        assert time.monotonic() < deadline and proc.poll() is None, "the supervised fake TGI did not start"
-        time.sleep(0.1)
+    url, proc = start_supervised(listing)
     yield url, listing
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=20)
+    stop_supervised(proc)
 
 
 def test_the_shipped_hook_restarts_tgi_with_the_new_adapter(tiny_model, supervised_tgi, tmp_path):
@@ -67,11 +37,11 @@ def test_the_shipped_hook_restarts_tgi_with_the_new_adapter(tiny_model, supervis
         d.mkdir()
     tgi = TGIBackend([url], refresh_command=HOOK, poll_interval=0.1, refresh_timeout=30,
                      retry=RetryPolicy(retries=20, backoff=0.05, max_backoff=0.2, down_cooldown=0.2))
-    assert _info(url)["lora_adapters"] == []
+    assert info(url)["lora_adapters"] == []
     for k in (8, 9):
         out = tgi.generate(PROMPTS, ModelRef(tiny_model, str(dirs[k]), version_id=k), SamplingParams(max_new_tokens=4))
         assert len(out) == 1 and out[0][0].token_count > 0  # the server accepted adapter_id=v{k}
-    assert _info(url)["lora_adapters"] == ["v8", "v9"]
+    assert info(url)["lora_adapters"] == ["v8", "v9"]
     assert listing.read_text().split() == [f"v8={dirs[8]}", f"v9={dirs[9]}"]
     # idempotent: asking again for a served adapter changes nothing and returns at once
     before = listing.stat().st_mtime_ns
@@ -79,7 +49,7 @@ def test_the_shipped_hook_restarts_tgi_with_the_new_adapter(tiny_model, supervis
     assert listing.stat().st_mtime_ns == before
     # only the newest TGI_MAX_ADAPTERS stay: v10 retires v8
     tgi.generate(PROMPTS, ModelRef(tiny_model, str(dirs[10]), version_id=10), SamplingParams(max_new_tokens=4))
-    assert _info(url)["lora_adapters"] == ["v9", "v10"]
+    assert info(url)["lora_adapters"] == ["v9", "v10"]
 
 
 def test_the_hook_refuses_bad_input(tmp_path, monkeypatch):
