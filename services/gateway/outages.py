@@ -31,7 +31,8 @@ def broker_down(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def _unavailable(message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=503,
+    # The API's error shape: a list of {loc, msg, type}; nothing about the request is at fault.
+    return JSONResponse({"detail": [{"loc": [], "msg": message, "type": "unavailable"}]}, status_code=503,
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 

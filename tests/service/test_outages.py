@@ -32,7 +32,9 @@ def test_database_down_answers_503_json(db_down, method, path, body):
     for key in ("ak_whatever", "not-even-a-key"):  # the key lookup itself needs the database
         r = db_down.request(method, path, json=body, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 503, r.text
-        assert r.headers["content-type"] == "application/json" and "database" in r.json()["detail"]
+        assert r.headers["content-type"] == "application/json"
+        [item] = r.json()["detail"]
+        assert item["type"] == "unavailable" and "database" in item["msg"] and item["loc"] == []
         assert int(r.headers["retry-after"]) > 0
     health = db_down.get("/healthz")
     assert health.status_code == 503 and health.json()["database"].startswith("error")
