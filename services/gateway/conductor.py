@@ -227,9 +227,9 @@ def sweep() -> None:
     """Periodic safety net (Celery beat): advance every open round, and resend StageTasks whose
     message or worker was lost: pending ones sent more than `resend_after_seconds` ago (broker
     flushed, sender died between commit and send), and running ones whose worker stopped beating
-    for `heartbeat_timeout` seconds (worker killed; shared/heartbeat.py). A running task is resent
-    at most once per timeout, and a resent copy of a task still being worked on drops itself
-    (the per-task lock in shared/stages.py), so an early resend is safe."""
+    for `heartbeat_timeout` seconds (worker killed; shared/heartbeat.py). A resent copy of a task
+    still being worked on drops itself (the per-task lock in shared/stages.py), so an early resend
+    is safe."""
     settings = get_settings()
     now = utcnow()
     pending_cutoff = now - timedelta(seconds=settings.resend_after_seconds)
@@ -237,10 +237,15 @@ def sweep() -> None:
     with session_scope() as session:
         open_rounds = session.exec(select(Round.id).where(Round.status == "running")).all()
         beat = func.coalesce(StageTask.heartbeat_at, StageTask.started_at)
+        # A dead task is resent once as soon as its beat is stale; if that copy is not taken up
+        # (its queue busy, the message lost) it is resent again like a pending one, every
+        # resend_after_seconds, not on every sweep.
+        not_resent_since_beat = StageTask.enqueued_at <= beat
         stale = session.exec(select(StageTask).join(Round, Round.id == StageTask.round_id).where(
             Round.status == "running",
             ((StageTask.status == "pending") & (StageTask.enqueued_at < pending_cutoff))
-            | ((StageTask.status == "running") & (beat < dead_cutoff) & (StageTask.enqueued_at < dead_cutoff)))
+            | ((StageTask.status == "running") & (beat < dead_cutoff)
+               & (not_resent_since_beat | (StageTask.enqueued_at < pending_cutoff))))
         ).all()
         resend = []
         for st in stale:

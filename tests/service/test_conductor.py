@@ -160,8 +160,12 @@ def test_the_sweep_resends_a_running_task_whose_worker_stopped_beating(api, tiny
     sent = [args[0] for name, args in queue._inline_queue if name == "generation.generate_shard"]
     assert sent == [dead_id]
     queue._inline_queue.clear()
-    conductor.sweep()  # resent once per timeout, not on every sweep
+    conductor.sweep()  # resent once, not on every sweep
     assert not [a for n, a in queue._inline_queue if n == "generation.generate_shard"]
+    with session_scope() as s:  # the copy was not taken up for resend_after_seconds: sent again
+        s.get(StageTask, dead_id).enqueued_at = utcnow() - timedelta(seconds=601)
+    conductor.sweep()
+    assert [a[0] for n, a in queue._inline_queue if n == "generation.generate_shard"] == [dead_id]
 
 
 def test_a_running_task_beats_while_it_works(services_env, monkeypatch):
