@@ -18,115 +18,23 @@ $AUTODIDACT_FAULT_FIGURES when set (docs/reliability.md).
 from __future__ import annotations
 
 import json
-import os
-import random
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlmodel import Session, select
 
-from shared.models import (
-    Judgment, ModelVersion, PreferencePair, RefinementNode, Round, Run, Sample, StageTask,
-)
+from shared.models import ModelVersion, StageTask
 from shared.queue import QUEUES
 from tests.conftest import Workers, wait_for
-from tests.fakes import judge_passes
-
-TRAIN = {"learning_rate": 1e-3, "epochs": 1, "batch_size": 4, "lora_r": 4, "lora_alpha": 8,
-         "train": {"checkpoint_every": 1}}
-NO_COMMA = [{"id": "punctuation:no_comma", "kwargs": {}}]
-SPAR = {"samples_per_prompt": 3, "max_new_tokens": 12, "judge_votes": 3, "branching": 2, "keep": 1,
-        "max_depth": 2, "search_budget": 4, **TRAIN}
-# stage -> queue of SPaR's stages (services/methods/spar.py)
-SPAR_QUEUES = {"generate": "generation", "judge": "judging", "refine": "refinement", "pairs": "judging",
-               "train": "training", "train_refiner": "training"}
-
-
-def record(figures: dict) -> None:
-    print("FAULT FIGURES", json.dumps(figures))
-    path = os.environ.get("AUTODIDACT_FAULT_FIGURES")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(figures) + "\n")
-
-
-# ---------------------------------------------------------------- invariants
-
-
-def check_spar_run(engine, run_id: int, n_prompts: int, rounds: int) -> dict:
-    """Everything a finished SPaR run must hold exactly once; returns the counts."""
-    counts = Counter()
-    with Session(engine) as s:
-        run = s.get(Run, run_id)
-        assert run.status == "succeeded", run.error
-        rnds = s.exec(select(Round).where(Round.run_id == run_id).order_by(Round.number)).all()
-        assert [r.number for r in rnds] == list(range(1, rounds + 1))
-        for rnd in rnds:
-            samples = s.exec(select(Sample).where(Sample.round_id == rnd.id, Sample.role == "policy")).all()
-            keys = [(x.prompt_id, x.index) for x in samples]
-            assert len(keys) == len(set(keys)) == n_prompts * SPAR["samples_per_prompt"], f"round {rnd.number} samples"
-            ids = [x.id for x in samples]
-            votes = s.exec(select(Judgment).where(Judgment.sample_id.in_(ids))).all()
-            per_sample = Counter((j.sample_id, j.kind, j.vote_index) for j in votes)
-            assert max(per_sample.values()) == 1
-            assert Counter(j.sample_id for j in votes) == dict.fromkeys(ids, SPAR["judge_votes"])
-            failed = {x.id for x in samples if not judge_passes(x.text)}
-            roots = s.exec(select(RefinementNode).where(RefinementNode.sample_id.in_(ids),
-                                                        RefinementNode.depth == 0)).all()
-            assert sorted(r.sample_id for r in roots) == sorted(failed), f"round {rnd.number}: one tree per failure"
-            pairs = s.exec(select(PreferencePair).where(PreferencePair.round_id == rnd.id)).all()
-            assert len({(p.prompt_id, p.source, p.index) for p in pairs}) == len(pairs) == len(failed)
-            nodes = s.exec(select(RefinementNode).where(RefinementNode.sample_id.in_(ids))).all()
-            counts.update(samples=len(samples), votes=len(votes), trees=len(roots), nodes=len(nodes), pairs=len(pairs))
-        versions = s.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).all()
-        keys = Counter(v.key.split(":", 2)[2] for v in versions)
-        expected = {f"round:{t}:{role}" for t in range(1, rounds + 1) for role in ("policy", "refiner")}
-        assert keys == dict.fromkeys(expected, 1), keys
-        counts["versions"] = len(versions)
-    return dict(counts)
-
-
-# ---------------------------------------------------------------- a private stack
-
-
-@dataclass
-class Stack:
-    pg: object
-    redis: object
-    procs: Workers
-    client: httpx.Client
-    engine: object
-    log_dir: Path
-    tiny_model: str
-
-    def submit_spar(self, n_prompts: int, rounds: int) -> int:
-        items = [{"prompt": f"write about the stone {i}", "constraints": NO_COMMA} for i in range(n_prompts)]
-        ps = self.client.post("/v1/prompt-sets", json={"name": "faults", "items": items})
-        assert ps.status_code == 201, ps.text
-        r = self.client.post("/v1/runs", json={"method": "spar", "base_model": self.tiny_model,
-                                                "prompt_set_ids": [ps.json()["id"]], "rounds": rounds,
-                                                "config": SPAR})
-        assert r.status_code == 201, r.text
-        return r.json()["id"]
-
-    def status(self, run_id: int) -> str:
-        with Session(self.engine) as s:
-            return s.get(Run, run_id).status
-
-    def wait_finished(self, run_id: int, timeout: float = 900) -> None:
-        try:
-            wait_for(lambda: self.status(run_id) in ("succeeded", "failed", "cancelled"), timeout=timeout,
-                     interval=1, what=f"run {run_id} to finish")
-        except AssertionError:
-            print(self.procs.logs())
-            raise
+from tests.e2e.faults import (
+    SPAR, SPAR_QUEUES, TRAIN, Killer, Stack, all_done, check_spar_run, in_flight, prompt_set_of,
+    progress_after, record, stage_running, summarize,
+)
 
 
 @pytest.fixture(scope="module")
@@ -177,68 +85,6 @@ def stack(tmp_path_factory, tiny_model):
     st.engine.dispose()
     redis_server.stop()
     pg.remove()
-
-
-# ---------------------------------------------------------------- killing workers
-
-
-class Killer:
-    """SIGKILLs the worker of a queue at a random point of one of its running StageTasks, restarts
-    it at once, and measures how long until the task was claimed again (the heartbeat going
-    stale, the sweep resending it, a worker taking it)."""
-
-    def __init__(self, procs: Workers, engine, run_id: int, stage_queue: dict[str, str], seed: int = 0):
-        self.procs, self.engine, self.run_id, self.stage_queue = procs, engine, run_id, stage_queue
-        self.rng = random.Random(seed)
-        self.kills: list[dict] = []
-
-    def _running(self, queue: str) -> StageTask | None:
-        stages = [s for s, q in self.stage_queue.items() if q == queue]
-        with Session(self.engine) as s:
-            return s.exec(select(StageTask).join(Round, Round.id == StageTask.round_id).where(
-                Round.run_id == self.run_id, StageTask.status == "running", StageTask.stage.in_(stages))).first()
-
-    def _task(self, task_id: int) -> StageTask:
-        with Session(self.engine) as s:
-            return s.get(StageTask, task_id)
-
-    def _finished(self) -> bool:
-        with Session(self.engine) as s:
-            return s.get(Run, self.run_id).status != "running" and s.get(Run, self.run_id).status != "queued"
-
-    def kill_once(self, queue: str, max_delay: float) -> dict | None:
-        """One kill while `queue` works on a task of the run, or None when the run ended first."""
-        task = None
-        while task is None:
-            if self._finished():
-                return None
-            task = self._running(queue)
-            if task is None:
-                time.sleep(0.05)
-        time.sleep(self.rng.uniform(0, max_delay))
-        task = self._task(task.id)
-        if task.status != "running":
-            return {"queue": queue, "stage": task.stage, "hit": False}
-        self.procs.kill(queue)
-        killed = time.monotonic()
-        self.procs.start(queue)
-        wait_for(lambda: (t := self._task(task.id)).attempts > task.attempts or t.status == "done",
-                 timeout=300, interval=0.1, what=f"stage task {task.id} to be claimed again")
-        again = self._task(task.id)
-        kill = {"queue": queue, "stage": task.stage, "task": task.id, "hit": again.attempts > task.attempts,
-                "recover_s": round(time.monotonic() - killed, 1)}
-        self.kills.append(kill)
-        return kill
-
-
-def summarize(kills: list[dict]) -> dict:
-    out = {}
-    for queue in sorted({k["queue"] for k in kills}):
-        mine = [k for k in kills if k["queue"] == queue and k["hit"]]
-        secs = sorted(k["recover_s"] for k in mine)
-        out[queue] = {"kills": len(mine), "recover_s_median": secs[len(secs) // 2] if secs else None,
-                      "recover_s_max": secs[-1] if secs else None}
-    return out
 
 
 def test_killed_training_worker_resumes_in_seconds(api, workers, tiny_model):
@@ -309,26 +155,26 @@ def test_redis_restarted_mid_round(stack):
     n_prompts, rounds = 8, 2
     run_id = stack.submit_spar(n_prompts, rounds)
     started = time.monotonic()
-    wait_for(lambda: _stage_running(stack.engine, run_id, "generate"), timeout=120, interval=0.1,
+    wait_for(lambda: stage_running(stack.engine, run_id, "generate"), timeout=120, interval=0.1,
              what="round 1 generation")
-    in_flight = _in_flight(stack.engine, run_id)
+    flying = in_flight(stack.engine, run_id)
     stack.redis.stop()
     down = time.monotonic()
     time.sleep(5)
     # Meanwhile a client can still create runs: the API commits, and the sweep starts them later.
     late = stack.client.post("/v1/runs", json={"method": "spar", "base_model": stack.tiny_model,
-                                               "prompt_set_ids": [_prompt_set_of(stack.engine, run_id)],
+                                               "prompt_set_ids": [prompt_set_of(stack.engine, run_id)],
                                                "rounds": 1, "config": SPAR})
     assert late.status_code == 201, late.text
     stack.redis.start()
     back = time.monotonic()
-    progressed = _progress_after(stack.engine, run_id, timeout=300)
-    recovered = _all_done(stack.engine, in_flight, timeout=300)
+    progressed = progress_after(stack.engine, run_id, timeout=300)
+    recovered = all_done(stack.engine, flying, timeout=300)
     stack.wait_finished(run_id)
     stack.wait_finished(late.json()["id"])
     counts = check_spar_run(stack.engine, run_id, n_prompts, rounds)
     check_spar_run(stack.engine, late.json()["id"], n_prompts, 1)
-    record({"test": "redis-restart", "down_s": round(back - down, 1), "tasks_in_flight": len(in_flight),
+    record({"test": "redis-restart", "down_s": round(back - down, 1), "tasks_in_flight": len(flying),
             "progress_after_restart_s": round(progressed - back, 1),
             "in_flight_done_after_restart_s": round(recovered - back, 1), "run_seconds": round(time.monotonic() - started),
             "counts": counts})
@@ -342,9 +188,9 @@ def test_postgres_restarted_mid_round(stack):
     n_prompts, rounds = 8, 2
     run_id = stack.submit_spar(n_prompts, rounds)
     started = time.monotonic()
-    wait_for(lambda: _stage_running(stack.engine, run_id, "generate"), timeout=120, interval=0.1,
+    wait_for(lambda: stage_running(stack.engine, run_id, "generate"), timeout=120, interval=0.1,
              what="round 1 generation")
-    in_flight = _in_flight(stack.engine, run_id)
+    flying = in_flight(stack.engine, run_id)
     stack.pg.stop("immediate")
     down = time.monotonic()
     answers = []
@@ -359,61 +205,12 @@ def test_postgres_restarted_mid_round(stack):
     wait_for(lambda: stack.client.get(f"/v1/runs/{run_id}").status_code == 200, timeout=60, interval=0.2,
              what="the gateway to answer again")
     gateway_s = time.monotonic() - back
-    progressed = _progress_after(stack.engine, run_id, timeout=300)
-    recovered = _all_done(stack.engine, in_flight, timeout=300)
+    progressed = progress_after(stack.engine, run_id, timeout=300)
+    recovered = all_done(stack.engine, flying, timeout=300)
     stack.wait_finished(run_id)
     counts = check_spar_run(stack.engine, run_id, n_prompts, rounds)
     record({"test": "postgres-restart", "down_s": round(back - down, 1), "gateway_503_answers": len(answers),
-            "gateway_back_s": round(gateway_s, 1), "tasks_in_flight": len(in_flight),
+            "gateway_back_s": round(gateway_s, 1), "tasks_in_flight": len(flying),
             "progress_after_restart_s": round(progressed - back, 1),
             "in_flight_done_after_restart_s": round(recovered - back, 1),
             "run_seconds": round(time.monotonic() - started), "counts": counts})
-
-
-def _stage_running(engine, run_id: int, stage: str) -> bool:
-    with Session(engine) as s:
-        return s.exec(select(StageTask).join(Round, Round.id == StageTask.round_id).where(
-            Round.run_id == run_id, StageTask.stage == stage, StageTask.status == "running")).first() is not None
-
-
-def _in_flight(engine, run_id: int) -> list[int]:
-    """StageTasks of the run that are pending or running now (their messages may be lost)."""
-    with Session(engine) as s:
-        return list(s.exec(select(StageTask.id).join(Round, Round.id == StageTask.round_id).where(
-            Round.run_id == run_id, StageTask.status.in_(["pending", "running"]))).all())
-
-
-def _all_done(engine, task_ids: list[int], timeout: float) -> float:
-    """When every one of `task_ids` is done; monotonic time."""
-    def done() -> bool:
-        with Session(engine) as s:
-            return all(s.get(StageTask, t).status == "done" for t in task_ids)
-
-    wait_for(lambda: _try(done) == 2, timeout=timeout, interval=0.2, what=f"stage tasks {task_ids} to finish")
-    return time.monotonic()
-
-
-def _prompt_set_of(engine, run_id: int) -> int:
-    with Session(engine) as s:
-        return s.get(Run, run_id).prompt_set_ids[0]
-
-
-def _progress_after(engine, run_id: int, timeout: float) -> float:
-    """When the next StageTask of the run is finished (the stack works again); monotonic time."""
-    def done_count() -> int:
-        with Session(engine) as s:
-            return len(s.exec(select(StageTask.id).join(Round, Round.id == StageTask.round_id).where(
-                Round.run_id == run_id, StageTask.status == "done")).all())
-
-    before = wait_for(lambda: _try(done_count), timeout=60, interval=0.2, what="the database") - 1
-    wait_for(lambda: (_try(done_count) or 0) - 1 > before, timeout=timeout, interval=0.2,
-             what="a stage task to finish after the restart")
-    return time.monotonic()
-
-
-def _try(fn):
-    """fn() + 1 (so that 0 is truthy), or None while the database is unreachable."""
-    try:
-        return fn() + 1
-    except Exception:  # noqa: BLE001 - the server is restarting
-        return None
