@@ -23,7 +23,9 @@ TRAIN = {"learning_rate": 1e-3, "epochs": 1, "batch_size": 4, "lora_r": 4, "lora
          "train": {"checkpoint_every": 1}}
 NO_COMMA = [{"id": "punctuation:no_comma", "kwargs": {}}]
 SPAR = {"samples_per_prompt": 3, "max_new_tokens": 12, "judge_votes": 3, "branching": 2, "keep": 1,
-        "max_depth": 2, "search_budget": 4, **TRAIN}
+        "max_depth": 2, "search_budget": 4, **TRAIN,
+        # the refiner judges from round 1 as the paper's does (no verifier bootstrap, no judge check)
+        "bootstrap_judge": False, "judge_check_prompts": 0}
 # stage -> queue of SPaR's stages (services/methods/spar.py)
 SPAR_QUEUES = {"generate": "generation", "judge": "judging", "refine": "refinement", "pairs": "judging",
                "train": "training", "train_refiner": "training"}

@@ -44,9 +44,13 @@ def _check_rounds_came_from_the_server(run: dict, server: ModelOpenAI, n_prompts
     with session_scope() as s:
         v1 = s.get(ModelVersion, r1["produced_version_id"])
     assert r2["policy_version_id"] == v1.id and v1.kind == "adapter"
-    # one request per prompt and round: round 1 from the base, round 2 from round 1's adapter,
-    # which the workers loaded at run time from its directory in the artifact store
-    assert server.served == [("tiny-base", None)] * n_prompts + [(f"v{v1.id}", v1.uri)] * n_prompts
+    # round 1 from the base, then round 2 from round 1's adapter, which the workers loaded at run
+    # time from its directory in the artifact store; at least one request per prompt and round
+    # (a shard resent after a slow heartbeat asks again: its rows are kept once, checked below)
+    names = [name for name, _ in server.served]
+    first_v1 = names.index(f"v{v1.id}")
+    assert set(names[:first_v1]) == {"tiny-base"} and len(names[:first_v1]) >= n_prompts, server.served
+    assert set(server.served[first_v1:]) == {(f"v{v1.id}", v1.uri)} and len(names) - first_v1 >= n_prompts
     assert server.posts("/v1/load_lora_adapter") == [{"lora_name": f"v{v1.id}", "lora_path": v1.uri}]
     for number, version in ((1, r1["policy_version_id"]), (2, v1.id)):
         samples = _policy_samples(run["id"], number)
@@ -73,6 +77,7 @@ def test_spar_two_rounds_on_the_openai_backend(api, vllm_like, tiny_model, worke
                 name="oa-spar")
     run_id = submit(client, a, method="spar", base_model=tiny_model, prompt_set_ids=[ps], rounds=2,
                     config={"samples_per_prompt": 3, "max_new_tokens": 10, "judge_votes": 3, "branching": 2,
-                            "keep": 1, "max_depth": 2, "search_budget": 4, **TRAIN})
+                            "keep": 1, "max_depth": 2, "search_budget": 4, "bootstrap_judge": False,
+                            "judge_check_prompts": 0, **TRAIN})
     run = wait_run(client, a, run_id, workers)
     _check_rounds_came_from_the_server(run, vllm_like, n)
