@@ -54,8 +54,11 @@ def test_spin_two_rounds_on_tgi_through_the_refresh_hook(api, tgi, tiny_model, w
         assert len(s.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).all()) == 2
     assert r2["policy_version_id"] == v1.id
     served = [json.loads(line) for line in log.read_text().splitlines()]
-    # TGI has no n: each prompt's samples are separate requests; round 1 from the base, round 2
-    # from round 1's adapter, served by the restarted server
-    assert [x["adapter_id"] for x in served] == [None] * (n * 2) + [f"v{v1.id}"] * (n * 2)
-    assert all(f"v{v1.id}" in x["served"] for x in served[n * 2:])
+    # TGI has no n: each prompt's samples are separate requests; round 1 from the base, then
+    # round 2 from round 1's adapter, served by the restarted server (a resent shard may ask again)
+    ids = [x["adapter_id"] for x in served]
+    first = ids.index(f"v{v1.id}")
+    assert set(ids[:first]) == {None} and len(ids[:first]) >= n * 2, ids
+    assert set(ids[first:]) == {f"v{v1.id}"} and len(ids) - first >= n * 2, ids
+    assert all(f"v{v1.id}" in x["served"] for x in served[first:])
     assert info(url)["lora_adapters"] == [f"v{v1.id}"]
