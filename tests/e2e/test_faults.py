@@ -69,7 +69,7 @@ def stack(tmp_path_factory, tiny_model):
                           "--role", "admin"], env=procs.env, capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2]).stdout.strip().splitlines()[-1]
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
-                          timeout=15)
+                          timeout=120)  # the first uploads import the verifier: slow on a busy host
 
     def up() -> bool:
         try:
