@@ -57,6 +57,7 @@ def stack(tmp_path_factory, tiny_model):
         "AUTODIDACT_SWEEP_INTERVAL_SECONDS": "2", "AUTODIDACT_HEARTBEAT_SECONDS": "1",
         "AUTODIDACT_HEARTBEAT_TIMEOUT": "8", "AUTODIDACT_RESEND_AFTER_SECONDS": "15",
         "FAKE_JUDGE_LATENCY": "0.4",  # judge and refiner calls take time, as a real LLM's would
+        "AUTODIDACT_MODEL_ROOTS": str(Path(tiny_model).parent),  # the API takes base models only from there
     }
     log_dir = work / "logs"
     log_dir.mkdir()
