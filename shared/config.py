@@ -42,7 +42,11 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = 15.0
     # Prompts per generation shard: a round's generation fans out over this many-sized shards.
     generation_shard_size: int = 16
-    generation_batch_size: int = 8  # prompts per backend call inside a shard (progress is saved per batch)
+    # Prompts per backend call inside a shard (progress is saved per call); 0 lets the backend choose.
+    generation_batch_size: int = 0
+    # Memory for the local backend's rows in flight (KV cache and logits); it decodes as many rows
+    # at once as this holds, replacing finished rows by waiting ones.
+    generation_memory_mb: int = 2048
     # local | tgi | openai, or a plug-in "package.module:factory" returning a Backend
     generation_backend: str = "local"
     tgi_urls: str = ""  # comma-separated

@@ -53,7 +53,8 @@ def _generate(ctx: StageContext) -> None:
         log.info("shard %s: %d of %d prompts already sampled (redelivery)", ctx.shard, len(ids) - len(todo), len(ids))
     model = model_for(ctx, ctx.payload.get("model", "policy"))
     greedy = bool(ctx.payload.get("greedy", False))
-    batch_size = max(1, get_settings().generation_batch_size)
+    batch_size = get_settings().generation_batch_size or getattr(backend(), "batch_prompts", lambda n: len(todo))(n)
+    batch_size = max(1, batch_size)
     for b, start in enumerate(range(0, len(todo), batch_size)):
         if run_cancelled(ctx.run_id):
             raise Cancelled()

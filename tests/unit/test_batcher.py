@@ -1,0 +1,88 @@
+"""Continuous batching (services/generation/batcher.py) on a tiny Gemma 3 with a short sliding
+window and both layer types: rows that finish mid-batch are replaced by waiting ones, the cache
+window slides, and the tokens still equal transformers' own per-prompt greedy `generate`."""
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from services.generation.base import ModelRef, SamplingParams
+from services.generation.batcher import Batcher, bytes_per_row
+from services.generation.local import LocalBackend
+from shared.modeling import load_tokenizer, prompt_ids
+
+WORDS = "write a short poem about the sea explain why the sky is blue list three fruits apple banana cherry".split()
+PROMPTS = [[{"role": "user", "content": " ".join(WORDS[k:k + 1 + 3 * k % 11])}] for k in range(7)]
+
+
+@pytest.fixture(scope="module", params=["eager", "sdpa"])
+def windowed(tiny_model, request):
+    """The tiny model with a 16-token window on layer 0 and full attention on layer 1, so answers
+    of 40 tokens cross the window."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+        attn_implementation=request.param, dtype=torch.float32)
+    return model.eval(), load_tokenizer(tiny_model)
+
+
+def _references(model, tok, encoded, max_new):
+    out = []
+    for ids in encoded:
+        x = torch.tensor([ids])
+        out.append(model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=max_new,
+                                  eos_token_id=None, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist())
+    return out
+
+
+def test_greedy_equals_generate_with_refills_staggered_stops_and_a_sliding_window(windowed):
+    model, tok = windowed
+    encoded = [prompt_ids(tok, m) for m in PROMPTS]
+    refs = _references(model, tok, encoded, 40)
+    # A stop token that ends the references at different steps, so rows leave the batch at
+    # different times and waiting rows take their slots.
+    firsts = {}
+    for ref in refs:
+        for pos, t in enumerate(ref[1:], 1):
+            firsts.setdefault(t, set()).add(pos) if t not in ref[1:pos] else None
+    stop = max(firsts, key=lambda t: len(firsts[t]))
+    assert len(firsts[stop]) >= 3, "the test needs a token that stops several rows at different steps"
+    rows = sorted(((i, j) for i in range(len(encoded)) for j in range(2)), key=lambda r: (len(encoded[r[0]]), r))
+    params = SamplingParams(n=2, temperature=0, max_new_tokens=40)
+    batcher = Batcher(model, tok, encoded, rows, params, seed=0, slots=3, stops={stop}, slack=2)
+    got = batcher.run()
+    for (i, _), completion in zip(rows, got):
+        want = refs[i][:refs[i].index(stop) + 1] if stop in refs[i] else refs[i]
+        assert completion.token_count == len(want)
+        assert completion.text == tok.decode([t for t in want if t != stop], skip_special_tokens=True)
+        assert completion.finish_reason == ("stop" if stop in refs[i] else "length")
+    assert batcher.slides >= 1, "the cache window should have slid left at least once"
+
+
+def test_seeded_sampling_does_not_depend_on_rows_in_flight(tiny_model):
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=20, seed=11)
+    runs = [LocalBackend(device="cpu", max_batch_rows=k).generate(PROMPTS, ModelRef(tiny_model), params)
+            for k in (1, 4, 64)]
+    texts = [[[c.text for c in per] for per in run] for run in runs]
+    assert texts[0] == texts[1] == texts[2]
+    lengths = collections.Counter(c.token_count for per in runs[0] for c in per)
+    assert len(lengths) > 1, "rows should finish at different lengths for the comparison to mean something"
+
+
+def test_rows_in_flight_follow_the_memory_budget(tiny_model):
+    from shared.modeling import load_base
+
+    model = load_base(tiny_model, device="cpu")
+    params = SamplingParams(temperature=0, max_new_tokens=100)
+    per_row = bytes_per_row(model, 10 + 100 + 64, sampling=False)
+    # 2 layers x (k, v) x 1 kv head x head_dim 32 x columns x 4 bytes, plus two vocab-sized rows
+    assert per_row == 2 * 2 * 32 * 174 * 4 + model.config.vocab_size * 4 * 2
+    small, large = LocalBackend(device="cpu", memory_mb=1), LocalBackend(device="cpu", memory_mb=64)
+    assert small.slots_for(model, 10, params) == 2**20 // per_row
+    assert large.slots_for(model, 10, params) == 64 * 2**20 // per_row
+    assert LocalBackend(device="cpu", memory_mb=64, max_batch_rows=5).slots_for(model, 10, params) == 5
+    with pytest.raises(ValueError, match="memory_mb"):
+        LocalBackend(device="cpu", memory_mb=0)
