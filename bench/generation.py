@@ -1,32 +1,51 @@
-"""Sampling throughput of our `local` backend against the naive loop, on Gemma 3 270M.
+"""Generation throughput of our `local` backend against peers measured in the same run.
 
-The peer is what SPIN's Hugging Face generation script does: one `model.generate` call per prompt
-and per sample (batch size 1). Ours batches prompts in length-sorted buckets, prefills each prompt
-once for its n samples and drops finished rows from the batch.
+Workloads (`--workload`):
+- `eval`: a round's held-out evaluation: 150 prompts of the built-in curriculum's held-out split,
+  one greedy answer each, up to 160 new tokens, stopping at end of turn (the answers' lengths vary).
+- `round`: sampling for training: 32 chat prompts x 4 samples x 64 new tokens, temperature 0.7.
 
-Both draw the same prompts with the same sampling settings (temperature 0.7, top-p 1.0) in the
-same run, and both are forced to produce exactly --new-tokens tokens per sample (the peer with
-min_new_tokens, ours with ignore_eos), so tokens/s is generated tokens over wall time and the two
-rates are directly comparable. Model loading and a short warm-up are not timed.
+Peers (`--peers`, comma-separated):
+- `today`: the local backend as it was at `--today-rev` (static length-sorted batches of up to 64
+  rows), called the way the generation task called it, `--today-batch` (8) prompts per call. Same
+  stopping rule as ours, so both do the same job; the ratio is wall time over wall time, and the
+  script counts how many greedy answers are identical.
+- `naive`: `model.generate` once per prompt and sample (batch 1, SPIN's HF generation script).
+- `llamacpp`: llama.cpp (llama-cpp-python) on the Q4_K_M GGUF file the model package ships, at
+  batch 1 and in its batched mode (bench/llamacpp_peer.py). Quantized weights give different
+  answers of different lengths, so for this peer both sides are forced to exactly `--new-tokens`
+  tokens per answer (ours with ignore_eos, llama.cpp with end-of-turn and EOS banned) and tokens/s
+  compare directly.
+`naive` and llama.cpp at batch 1 decode one sequence at a time, so `--single-prompts K` times them
+on the first K prompts only: their tokens/s does not depend on how many prompts follow.
 
-    python bench/generation.py            # 32 prompts x 4 samples x 64 new tokens
-    python bench/generation.py --quick    # 8 prompts x 2 samples x 16 new tokens, under a minute
-    python bench/generation.py --naive-prompts 8   # time the slow peer on a quarter of the prompts
+Also printed: our achieved GFLOP/s (2 x parameters FLOPs per token processed) against a float32
+matmul peak measured at the start of the run, and the machine's load average.
 
-The last line is `ratio=<ours tokens/s / naive tokens/s>`.
+    python bench/generation.py --workload eval --peers today,llamacpp --single-prompts 16
+    python bench/generation.py --quick              # round workload, 8 x 2 x 16, naive peer
+
+Model loading and a short warm-up are not timed. The last line is `ratio=<ours / first peer>`.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import time
+import types
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's code, even where another one is installed editable
 
-from services.generation.base import ModelRef, SamplingParams
-from services.generation.local import LocalBackend
-from shared.modeling import load_base, load_tokenizer, prompt_ids
+import torch  # noqa: E402
+
+from services.generation.base import ModelRef, SamplingParams  # noqa: E402
+from services.generation.local import LocalBackend  # noqa: E402
+from shared.modeling import load_base, load_tokenizer, prompt_ids  # noqa: E402
 
 TASKS = [
     "Write a short poem about the sea.", "Explain why the sky is blue.", "List three fruits.",
@@ -44,70 +63,158 @@ TASKS = [
 ]
 
 
+def load_today(rev: str):
+    """The local backend module as it was at git revision `rev` (today's code, for the peer)."""
+    source = subprocess.run(["git", "show", f"{rev}:services/generation/local.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType("today_local")
+    exec(compile(source, f"{rev}:services/generation/local.py", "exec"), module.__dict__)
+    return module
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """Best float32 GFLOP/s of a [256 x 640] @ [640 x 32768] product (an LM-head-shaped matmul)."""
+    a, b = torch.randn(256, 640), torch.randn(640, 32768)
+    a @ b
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 256 * 640 * 32768 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def run_backend(backend, model_name: str, prompts, params: SamplingParams, per_call: int | None):
+    """Completions and wall time; `per_call` prompts per backend call (None: all at once)."""
+    per_call = per_call or len(prompts)
+    out, start = [], time.perf_counter()
+    for i in range(0, len(prompts), per_call):
+        out += backend.generate(prompts[i:i + per_call], ModelRef(model_name), params)
+    return out, time.perf_counter() - start
+
+
 def naive(model, tok, prompts, params: SamplingParams) -> tuple[int, float]:
-    """One generate call per prompt and sample, as SPIN's HF script samples."""
+    """One generate call per prompt and sample, as SPIN's HF script samples; forced lengths."""
     tokens, start = 0, time.perf_counter()
     for messages in prompts:
         ids = torch.tensor([prompt_ids(tok, messages)], device=model.device)
         for _ in range(params.n):
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                 temperature=params.temperature, top_p=params.top_p, top_k=0,
-                                 max_new_tokens=params.max_new_tokens, min_new_tokens=params.max_new_tokens,
-                                 pad_token_id=tok.pad_token_id)
+            kw = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0) \
+                if params.temperature else dict(do_sample=False)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
+                                 min_new_tokens=params.max_new_tokens, pad_token_id=tok.pad_token_id, **kw)
             tokens += out.shape[1] - ids.shape[1]
     return tokens, time.perf_counter() - start
 
 
-def ours(backend: LocalBackend, model_name: str, prompts, params: SamplingParams) -> tuple[int, float]:
-    start = time.perf_counter()
-    out = backend.generate(prompts, ModelRef(model_name), params)
-    elapsed = time.perf_counter() - start
-    return sum(c.token_count for per_prompt in out for c in per_prompt), elapsed
+def workload(args) -> tuple[list, SamplingParams]:
+    if args.workload == "eval":
+        from services.curriculum.generator import build_curriculum
+
+        items = build_curriculum(n_train=0, n_heldout=args.prompts or 150, n_eft=0)["heldout"]
+        prompts = [[{"role": "user", "content": it["prompt"]}] for it in items]
+        return prompts, SamplingParams(n=1, temperature=0, max_new_tokens=args.new_tokens or 160, seed=0)
+    n = args.prompts or 32
+    prompts = [[{"role": "user", "content": TASKS[i % len(TASKS)]}] for i in range(n)]
+    return prompts, SamplingParams(n=args.samples or 4, temperature=0.7, top_p=1.0,
+                                   max_new_tokens=args.new_tokens or 64, seed=0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma", help="'gemma' or a local model directory")
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch-rows", type=int, default=None, help="our max_batch_rows (default: backend's)")
-    parser.add_argument("--naive-prompts", type=int, default=None,
-                        help="time the naive loop on only the first K prompts (all their samples); its "
-                             "tokens/s does not depend on the others, as it runs one sequence at a time")
-    parser.add_argument("--quick", action="store_true", help="8 prompts x 2 samples x 16 new tokens")
+    parser.add_argument("--workload", choices=["eval", "round"], default="round")
+    parser.add_argument("--prompts", type=int, default=None)
+    parser.add_argument("--samples", type=int, default=None, help="samples per prompt (round workload)")
+    parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--peers", default="naive", help="comma-separated: today, naive, llamacpp")
+    parser.add_argument("--per-call", type=int, default=None,
+                        help="prompts per call of ours (default all; 64 = a generation shard's default)")
+    parser.add_argument("--today-rev", default="c139267", help="git revision of 'today's code'")
+    parser.add_argument("--today-batch", type=int, default=8, help="prompts per call of today's code")
+    parser.add_argument("--today-prompts", type=int, default=None,
+                        help="time today's code on the first K prompts only (its calls are independent "
+                             "batches of --today-batch prompts, so its tokens/s does not depend on the rest)")
+    parser.add_argument("--memory-mb", type=int, default=2048, help="our rows-in-flight memory budget")
+    parser.add_argument("--single-prompts", type=int, default=None,
+                        help="time batch-1 peers (naive, llama.cpp batch 1) on the first K prompts only")
+    parser.add_argument("--llamacpp-parallel", default="8,32,64", help="llama.cpp batched sizes to try")
+    parser.add_argument("--quick", action="store_true", help="round workload, 8 prompts x 2 samples x 16 tokens")
     args = parser.parse_args()
     if args.quick:
-        args.prompts, args.samples, args.new_tokens = 8, 2, 16
+        args.workload, args.prompts, args.samples, args.new_tokens = "round", 8, 2, 16
     torch.manual_seed(0)
-
-    prompts = [[{"role": "user", "content": TASKS[i % len(TASKS)]}] for i in range(args.prompts)]
-    params = SamplingParams(n=args.samples, temperature=0.7, top_p=1.0, max_new_tokens=args.new_tokens, seed=0)
+    peers = [p for p in args.peers.split(",") if p]
+    prompts, params = workload(args)
     t0 = time.perf_counter()
     tok, model = load_tokenizer(args.model), load_base(args.model)
-    backend = LocalBackend(max_batch_rows=args.batch_rows, ignore_eos=True)
-    print(f"model {args.model} loaded in {time.perf_counter() - t0:.1f} s on {model.device} "
-          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
-          f"{torch.get_num_threads()}); {args.prompts} prompts x {args.samples} samples x "
-          f"{args.new_tokens} new tokens", flush=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    peak = matmul_peak()
+    print(f"model {args.model} ({n_params / 1e6:.0f}M params) loaded in {time.perf_counter() - t0:.1f} s on "
+          f"{model.device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
+          f"{torch.get_num_threads()}); load average {os.getloadavg()[0]:.1f}; matmul peak {peak:.1f} GFLOP/s", flush=True)
+    print(f"workload {args.workload}: {len(prompts)} prompts x {params.n} x up to {params.max_new_tokens} new "
+          f"tokens, temperature {params.temperature}", flush=True)
+    ours_backend = LocalBackend(memory_mb=args.memory_mb)
+    warm = SamplingParams(n=1, max_new_tokens=4, seed=1)
+    run_backend(ours_backend, args.model, prompts[:2], warm, None)
+    rows: list[tuple[str, int, float, str]] = []  # name, tokens, seconds, note
+    ratios: list[tuple[str, float]] = []
 
-    warm = SamplingParams(n=1, max_new_tokens=4, seed=1)  # first-call costs out of the timings
-    naive(model, tok, prompts[:1], warm)
-    ours(backend, args.model, prompts[:2], warm)
+    def report(name: str, tokens: int, seconds: float, note: str = "") -> float:
+        rows.append((name, tokens, seconds, note))
+        print(f"  {name}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s {note}"
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        return tokens / seconds
 
-    ours_tokens, ours_s = ours(backend, args.model, prompts, params)
-    print(f"ours done: {ours_tokens} tokens in {ours_s:.1f} s; now the naive loop", flush=True)
-    naive_set = prompts[:args.naive_prompts] if args.naive_prompts else prompts
-    naive_tokens, naive_s = naive(model, tok, naive_set, params)
-    per_prompt = args.samples * args.new_tokens
-    assert (ours_tokens, naive_tokens) == (len(prompts) * per_prompt, len(naive_set) * per_prompt), \
-        (ours_tokens, naive_tokens)
-    ours_rate, naive_rate = ours_tokens / ours_s, naive_tokens / naive_s
-    print(f"{'':8} {'tokens':>8} {'seconds':>9} {'tokens/s':>9}")
-    print(f"{'ours':8} {ours_tokens:>8} {ours_s:>9.1f} {ours_rate:>9.1f}")
-    print(f"{'naive':8} {naive_tokens:>8} {naive_s:>9.1f} {naive_rate:>9.1f}"
-          + (f"   (first {len(naive_set)} prompts)" if len(naive_set) < len(prompts) else ""))
-    print(f"ratio={ours_rate / naive_rate:.2f}")
+    encoded_len = sum(len(prompt_ids(tok, p)) for p in prompts)
+    ours_out, ours_s = run_backend(ours_backend, args.model, prompts, params, args.per_call)
+    ours_tokens = sum(c.token_count for per in ours_out for c in per)
+    ours_rate = report("ours", ours_tokens, ours_s, f"[{ours_backend.last_slots} rows in flight] ")
+    gflops = 2 * n_params * ours_tokens / ours_s / 1e9
+    print(f"  ours: {gflops:.1f} GFLOP/s on generated tokens ({gflops / peak:.0%} of the matmul peak), "
+          f"{2 * n_params * (ours_tokens + encoded_len * params.n) / ours_s / 1e9:.1f} with prefill", flush=True)
+
+    if "today" in peers:
+        today = load_today(args.today_rev).LocalBackend()
+        run_backend(today, args.model, prompts[:2], warm, None)
+        subset = prompts[:args.today_prompts] if args.today_prompts else prompts
+        out, secs = run_backend(today, args.model, subset, params, args.today_batch)
+        tokens = sum(c.token_count for per in out for c in per)
+        same = sum(a.text == b.text for pa, pb in zip(out, ours_out) for a, b in zip(pa, pb))
+        mine = sum(c.token_count for per in ours_out[:len(subset)] for c in per)
+        rate = report("today", tokens, secs, f"[{args.today_batch} prompts per call, first {len(subset)} prompts "
+                                             f"({mine} tokens on our side); {same}/{len(subset) * params.n} "
+                                             f"answers identical to ours] ")
+        ratios.append(("today (tokens/s)", ours_rate / rate))
+    if "naive" in peers:
+        subset = prompts[:args.single_prompts] if args.single_prompts else prompts
+        forced = LocalBackend(memory_mb=args.memory_mb, ignore_eos=True)
+        _, fs = run_backend(forced, args.model, prompts, params, args.per_call) if params.temperature == 0 else (0, 0)
+        mine = report("ours, forced lengths", len(prompts) * params.n * params.max_new_tokens, fs) if fs else ours_rate
+        tokens, secs = naive(model, tok, subset, params)
+        ratios.append(("naive", mine / report("naive", tokens, secs, f"[first {len(subset)} prompts] ")))
+    if "llamacpp" in peers:
+        from llamacpp_peer import LlamaCpp  # bench/ is on sys.path as the script's folder
+
+        forced = LocalBackend(memory_mb=args.memory_mb, ignore_eos=True)
+        _, fs = run_backend(forced, args.model, prompts, params, args.per_call)
+        mine = report("ours, forced lengths", len(prompts) * params.n * params.max_new_tokens, fs,
+                      f"[{forced.last_slots} rows in flight] ")
+        lc = LlamaCpp(threads=torch.get_num_threads())
+        texts = [[{"role": "user", "content": p[-1]["content"]}] for p in prompts]
+        subset = texts[:args.single_prompts] if args.single_prompts else texts
+        tokens, secs = lc.generate(subset, params, parallel=1)
+        ratios.append(("llama.cpp batch 1", mine / report("llama.cpp batch 1", tokens, secs,
+                                                          f"[first {len(subset)} prompts] ")))
+        best = 0.0
+        for par in [int(p) for p in args.llamacpp_parallel.split(",") if p]:
+            tokens, secs = lc.generate(texts, params, parallel=par)
+            best = max(best, report(f"llama.cpp batched {par}", tokens, secs))
+        ratios.append(("llama.cpp batched (best)", mine / best))
+    for name, r in ratios:
+        print(f"ratio vs {name}: {r:.2f}")
+    print(f"ratio={ratios[0][1]:.2f}" if ratios else "ratio=nan (no peer)")
 
 
 if __name__ == "__main__":
