@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _base_cache: dict[tuple[str, str, str], Any] = {}
 _tok_cache: dict[str, Any] = {}
+# Private copies handed back by callers that wrap a base in place (training): (model, checksum).
+_spares: dict[tuple[str, str, str], tuple[Any, float]] = {}
 
 
 CHAT_SUFFIX = "-chat"
@@ -101,6 +103,57 @@ def load_base(name: str, device: str = "auto", dtype: torch.dtype | None = None,
         if cache:
             _base_cache[key] = model
         return model
+
+
+def _checksum(model) -> float:
+    with torch.no_grad():
+        return float(sum(p.detach().sum(dtype=torch.float64) for p in model.parameters()))
+
+
+def _available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def borrow_base(name: str, device: str = "auto", dtype: torch.dtype | None = None):
+    """A private copy of a base model for a caller that changes it in place (peft wraps its
+    layers): the copy an earlier caller handed back with `give_back_base` if there is one (a
+    memory hand-over instead of another load from disk), else a fresh load."""
+    dev = pick_device(device)
+    key = (name, str(dev), str(dtype or default_dtype(dev)))
+    with _lock:
+        spare = _spares.pop(key, None)
+    if spare is not None:
+        log.info("reusing a spare copy of base %s", name)
+        return spare[0]
+    model = load_base(name, device, dtype, cache=False)
+    model._autodidact_checksum = _checksum(model)
+    return model
+
+
+def give_back_base(name: str, model, device: str = "auto", dtype: torch.dtype | None = None) -> bool:
+    """Keep `model` for the next `borrow_base` of the same base, if it is still the bare base (no
+    adapter layers, same weights: checked by checksum) and memory allows holding it (twice its
+    size stays available). Returns whether it was kept."""
+    dev = pick_device(device)
+    key = (name, str(dev), str(dtype or default_dtype(dev)))
+    expected = getattr(model, "_autodidact_checksum", None)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    if expected is None or hasattr(model, "peft_config") or any("lora_" in n for n, _ in model.named_parameters()):
+        return False
+    if dev.type == "cpu" and _available_bytes() < 2 * size:
+        return False
+    if _checksum(model) != expected:
+        log.warning("base %s came back with changed weights; not kept", name)
+        return False
+    model.eval()
+    model.requires_grad_(False)
+    with _lock:
+        _spares[key] = (model, expected)
+    return True
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:

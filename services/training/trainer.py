@@ -59,7 +59,7 @@ from services.training.logprobs import (
 )
 from services.training.losses import pair_losses, sft_term
 from shared.config import world_size
-from shared.modeling import default_dtype, load_base, load_tokenizer, pick_device
+from shared.modeling import borrow_base, default_dtype, give_back_base, load_base, load_tokenizer, pick_device
 
 log = logging.getLogger(__name__)
 OnStep = Callable[[dict], None]
@@ -100,10 +100,13 @@ def sequence_logprobs(*, base_model: str, adapter: str | None, examples: list[di
         from peft import PeftModel
 
         # A private copy: peft injects its layers into the model it wraps.
-        model = PeftModel.from_pretrained(load_base(base_model, config.device, cache=False), str(adapter))
+        model = PeftModel.from_pretrained(borrow_base(base_model, config.device), str(adapter))
         model.eval()
     dev = next(model.parameters()).device
-    return score_all(Scorer(model, config.logprob_chunk), seqs, tok.pad_token_id, dev, 2 * config.batch_size)
+    values = score_all(Scorer(model, config.logprob_chunk), seqs, tok.pad_token_id, dev, 2 * config.batch_size)
+    if adapter is not None:
+        give_back_base(base_model, model.unload(), config.device)
+    return values
 
 
 def _dispatch(kind, base_model, items, out_dir, config, init_adapter, ref_adapter, checkpoint_dir, on_step):
@@ -188,7 +191,7 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    base = load_base(base_model, str(dev), default_dtype(dev), cache=False)
+    base = borrow_base(base_model, str(dev), default_dtype(dev))  # a spare from an earlier task, else loaded
     base.config.use_cache = False
     ref = None
     if kind == "pairs":
@@ -300,6 +303,8 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     if acc.is_main_process:
         _publish(acc.unwrap_model(scorer).model, tok, out_dir, lora=config.lora)
     acc.wait_for_everyone()
+    if config.lora:  # LoRA left the base weights as they were: keep the bare base for the next task
+        give_back_base(base_model, acc.unwrap_model(scorer).model.unload(), str(dev), default_dtype(dev))
     seconds = time.monotonic() - t0
     summary = _summary(kind, history, steps, trained_items, seconds, start, lengths)
     if guard_stop is not None:
