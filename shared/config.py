@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     heartbeat_timeout: float = 30.0
     sweep_interval_seconds: float = 15.0
     # Prompts per generation shard: a round's generation fans out over this many-sized shards.
-    generation_shard_size: int = 16
+    # The local backend fills its batch from one shard's rows, so small shards leave it idle.
+    generation_shard_size: int = 64
     # Prompts per backend call inside a shard (progress is saved per call); 0 lets the backend choose.
     generation_batch_size: int = 0
     # Memory for the local backend's rows in flight (KV cache and logits); it decodes as many rows
