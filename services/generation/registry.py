@@ -2,7 +2,7 @@
 inference servers) or "openai" (OpenAI-compatible servers such as vLLM).
 
 Options go to the backend's constructor, e.g.
-    get_backend("local", device="cpu", max_batch_rows=64)
+    get_backend("local", device="cpu", memory_mb=2048)
     get_backend("tgi", urls=["http://tgi-0:80", "http://tgi-1:80"], refresh_command="infra/tgi-refresh {adapter_id} {adapter_path}")
     get_backend("openai", base_url="http://vllm:8000", endpoint="completions")
 Backends are cached per option set, so repeated tasks in one worker share loaded adapters and
