@@ -17,6 +17,7 @@ from shared.models import (
     Judgment, ModelVersion, PreferencePair, RefinementNode, Round, Run, Sample, StageTask,
 )
 from tests.conftest import Workers, wait_for
+from tests.e2e.helpers import FINISHED
 from tests.fakes import judge_passes
 
 TRAIN = {"learning_rate": 1e-3, "epochs": 1, "batch_size": 4, "lora_r": 4, "lora_alpha": 8,
@@ -104,7 +105,7 @@ class Stack:
 
     def wait_finished(self, run_id: int, timeout: float = 900) -> None:
         try:
-            wait_for(lambda: self.status(run_id) in ("succeeded", "failed", "cancelled"), timeout=timeout,
+            wait_for(lambda: self.status(run_id) in FINISHED, timeout=timeout,
                      interval=1, what=f"run {run_id} to finish")
         except AssertionError:
             print(self.procs.logs())

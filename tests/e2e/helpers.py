@@ -10,16 +10,25 @@ def submit(client, headers, **body) -> int:
     return r.json()["id"]
 
 
-def wait_run(client, headers, run_id: int, workers, timeout: float = 420) -> dict:
+FINISHED = ("succeeded", "failed", "cancelled", "stopped")
+
+
+def wait_finished(client, headers, run_id: int, workers, timeout: float = 420) -> dict:
+    """The run once it has ended, whatever its status (the workers' logs are printed on a timeout)."""
     def finished():
         run = client.get(f"/v1/runs/{run_id}", headers=headers).json()
-        return run if run["status"] in ("succeeded", "failed", "cancelled") else None
+        return run if run["status"] in FINISHED else None
 
     try:
-        run = wait_for(finished, timeout=timeout, interval=1, what=f"run {run_id} to finish")
+        return wait_for(finished, timeout=timeout, interval=1, what=f"run {run_id} to finish")
     except AssertionError:
         print(workers.logs())
         raise
+
+
+def wait_run(client, headers, run_id: int, workers, timeout: float = 420) -> dict:
+    """The run once it has ended, which must be in success."""
+    run = wait_finished(client, headers, run_id, workers, timeout)
     assert run["status"] == "succeeded", (run["error"], workers.logs()[-6000:])
     return run
 

@@ -8,8 +8,7 @@ from sqlmodel import select
 
 from shared.db import session_scope
 from shared.models import Judgment, Round, Sample
-from tests.conftest import wait_for
-from tests.e2e.helpers import stage_status, upload
+from tests.e2e.helpers import stage_status, upload, wait_finished
 from tests.fakes import MUTE
 
 NO_COMMA = [{"id": "punctuation:no_comma", "kwargs": {}}]
@@ -25,16 +24,7 @@ def _run(client, headers, workers, **config):
                                                        "prompt_set_ids": [train], "rounds": 1,
                                                        "config": {**CONFIG, **config}})
     assert r.status_code == 201, r.text
-
-    def done():
-        run = client.get(f"/v1/runs/{r.json()['id']}", headers=headers).json()
-        return run if run["status"] in ("succeeded", "failed", "cancelled", "stopped") else None
-
-    try:
-        return wait_for(done, timeout=420, interval=1, what="the run")
-    except AssertionError:
-        print(workers.logs())
-        raise
+    return wait_finished(client, headers, r.json()["id"], workers)
 
 
 def test_a_judge_below_the_floor_stops_the_run_with_the_numbers(api, workers, tiny_model):

@@ -9,8 +9,7 @@ from sqlmodel import select
 
 from shared.db import session_scope
 from shared.models import ModelVersion
-from tests.conftest import wait_for
-from tests.e2e.helpers import upload
+from tests.e2e.helpers import upload, wait_finished
 from tests.fakes import DEGRADE
 
 TRAIN = [{"prompt": f"write about the river number {i}", "reference": f"the river {i} is long ."} for i in range(4)]
@@ -18,18 +17,6 @@ HELDOUT = [{"prompt": f"describe {DEGRADE} honey {i} without commas",
             "constraints": [{"id": "punctuation:no_comma", "kwargs": {}}]} for i in range(40)]
 CONFIG = {"epochs": 2, "batch_size": 2, "max_new_tokens": 8, "learning_rate": 1e-3,
           "train": {"max_kl": 1e-6, "checkpoint_every": 0}}
-
-
-def _finish(client, headers, run_id, workers, timeout=420):
-    def done():
-        run = client.get(f"/v1/runs/{run_id}", headers=headers).json()
-        return run if run["status"] in ("succeeded", "failed", "cancelled", "stopped") else None
-
-    try:
-        return wait_for(done, timeout=timeout, interval=1, what=f"run {run_id}")
-    except AssertionError:
-        print(workers.logs())
-        raise
 
 
 def test_guard_and_gate_keep_a_degrading_round_out(api, workers, tiny_model):
@@ -40,7 +27,7 @@ def test_guard_and_gate_keep_a_degrading_round_out(api, workers, tiny_model):
         "method": "spin", "base_model": tiny_model, "prompt_set_ids": [train], "eval_prompt_set_ids": [heldout],
         "rounds": 2, "config": CONFIG})
     assert r.status_code == 201, r.text
-    run = _finish(client, a, r.json()["id"], workers)
+    run = wait_finished(client, a, r.json()["id"], workers)
     assert run["status"] == "succeeded", run["error"]
     r1, r2 = run["round_details"]
     # the guard: the first update already moved the policy past a 1e-6 KL ceiling
@@ -69,7 +56,7 @@ def test_on_regression_stop_ends_the_run_and_says_why(api, workers, tiny_model):
         "method": "spin", "base_model": tiny_model, "prompt_set_ids": [train], "eval_prompt_set_ids": [heldout],
         "rounds": 3, "config": {**CONFIG, "on_regression": "stop", "train": {"checkpoint_every": 0}}})
     assert r.status_code == 201, r.text
-    run = _finish(client, a, r.json()["id"], workers)
+    run = wait_finished(client, a, r.json()["id"], workers)
     assert run["status"] == "stopped" and len(run["round_details"]) == 1
     assert run["error"].startswith("stopped after round 1: held-out prompt-level strict accuracy fell")
     bad = client.post("/v1/runs", headers=a, json={

@@ -11,6 +11,7 @@ from sqlmodel import func, select
 from shared.db import session_scope
 from shared.models import ModelVersion, Round, Sample
 from tests.conftest import wait_for
+from tests.e2e.helpers import wait_run
 
 N_PROMPTS, N_SAMPLES = 16, 2
 WORDS = "apple banana cherry river mountain cloud seven green quick lazy dog fox sea poem".split()
@@ -58,16 +59,7 @@ def test_two_round_spin_with_a_killed_generation_worker(api, workers, tiny_model
     assert partial < total
     workers.start("generation")
 
-    def finished():
-        run = client.get(f"/v1/runs/{run_id}", headers=a).json()
-        return run if run["status"] in ("succeeded", "failed", "cancelled") else None
-
-    try:
-        run = wait_for(finished, timeout=420, interval=1, what="the run to finish")
-    except AssertionError:
-        print(workers.logs())
-        raise
-    assert run["status"] == "succeeded", (run["error"], workers.logs())
+    run = wait_run(client, a, run_id, workers)
     r1, r2 = run["round_details"]
     for rnd in (r1, r2):
         assert [rnd["stages"][s]["status"] for s in ("generate", "pairs", "train")] == ["succeeded"] * 3
