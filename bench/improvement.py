@@ -29,12 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EX = ROOT / "examples"
 
 
-def subset(items: list[dict], out: Path) -> Path:
-    from services.curriculum.generator import write_jsonl
-
-    return write_jsonl(items, out)
-
-
 def fmt_acc(ev: dict, key: str) -> str:
     if not ev or ev.get(key) is None:
         return "-"
@@ -63,7 +57,7 @@ def main() -> None:
 
     from services import embedded
     from services.cli import DEMO_CONFIGS, _ensure_chat_start
-    from services.curriculum.generator import read_jsonl
+    from services.curriculum.generator import read_jsonl, write_jsonl
     from services.generation.base import ModelRef
     from services.generation.registry import get_backend
     from services.judging.agreement import judge_agreement
@@ -78,9 +72,9 @@ def main() -> None:
     embedded.configure(work / "bench.db", work / "artifacts")
     train_items = read_jsonl(EX / "curriculum_train.jsonl")[:args.n_train]
     held_items = [it for it in read_jsonl(EX / "curriculum_heldout.jsonl") if it["constraints"]][:args.n_eval]
-    train = subset(train_items, work / "train.jsonl")
-    heldout = subset(held_items, work / "heldout.jsonl")
-    eft = subset(read_jsonl(EX / "demo_eft.jsonl"), work / "eft.jsonl")
+    train = write_jsonl(train_items, work / "train.jsonl")
+    heldout = write_jsonl(held_items, work / "heldout.jsonl")
+    eft = write_jsonl(read_jsonl(EX / "demo_eft.jsonl"), work / "eft.jsonl")
     backend = get_backend("local")
     results: dict = {"settings": vars(args) | {"out": str(args.out)}, "methods": {}}
 

@@ -318,7 +318,6 @@ def judge_bootstrap_items(data, cfg, kinds: tuple[str, ...], role: str) -> tuple
 TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields)
                        if f.name not in ("train", "eval_judge_samples", "on_regression", "max_degenerate_rate",
                                          "max_limit_rate_rise"))
-JUDGE_FIELDS = tuple(f.name for f in dataclasses.fields(JudgeFields))
 
 
 def trainer_config(cfg: Any, **settings: Any):
