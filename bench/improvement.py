@@ -76,7 +76,7 @@ def main() -> None:
     heldout = write_jsonl(held_items, work / "heldout.jsonl")
     eft = write_jsonl(read_jsonl(EX / "demo_eft.jsonl"), work / "eft.jsonl")
     backend = get_backend("local")
-    results: dict = {"settings": vars(args) | {"out": str(args.out)}, "methods": {}}
+    results: dict = {"settings": vars(args) | {"out": str(args.out)}, "db": str(work / "bench.db"), "methods": {}}
 
     t0 = time.monotonic()
     if not args.skip_base:
@@ -133,6 +133,11 @@ def main() -> None:
                   f"{fmt_acc(ev, 'instruction_loose_acc')} | {fmt_diff(r['vs_start']['prompt_strict_acc'])} | "
                   f"{ev['echo_rate']:.0%} | {ev['limit_rate']:.0%} | {ev['junk_rate']:.0%} | "
                   f"{ev['mean_response_words']:.0f} | {adopted} |")
+    from by_instruction import per_method, table  # bench/ is on sys.path when this script runs
+
+    print("\nheld-out strict pass rate per instruction type: the start, and each method after its last "
+          "evaluated round (change in prompts)")
+    print(table(*per_method(work / "bench.db")))
     j = results["start_judges"]
     print(f"\njudges of the start on {len(probe)} training prompts: parseable rubric {j['parseable']['rubric']}, "
           f"refiner {j['parseable']['refiner']}; refiner balanced accuracy {j['refiner']['balanced_accuracy']}; "

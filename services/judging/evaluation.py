@@ -41,6 +41,7 @@ def aggregate(items: list[dict], judge_scores: list[float | None] | None = None)
         raise ValueError(f"judge_scores has {len(judge_scores)} entries for {len(items)} items; align them")
     outcomes: list[list] = []
     words: list[int] = []
+    per_instruction: dict[str, list[int]] = {}  # instruction id -> [strict passed, loose passed, count]
     for position, item in enumerate(items):
         response = item.get("response") or ""
         words.append(verifier.count_words(response))
@@ -51,6 +52,11 @@ def aggregate(items: list[dict], judge_scores: list[float | None] | None = None)
         outcomes.append([item.get("prompt_id", position), int(verdict.strict), int(verdict.loose),
                          sum(verdict.strict_per_instruction), sum(verdict.loose_per_instruction),
                          len(verdict.strict_per_instruction)])
+        for c, strict, loose in zip(constraints, verdict.strict_per_instruction, verdict.loose_per_instruction):
+            row = per_instruction.setdefault(c["id"], [0, 0, 0])
+            row[0] += int(strict)
+            row[1] += int(loose)
+            row[2] += 1
 
     def frac(num: float, den: int) -> float | None:
         return num / den if den else None
@@ -72,6 +78,7 @@ def aggregate(items: list[dict], judge_scores: list[float | None] | None = None)
                                  "finish_reason": i.get("finish_reason"), "constraints": i.get("constraints")}
                                 for i in items]),
         "outcomes": outcomes,
+        "per_instruction": dict(sorted(per_instruction.items())),
     })
     if judge_scores is not None:
         parsed = [s for s in judge_scores if s is not None]
@@ -92,6 +99,19 @@ def compare(before: dict, after: dict) -> dict:
         pick = lambda o: (o[num], 1 if den is None else o[den])  # noqa: E731
         out[name] = paired_difference([pick(b[k]) for k in keys], [pick(a[k]) for k in keys])
     return out
+
+
+def by_instruction(before: dict, after: dict) -> list[dict]:
+    """Per instruction type, strict pass rates before and after (from `aggregate`'s
+    `per_instruction`), largest loss first: where a gain or a loss came from."""
+    b, a = before.get("per_instruction") or {}, after.get("per_instruction") or {}
+    rows = []
+    for iid in sorted(set(b) | set(a)):
+        nb, na = (b.get(iid) or [0, 0, 0]), (a.get(iid) or [0, 0, 0])
+        rows.append({"instruction": iid, "n": max(nb[2], na[2]),
+                     "before": nb[0] / nb[2] if nb[2] else None, "after": na[0] / na[2] if na[2] else None,
+                     "change": (na[0] - nb[0]) if nb[2] == na[2] else None})
+    return sorted(rows, key=lambda r: (r["change"] if r["change"] is not None else 0, r["instruction"]))
 
 
 def rubric_pairwise_accuracy(groups: list[list[tuple[bool, float | None]]]) -> dict:

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from services.judging.evaluation import aggregate, plot_run, rubric_pairwise_accuracy, verdict_accuracy
+from services.judging.evaluation import aggregate, by_instruction, plot_run, rubric_pairwise_accuracy, verdict_accuracy
 
 LOWER = {"id": "change_case:english_lowercase", "kwargs": {}}
 NO_COMMA = {"id": "punctuation:no_comma", "kwargs": {}}
@@ -30,6 +30,19 @@ def test_aggregate_on_a_hand_made_table():
     assert metrics["instruction_loose_acc"] == pytest.approx(4 / 5)
     assert metrics["mean_judge_score"] == pytest.approx(4.0) and metrics["n_judged"] == 3
     assert metrics["mean_response_words"] == pytest.approx((8 + 16 + 3 + 3) / 4)
+
+
+def test_per_instruction_counts_and_their_change():
+    metrics = aggregate(TABLE)
+    # strict / loose passes and count per instruction type (see the table's comments)
+    assert metrics["per_instruction"] == {LOWER["id"]: [1, 2, 2], NO_COMMA["id"]: [1, 1, 2], TITLE["id"]: [1, 1, 1]}
+    fixed = aggregate([{**TABLE[0]}, {"response": "the bees and the wasps", "constraints": [LOWER, NO_COMMA]},
+                       {"response": "Bees fly", "constraints": [TITLE]}])
+    rows = {r["instruction"]: r for r in by_instruction(metrics, fixed)}
+    assert rows[LOWER["id"]] == {"instruction": LOWER["id"], "n": 2, "before": 0.5, "after": 1.0, "change": 1}
+    assert rows[TITLE["id"]]["change"] == -1 and rows[TITLE["id"]]["after"] == 0.0
+    assert by_instruction(metrics, fixed)[0]["instruction"] == TITLE["id"]  # largest loss first
+    assert by_instruction({}, metrics)[0]["before"] is None
 
 
 def test_aggregate_without_judge_scores_or_constraints():
