@@ -133,6 +133,16 @@ def main() -> None:
                   f"{fmt_acc(ev, 'instruction_loose_acc')} | {fmt_diff(r['vs_start']['prompt_strict_acc'])} | "
                   f"{ev['echo_rate']:.0%} | {ev['limit_rate']:.0%} | {ev['junk_rate']:.0%} | "
                   f"{ev['mean_response_words']:.0f} | {adopted} |")
+    for method, res in results["methods"].items():
+        for r in res["rounds"]:
+            jc, train = r["metrics"].get("judge_check"), (r["metrics"].get("train") or {})
+            if jc:
+                acc = "none" if jc["accuracy"] is None else f"{jc['accuracy']:.2f}"
+                print(f"{method} round {r['number']}: {jc['kind']} judge on {jc['probe_prompts']} training prompts: "
+                      f"parseable {jc['parseable'] or 0:.2f}, accuracy {acc} -> {jc['action']}")
+            if train.get("skipped"):
+                print(f"{method} round {r['number']}: training skipped ({train['skipped']})")
+
     from by_instruction import per_method, table  # bench/ is on sys.path when this script runs
 
     print("\nheld-out strict pass rate per instruction type: the start, and each method after its last "
