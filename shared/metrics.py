@@ -35,6 +35,7 @@ from shared import logs
 log = logging.getLogger(__name__)
 STAGE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's variable, not one of our settings
+LOG_HEADER = "autodidact_log"  # the message header with the sender's log ids (shared.queue.enqueue)
 _served: Path | None = None  # the multiprocess directory, once serve_worker_metrics ran (children inherit it)
 
 
@@ -175,7 +176,7 @@ def _connect_celery_signals() -> None:
 
     @signals.task_prerun.connect(weak=False)
     def _prerun(task_id=None, task=None, args=None, **_) -> None:
-        headers = getattr(task.request, "autodidact_log", None) if task is not None else None
+        headers = getattr(task.request, LOG_HEADER, None)
         token = logs.bind(**_ids(task.name, args or (), task_id, headers if isinstance(headers, dict) else None))
         started[task_id] = (time.perf_counter(), token)
 

@@ -100,7 +100,7 @@ def enqueue(name: str, *args) -> None:
         _inline_queue.append((name, args))
     else:
         ids = {k: v for k, v in logs.current_context().items() if k in ("run_id", "round")}
-        celery_app.send_task(name, args=list(args), queue=route_for(name), headers={"autodidact_log": ids})
+        celery_app.send_task(name, args=list(args), queue=route_for(name), headers={metrics.LOG_HEADER: ids})
 
 
 def try_enqueue(name: str, *args) -> bool:
