@@ -143,3 +143,13 @@ def child_environment() -> dict[str, str]:
 
 def mark_launched_child() -> None:
     os.environ[LAUNCHED_CHILD] = "1"
+
+
+# ---------------------------------------------------------------- prometheus_client's protocol
+# Not a setting: prometheus_client's multiprocess mode reads this variable in every process that
+# records metrics; shared/metrics.py sets it in a worker before its pool forks the children.
+PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def set_metrics_multiproc_dir(path: Path) -> None:
+    os.environ[PROMETHEUS_MULTIPROC_DIR] = str(path)

@@ -31,10 +31,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from shared import logs
+from shared.config import set_metrics_multiproc_dir
 
 log = logging.getLogger(__name__)
 STAGE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's variable, not one of our settings
 LOG_HEADER = "autodidact_log"  # the message header with the sender's log ids (shared.queue.enqueue)
 _served: Path | None = None  # the multiprocess directory, once serve_worker_metrics ran (children inherit it)
 
@@ -152,7 +152,7 @@ def serve_worker_metrics(port: int, directory: Path | None = None) -> Path:
     directory = directory or Path(tempfile.gettempdir()) / f"autodidact-metrics-{port}"
     shutil.rmtree(directory, ignore_errors=True)  # values of an earlier worker are not ours
     directory.mkdir(parents=True)
-    os.environ[MULTIPROC_ENV] = str(directory)
+    set_metrics_multiproc_dir(directory)
     values.ValueClass = values.get_value_class()  # file-backed values from now on
     _m.cache_clear()
     registry = CollectorRegistry()
