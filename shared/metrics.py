@@ -112,10 +112,11 @@ def _queue(task_name: str) -> str:
 
 def _ids(task_name: str, args, celery_id: str | None, headers: dict | None) -> dict:
     """Log ids of a task about to run: what its sender had bound (a header), its name, its
-    message id, and its StageTask id (the first argument of every stage task)."""
+    message id, and its StageTask id (the first argument of every task outside the conductor's
+    queue, whose tasks take a round id or nothing)."""
     ids = dict(headers or {})
     ids.update(task=task_name, celery_id=celery_id)
-    if task_name != "conductor.advance" and args and isinstance(args[0], int):
+    if _queue(task_name) != "conductor" and args and isinstance(args[0], int):
         ids["task_id"] = args[0]
     return ids
 
