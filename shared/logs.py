@@ -23,8 +23,9 @@ from datetime import datetime, timezone
 
 # The ids a record carries when known, in this order in text lines.
 FIELDS = ("run_id", "round", "stage", "task_id")
-# Also kept in the context and written in JSON lines: the Celery task's name and message id.
-EXTRA = ("task", "celery_id")
+# Also kept in the context and written in JSON lines: the Celery task's name and message id, and
+# the rank of a launched training process.
+EXTRA = ("task", "celery_id", "rank")
 _context: contextvars.ContextVar[dict] = contextvars.ContextVar("autodidact_log_context", default={})
 
 
