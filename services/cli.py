@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -91,9 +90,15 @@ def db_upgrade() -> None:
 @app.command()
 def worker(queue: str = typer.Option(..., help="conductor | generation | judging | refinement | training"),
            concurrency: int = typer.Option(1, help="processes (the training queue always uses 1)"),
-           loglevel: str = "INFO") -> None:
-    """Start a Celery worker for one queue (training: solo pool, one task at a time)."""
+           loglevel: str = typer.Option("", help="default: AUTODIDACT_LOG_LEVEL, else INFO")) -> None:
+    """Start a Celery worker for one queue (training: solo pool, one task at a time). With
+    AUTODIDACT_WORKER_METRICS_PORT set, it serves Prometheus /metrics on that port."""
     from shared.config import get_settings
+
+    if get_settings().worker_metrics_port:  # before the pool forks: its children write the metric files
+        from shared.metrics import serve_worker_metrics
+
+        serve_worker_metrics(get_settings().worker_metrics_port)
     from shared.queue import QUEUES, celery_app
 
     if get_settings().torch_threads > 0:
@@ -102,6 +107,7 @@ def worker(queue: str = typer.Option(..., help="conductor | generation | judging
         torch.set_num_threads(get_settings().torch_threads)
     if queue not in QUEUES:
         raise typer.BadParameter(f"choose one of {QUEUES}", param_hint="--queue")
+    loglevel = loglevel or get_settings().log_level or "INFO"
     argv = ["worker", "-Q", queue, "-n", f"{queue}@%h", f"--loglevel={loglevel}", "--without-gossip",
             "--without-mingle"]
     if queue in ("training", "generation") or concurrency == 1:
@@ -133,7 +139,10 @@ def gateway(host: str = "0.0.0.0", port: int = 8000, migrate: bool = True) -> No
         from shared.migrate import upgrade
 
         upgrade()
-    uvicorn.run("services.gateway.main:app", host=host, port=port)
+    from shared.logs import configure_logging
+
+    configure_logging()
+    uvicorn.run("services.gateway.main:app", host=host, port=port, log_config=None)  # our root handler logs
 
 
 @app.command("tiny-model")
@@ -162,7 +171,9 @@ def run(embedded: bool = typer.Option(False, "--embedded", help="run in-process 
 def _run_embedded(**kw) -> int:
     from services import embedded
 
-    logging.basicConfig(level=logging.WARNING)
+    from shared.logs import configure_logging
+
+    configure_logging(default="WARNING")
     from rich.markup import escape
 
     from services.methods.runs import RunInvalid

@@ -74,6 +74,7 @@ def drive(run_id: int, show_progress: bool = True) -> None:
     """Drain the inline queue, drawing one progress bar per (round, stage)."""
     from shared import crud
     from shared.db import session_scope
+    from shared.logs import log_context
     from shared.queue import run_inline
 
     bars: dict[tuple[int, str], int] = {}
@@ -90,5 +91,6 @@ def drive(run_id: int, show_progress: bool = True) -> None:
                             bars[key] = progress.add_task(f"round {rnd.number} · {stage}", total=total)
                         progress.update(bars[key], completed=done, total=total)
 
-        run_inline(on_task=refresh)
+        with log_context(run_id=run_id):
+            run_inline(on_task=refresh)
         refresh()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +79,13 @@ class Settings(BaseSettings):
     model_roots: str = "/models"
     # Hugging Face hub ids the deployment allows as base_model (comma-separated; empty: none).
     allowed_hub_models: str = ""
+    # Observability (shared/logs.py, shared/metrics.py): log lines as text or JSON objects, each with
+    # the run, round, stage and task ids it belongs to; the level (empty: the command's default,
+    # INFO for services and WARNING for embedded runs); the port of a worker's Prometheus /metrics
+    # (0 = none; the gateway serves /metrics on its own port).
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = ""
+    worker_metrics_port: int = 0
 
 
 _installed: Settings | None = None
@@ -135,3 +143,13 @@ def child_environment() -> dict[str, str]:
 
 def mark_launched_child() -> None:
     os.environ[LAUNCHED_CHILD] = "1"
+
+
+# ---------------------------------------------------------------- prometheus_client's protocol
+# Not a setting: prometheus_client's multiprocess mode reads this variable in every process that
+# records metrics; shared/metrics.py sets it in a worker before its pool forks the children.
+PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def set_metrics_multiproc_dir(path: Path) -> None:
+    os.environ[PROMETHEUS_MULTIPROC_DIR] = str(path)

@@ -6,6 +6,7 @@ never touched again. A failed stamp (database briefly gone) is logged and tried 
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Iterator
@@ -45,7 +46,9 @@ def heartbeat(stage_task_id: int, interval: float | None = None) -> Iterator[Non
             except Exception as exc:  # keep beating: the next stamp may get through
                 log.warning("heartbeat of stage task %s failed: %s", stage_task_id, exc)
 
-    thread = threading.Thread(target=loop, name=f"heartbeat-{stage_task_id}", daemon=True)
+    # In a copy of the task's context, so its warnings carry the task's log ids.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(loop,), name=f"heartbeat-{stage_task_id}",
+                              daemon=True)
     thread.start()
     try:
         yield

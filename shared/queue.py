@@ -13,6 +13,7 @@ from collections import deque
 from celery import Celery
 from kombu import Queue
 
+from shared import logs, metrics  # metrics connects the Celery signals: counts, timings, log ids
 from shared.config import get_settings
 
 QUEUES = ("conductor", "generation", "judging", "refinement", "training")
@@ -92,11 +93,14 @@ def load_task_modules() -> None:
 
 
 def enqueue(name: str, *args) -> None:
-    """Send a task by name: to its Celery queue, or to the in-process queue in inline mode."""
+    """Send a task by name: to its Celery queue, or to the in-process queue in inline mode. A
+    Celery message carries the sender's log ids (run, round) in a header, so the task's first lines
+    carry them too (in-process, the embedded driver has bound the run already)."""
     if get_settings().execution == "inline":
         _inline_queue.append((name, args))
     else:
-        celery_app.send_task(name, args=list(args), queue=route_for(name))
+        ids = {k: v for k, v in logs.current_context().items() if k in ("run_id", "round")}
+        celery_app.send_task(name, args=list(args), queue=route_for(name), headers={metrics.LOG_HEADER: ids})
 
 
 def try_enqueue(name: str, *args) -> bool:
@@ -117,7 +121,8 @@ def run_inline(on_task=None, max_tasks: int | None = None) -> int:
     ran = 0
     while _inline_queue and (max_tasks is None or ran < max_tasks):
         name, args = _inline_queue.popleft()
-        TASKS[name](*args)
+        with metrics.inline_task(name, args):
+            TASKS[name](*args)
         ran += 1
         if on_task is not None:
             on_task(name, args)

@@ -6,6 +6,7 @@ cancelled run does no more work.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +16,11 @@ from typing import Any, Callable
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from shared import metrics
 from shared.crud import get_run
 from shared.db import get_engine, session_scope
 from shared.heartbeat import heartbeat
+from shared.logs import log_context
 from shared.models import ModelVersion, Round, StageTask, utcnow
 from shared.queue import enqueue
 from shared.recipes import recipe_for
@@ -154,23 +157,35 @@ def _execute(stage_task_id: int, work: Callable[[StageContext], None]) -> None:
         if round_id is not None:
             enqueue("conductor.advance", round_id)
         return
-    error = None
+    # Every record from here on (the services' included) says which run, round and stage it is of.
+    with log_context(run_id=ctx.run_id, round=ctx.round_number, stage=ctx.stage, task_id=stage_task_id):
+        _work(ctx, work)
+
+
+def _work(ctx: StageContext, work: Callable[[StageContext], None]) -> None:
+    stage_task_id = ctx.stage_task_id
+    metrics.current_round(ctx.run_id, ctx.round_number)
+    error, start = None, time.perf_counter()
     try:
         with heartbeat(stage_task_id):
             work(ctx)
     except Cancelled:
         log.info("stage task %s stopped: run %s was cancelled", stage_task_id, ctx.run_id)
+        metrics.stage_finished(ctx.stage, "cancelled", time.perf_counter() - start)
         return
     except TRANSIENT as exc:
         if _attempts(stage_task_id) < MAX_ATTEMPTS:
             # Back to pending: the conductor's sweep resends it after resend_after_seconds.
             log.warning("stage task %s (%s): transient error, will be retried: %s", stage_task_id, ctx.stage, exc)
             _release(stage_task_id, error=f"{type(exc).__name__}: {exc}")
+            metrics.stage_finished(ctx.stage, "retry", time.perf_counter() - start)
+            metrics.stage_retried(ctx.stage)
             return
         log.exception("stage task %s (%s) failed %d times", stage_task_id, ctx.stage, MAX_ATTEMPTS)
         error = f"{type(exc).__name__} after {MAX_ATTEMPTS} attempts: {exc}"
     except Exception as exc:  # recorded on the row and surfaced on the run; the conductor decides
         log.exception("stage task %s (%s) failed", stage_task_id, ctx.stage)
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+    metrics.stage_finished(ctx.stage, "failed" if error else "done", time.perf_counter() - start)
     round_id = _finish(stage_task_id, error=error)
     enqueue("conductor.advance", round_id)

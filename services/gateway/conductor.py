@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from services.judging.regression import regression_verdict
 from services.methods import get_recipe, parse_config
 from services.methods.base import PlanInput
-from shared import crud
+from shared import crud, logs, metrics
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import ModelVersion, Round, Run, StageTask, utcnow
@@ -207,6 +207,9 @@ def advance(round_id: int) -> None:
                 return
             crud.lock_run(session, run_id=run_id)  # run before round: the order cancel uses too
             rnd = crud.lock_round(session, round_id=round_id)
+            logs.bind(run_id=run_id, round=rnd.number)  # for this task's records and the tasks it sends
+            if rnd.status == "running":
+                metrics.current_round(run_id, rnd.number)
             _advance_locked(session, rnd, to_send)
     except OperationalError:  # connection lost, deadlock: transient; the sweep advances it again
         raise
@@ -251,12 +254,13 @@ def sweep() -> None:
         for st in stale:
             st.enqueued_at = now
             stage = next(s for s in _stages_of(session, st.round_id) if s.name == st.stage)
-            resend.append((stage.task, st.id))
+            resend.append((stage.task, st.id, st.stage, "stale_heartbeat" if st.status == "running" else "pending"))
             if st.status == "running":
                 log.warning("stage task %s (%s) has not beaten since %s: resending", st.id, st.stage,
                             st.heartbeat_at or st.started_at)
-    for name, arg in resend:
+    for name, arg, stage_name, reason in resend:
         enqueue(name, arg)
+        metrics.stage_resent(stage_name, reason)
     for round_id in open_rounds:
         enqueue("conductor.advance", round_id)
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.gateway import errors, outages, routes_data, routes_keys, routes_runs
+from services.gateway import errors, metrics, outages, routes_data, routes_keys, routes_runs
 from services.gateway.limits import BodyLimit, StrictRoute
 from shared.config import get_settings
 from shared.db import get_engine
@@ -76,6 +76,8 @@ def create_app() -> FastAPI:
     app.add_exception_handler(DataError, errors.on_db_value_error)
     outages.register(app)
     app.add_middleware(BodyLimit, limit=get_settings().max_body_bytes)
+    app.add_middleware(metrics.RequestMetrics)  # outermost of ours: it also times the size checks
+    app.add_route("/metrics", metrics.metrics_endpoint, include_in_schema=False)  # for Prometheus; no key
     health = APIRouter(route_class=StrictRoute)
     health.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"], response_model=Health,
                          responses={503: {"model": Health, "description": "a backing service is down"}})

@@ -11,13 +11,14 @@ killed mid-shard loses at most one batch of work and a round never holds two sam
 from __future__ import annotations
 
 import logging
+import time
 
 from sqlmodel import select
 
 from services.generation.base import SamplingParams, shard_seed
 from services.generation.registry import backend
 from services.generation.versions import model_for
-from shared import crud
+from shared import crud, metrics
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import Sample
@@ -61,7 +62,9 @@ def _generate(ctx: StageContext) -> None:
         batch = todo[start:start + batch_size]
         params = sampling_params(ctx.config, n=n, greedy=greedy,
                                  seed=shard_seed(ctx.config.get("seed", 0), ctx.round_number, ctx.shard, b))
+        start = time.perf_counter()
         outs = backend().generate([prompts[p].messages for p in batch], model, params)
+        metrics.tokens_generated(sum(c.token_count for comps in outs for c in comps), time.perf_counter() - start, role)
         rows = [{"round_id": ctx.round_id, "prompt_id": pid, "index": i, "role": role,
                  "text": c.text, "token_count": c.token_count, "finish_reason": c.finish_reason,
                  "generator_version_id": model.version_id}

@@ -31,6 +31,7 @@ import threading
 import time
 from pathlib import Path
 
+from shared import logs
 from shared.config import (
     LAUNCHED_CHILD, child_environment, get_settings, launched_child, mark_launched_child, process_rank,
 )
@@ -84,7 +85,8 @@ def write_spec(directory: Path, *, kind: str, base_model: str, items: list[dict]
     spec = {"kind": kind, "base_model": base_model, "data": str(data), "out_dir": str(out_dir),
             "config": config.to_dict(), "init_adapter": init_adapter, "ref_adapter": ref_adapter,
             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
-            "metrics": str(directory / "metrics.jsonl"), "result": str(directory / "result.json")}
+            "metrics": str(directory / "metrics.jsonl"), "result": str(directory / "result.json"),
+            "log_context": logs.current_context()}  # the children's log lines carry the task's ids
     path = directory / "spec.json"
     path.write_text(json.dumps(spec, indent=1))
     return path
@@ -144,13 +146,18 @@ def _repo_root() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from services.training.config import TrainConfig
-    from services.training.trainer import train_pairs, train_sft
-
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--spec", required=True)
     spec = json.loads(Path(args.parse_args(argv).spec).read_text())
     mark_launched_child()
+    with logs.log_context(**{**spec.get("log_context", {}), "rank": process_rank()}):
+        _train(spec)
+
+
+def _train(spec: dict) -> None:
+    from services.training.config import TrainConfig
+    from services.training.trainer import train_pairs, train_sft
+
     items = [json.loads(x) for x in Path(spec["data"]).read_text().splitlines() if x.strip()]
     metrics = open(spec["metrics"], "a")  # noqa: SIM115 - appended to by on_step, closed below
     lock = threading.Lock()
@@ -173,5 +180,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    logs.configure_logging()
     main()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from services.training.job import TrainJob, metrics_label
 from shared import artifacts, crud
+from shared import metrics as prom  # `metrics` here is a version's metrics dict
 from shared.db import session_scope
 from shared.models import ModelVersion, Round
 from shared.queue import task
@@ -39,11 +40,12 @@ def _mean_margin(base: str, adapter: str | None, pairs: list[dict], cfg) -> floa
 class _StepRecorder:
     """Collects the trainer's per-step metrics into the round, and stops on cancel."""
 
-    def __init__(self, ctx: StageContext, key: str):
-        self.ctx, self.key, self.steps = ctx, key, []
+    def __init__(self, ctx: StageContext, key: str, kind: str):
+        self.ctx, self.key, self.kind, self.steps = ctx, key, kind, []
 
     def __call__(self, metrics: dict) -> None:
         self.steps.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
+        prom.training_step(self.kind)
         if len(self.steps) % STEP_FLUSH == 0:
             self.flush()
             if run_cancelled(self.ctx.run_id):
@@ -93,7 +95,7 @@ def _train(ctx: StageContext) -> None:
     out_dir = artifacts.version_dir(ctx.workspace_id, ctx.run_id, job.key_round, job.role)
     ckpt = artifacts.checkpoint_dir(ctx.workspace_id, ctx.run_id, job.key_round, job.role)
     t0 = time.monotonic()
-    recorder = _StepRecorder(ctx, f"{job.role}_steps" if job.role != "policy" else "train_steps")
+    recorder = _StepRecorder(ctx, f"{job.role}_steps" if job.role != "policy" else "train_steps", job.kind)
     metrics: dict = {**job.stats, "examples": len(job.items)}
     if job.kind == "pairs":
         metrics["logp_margin_before"] = _mean_margin(ctx.base_model, ctx.policy_adapter, job.items, job.tcfg)
@@ -105,6 +107,9 @@ def _train(ctx: StageContext) -> None:
         summary = train_sft(base_model=ctx.base_model, examples=job.items, out_dir=out_dir, config=job.tcfg,
                             init_adapter=job.init_adapter, checkpoint_dir=ckpt, on_step=recorder)
     recorder.flush()
+    per_s = summary.get("pairs_per_s", summary.get("examples_per_s"))
+    if per_s is not None and summary.get("seconds"):
+        prom.training_finished(job.kind, items=per_s * summary["seconds"], seconds=summary["seconds"])
     metrics.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     if summary.get("guard_stop"):  # stopped early by a training guard: the reason goes with the version
         metrics["guard_stop"] = summary["guard_stop"]

@@ -18,7 +18,8 @@ def test_embedded_spin_round_on_sqlite(tiny_model, tmp_path):
                                for i in range(6)))
     db = tmp_path / "run.db"
     config = {"max_new_tokens": 16, "learning_rate": 1e-3, "epochs": 1, "batch_size": 4, "lora_r": 4}
-    env = {**os.environ, "HOME": str(tmp_path)}
+    # JSON log lines at INFO on stderr (the table goes to stdout): they must carry the run's ids
+    env = {**os.environ, "HOME": str(tmp_path), "AUTODIDACT_LOG_FORMAT": "json", "AUTODIDACT_LOG_LEVEL": "INFO"}
     env.pop("AUTODIDACT_DATABASE_URL", None)
     out = subprocess.run(
         [sys.executable, "-m", "services.cli", "run", "--embedded", "--method", "spin", "--prompts", str(prompts),
@@ -34,6 +35,10 @@ def test_embedded_spin_round_on_sqlite(tiny_model, tmp_path):
     stages = json.loads(con.execute("select stages from round").fetchone()[0])
     assert {k: v["status"] for k, v in stages.items()} == {"generate": "succeeded", "pairs": "succeeded",
                                                             "train": "succeeded"}
+    logs = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    in_stages = [x for x in logs if x.get("stage")]
+    assert in_stages, out.stderr[-2000:]
+    assert all(x["run_id"] == 1 and x["round"] == 1 and x["task_id"] for x in in_stages)
 
 
 def test_embedded_refuses_a_run_the_api_refuses(tiny_model, tmp_path):
@@ -42,7 +47,8 @@ def test_embedded_refuses_a_run_the_api_refuses(tiny_model, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"list {i} fruits"}) + "\n" for i in range(3)))
     db = tmp_path / "run.db"
-    env = {**os.environ, "HOME": str(tmp_path)}
+    # JSON log lines at INFO on stderr (the table goes to stdout): they must carry the run's ids
+    env = {**os.environ, "HOME": str(tmp_path), "AUTODIDACT_LOG_FORMAT": "json", "AUTODIDACT_LOG_LEVEL": "INFO"}
     env.pop("AUTODIDACT_DATABASE_URL", None)
     out = subprocess.run(
         [sys.executable, "-m", "services.cli", "run", "--embedded", "--method", "spin", "--prompts", str(prompts),

@@ -3,7 +3,8 @@ make `docker compose up` fail or misbehave: every service has an image; our serv
 that exist in our CLI; every queue has a worker; vLLM is the default generation server with
 run-time LoRA loading; every AUTODIDACT_* variable the stack sets or the code reads is a Settings
 field with a valid value; volumes are writable by the user that writes them; GPU services reserve
-a GPU; the TGI refresh hook the workers call is in the image."""
+a GPU; the TGI refresh hook the workers call is in the image; Prometheus scrapes every service that
+serves /metrics, and only those."""
 from __future__ import annotations
 
 import re
@@ -46,7 +47,8 @@ def _gpus(svc: dict) -> int:
 
 def test_every_service_has_an_image_and_valid_dependencies(compose):
     services = compose["services"]
-    expected = {"postgres", "redis", "vllm", "tgi", "gateway", "beat", "flower"} | {f"worker-{q}" for q in QUEUES}
+    expected = {"postgres", "redis", "vllm", "tgi", "gateway", "beat", "flower", "prometheus"} | {
+        f"worker-{q}" for q in QUEUES}
     assert expected <= set(services)
     for name, svc in services.items():
         assert re.fullmatch(r"[\w./-]+(:[\w.-]+)?", svc.get("image", "")), f"{name} has no valid image"
@@ -170,3 +172,53 @@ def test_the_tgi_refresh_hook_is_wired(compose):
 
 def test_dockerfile_installs_the_cli():
     assert 'ENTRYPOINT ["autodidact"]' in DOCKERFILE and "pip install -e ." in DOCKERFILE
+
+
+def _scrape_targets(config: dict) -> list[tuple[str, str, int, str]]:
+    """(job, host, port, path) of every target of a Prometheus config: static targets and DNS names."""
+    out = []
+    for job in config["scrape_configs"]:
+        path = job.get("metrics_path", "/metrics")
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                out.append((job["job_name"], host, int(port), path))
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type", "SRV") == "A", f"{job['job_name']}: compose's DNS answers A records, not SRV"
+            out.extend((job["job_name"], name, int(dns["port"]), path) for name in dns["names"])
+    return out
+
+
+def _metrics_port(svc: dict) -> int | None:
+    """The port on which one of our services serves /metrics: the gateway's API port, a worker's
+    AUTODIDACT_WORKER_METRICS_PORT (0 or unset: none); None for everything else."""
+    argv = svc.get("command") or []
+    if not _ours(svc) or not argv:
+        return None
+    if argv[0] == "gateway":
+        return int(argv[argv.index("--port") + 1]) if "--port" in argv else 8000
+    if argv[0] == "worker":
+        return int(_env(svc).get("AUTODIDACT_WORKER_METRICS_PORT", "0")) or None
+    return None
+
+
+def test_prometheus_scrapes_the_gateway_and_every_worker(compose):
+    from services.gateway.main import create_app
+
+    services = compose["services"]
+    prom = services["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prom["image"]), "pin a Prometheus release"
+    config_file = next(a.split("=", 1)[1] for a in prom["command"] if a.startswith("--config.file="))
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prom["volumes"]}
+    assert mounts.get(config_file) == "./infra/prometheus.yml" and (ROOT / "infra" / "prometheus.yml").exists()
+    config = yaml.safe_load((ROOT / "infra" / "prometheus.yml").read_text())
+    targets = _scrape_targets(config)
+    assert len({job for job, *_ in targets}) == len(config["scrape_configs"])  # no job without a target
+    gateway_paths = {getattr(r, "path", None) for r in create_app().routes}
+    for job, host, port, path in targets:
+        assert host in services, f"job {job} scrapes {host}, which is no compose service"
+        assert _metrics_port(services[host]) == port, f"job {job}: {host} serves no /metrics on port {port}"
+        assert path == "/metrics" and (services[host]["command"][0] == "worker" or path in gateway_paths)
+    exposing = {name for name, svc in services.items() if _metrics_port(svc)}
+    assert exposing == {"gateway"} | {f"worker-{q}" for q in QUEUES}  # every worker serves metrics
+    assert {host for _, host, _, _ in targets} == exposing, "a service that serves /metrics is not scraped"
