@@ -19,7 +19,17 @@ def test_select_correct_keeps_at_most_k_distinct_correct_per_prompt():
     samples.append({"prompt_id": 2, "index": 0, "text": "z", "reward": 0.0})
     kept, counts = select_correct(samples, k=2)
     assert [(s["prompt_id"], s["text"]) for s in kept] == [(1, "a"), (1, "c")]
-    assert counts == {"correct": 4, "kept": 2, "prompts_with_correct": 1}
+    assert counts == {"correct": 4, "kept": 2, "prompts_with_correct": 1, "truncated": 0}
+
+
+def test_select_correct_drops_answers_cut_at_the_token_limit():
+    samples = [{"prompt_id": 1, "index": i, "text": t, "reward": 1.0, "finish_reason": f}
+               for i, (t, f) in enumerate([("cut", "length"), ("whole", "stop"), ("old row", "")])]
+    kept, counts = select_correct(samples, k=5)
+    assert [s["text"] for s in kept] == ["whole", "old row"]
+    assert counts == {"correct": 3, "kept": 2, "prompts_with_correct": 1, "truncated": 1}
+    kept, counts = select_correct(samples, k=5, keep_truncated=True)
+    assert len(kept) == 3 and counts["truncated"] == 0
 
 
 @pytest.mark.parametrize("cands,expected,stats", [
