@@ -269,7 +269,7 @@ class RunTracker:
                     _warned.add(target)
                     log.warning("experiment tracking: %s (%s) failed to log %s of run %s: %s: %s; skipping it "
                                 "for %.0f s (tracking never fails a run)", target[0], target[1], what,
-                                self.run.run_id, type(exc).__name__, exc)
+                                self.run.run_id, type(exc).__name__, exc, RETRY_AFTER)
                 else:
                     log.debug("experiment tracking: %s failed again: %s", target[0], exc)
 
