@@ -273,8 +273,7 @@ def _degen(ev: dict) -> str:
 def plot(run_id: int, out: Path = typer.Option(Path("run.png")),
          db: Optional[Path] = typer.Option(None, help="embedded SQLite file (default: settings)")) -> None:
     """Draw a run's held-out accuracy and response length per round to a PNG."""
-    from services.gateway.routes_runs import eval_series
-    from services.judging.evaluation import plot_run
+    from services.judging.evaluation import eval_series, plot_run
     from shared import crud
     from shared.db import session_scope
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -86,6 +86,23 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = ""
     worker_metrics_port: int = 0
+    # Experiment tracking (shared/tracking.py): "none", or a comma list of mlflow, tensorboard. A run's
+    # method config field `tracking` overrides it for that run. Both backends write locally by default:
+    # MLflow to `tracking_uri` (empty: sqlite:///<artifact_dir>/tracking/mlflow.db; any MLflow URI,
+    # e.g. http://mlflow:5000), TensorBoard event files under `tensorboard_dir` (empty:
+    # <artifact_dir>/tracking/tensorboard), one directory per run.
+    tracking: str = "none"
+    tracking_uri: str = ""
+    tracking_experiment: str = "autodidact"
+    tensorboard_dir: str = ""
+
+    @field_validator("tracking")
+    @classmethod
+    def _known_trackers(cls, value: str) -> str:
+        from shared.tracking import parse_backends
+
+        parse_backends(value)  # ValueError naming the allowed backends
+        return value
 
 
 _installed: Settings | None = None
@@ -153,3 +170,12 @@ PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 def set_metrics_multiproc_dir(path: Path) -> None:
     os.environ[PROMETHEUS_MULTIPROC_DIR] = str(path)
+
+
+def quiet_tracker_clients() -> None:
+    """Keep MLflow's client offline and quick to give up: no usage telemetry, and few, short HTTP
+    retries (a tracking server that is down must not hold a training step for minutes). Values the
+    operator set in the environment win."""
+    for name, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+                        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+        os.environ.setdefault(name, value)

@@ -16,6 +16,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
+from services.gateway import run_tracking
 from services.judging.regression import regression_verdict
 from services.methods import get_recipe, parse_config
 from services.methods.base import PlanInput
@@ -76,18 +77,21 @@ def _gate(session: Session, run: Run, rnd: Round, config) -> dict | None:
     return gate
 
 
-def _close_round(session: Session, run: Run, rnd: Round, to_send: list, config=None) -> None:
+def _close_round(session: Session, run: Run, rnd: Round, to_send: list, to_track: list, config=None) -> None:
     rnd.status, rnd.finished_at = "succeeded", utcnow()
     gate = _gate(session, run, rnd, config) if config is not None else None
+    to_track.append(run_tracking.round_closed(session, run, rnd))
     if gate is not None and gate["regressed"] and config.on_regression == "stop":
         run.status, run.finished_at = "stopped", utcnow()
         run.error = f"stopped after round {rnd.number}: " + "; ".join(gate["reasons"])
         _promote_best(session, run)
+        to_track.append(run_tracking.finished(run))
         return
     more = rnd.number < run.rounds or (run.continuous and not _stop_rule_met(session, run))
     if not more:
         run.status, run.finished_at = "succeeded", utcnow()
         _promote_best(session, run)
+        to_track.append(run_tracking.finished(run))
         return
     adopted = gate is None or gate["adopted"]
     policy = (rnd.produced_version_id if adopted else None) or rnd.policy_version_id
@@ -140,28 +144,31 @@ def _promote_best(session: Session, run: Run) -> None:
     crud.promote(session, version=session.get(ModelVersion, best))
 
 
-def _fail(run: Run, rnd: Round, stage: str, error: str | None) -> None:
+def _fail(run: Run, rnd: Round, stage: str, error: str | None, to_track: list) -> None:
     rnd.status, rnd.finished_at = "failed", utcnow()
     _stage_state(rnd, stage, status="failed", error=error)
     run.status, run.finished_at = "failed", utcnow()
     run.error = f"round {rnd.number}, stage {stage}: {error}"
+    to_track.append(run_tracking.finished(run))
 
 
-def _advance_locked(session: Session, rnd: Round, to_send: list) -> None:
+def _advance_locked(session: Session, rnd: Round, to_send: list, to_track: list) -> None:
     run = session.get(Run, rnd.run_id)
     if rnd.status != "running":
         return
     if run.status == "cancelled":
         rnd.status, rnd.finished_at = "cancelled", utcnow()
+        to_track.append(run_tracking.finished(run))
         return
     recipe = get_recipe(run.method)
     config, errors = parse_config(recipe.config_cls, run.config)
     if errors:
-        _fail(run, rnd, "config", str(errors))
+        _fail(run, rnd, "config", str(errors), to_track)
         return
     stages = recipe.stages(config, bool(run.eval_prompt_set_ids))
     if run.status == "queued":
         run.status = "running"
+        to_track.append(run_tracking.started(run))
     while rnd.stage_index < len(stages):
         stage = stages[rnd.stage_index]
         tasks = crud.stage_tasks(session, round_id=rnd.id, stage=stage.name)
@@ -182,7 +189,7 @@ def _advance_locked(session: Session, rnd: Round, to_send: list) -> None:
             return
         failed = [t for t in tasks if t.status == "failed"]
         if failed:
-            _fail(run, rnd, stage.name, failed[0].error)
+            _fail(run, rnd, stage.name, failed[0].error, to_track)
             return
         done = sum(t.status == "done" for t in tasks)
         _stage_state(rnd, stage.name, shards_done=done)
@@ -193,12 +200,13 @@ def _advance_locked(session: Session, rnd: Round, to_send: list) -> None:
         _stage_state(rnd, stage.name, status="succeeded", finished_at=finished.isoformat(),
                      seconds=round((finished - started).total_seconds(), 3))
         rnd.stage_index += 1
-    _close_round(session, run, rnd, to_send, config)
+    _close_round(session, run, rnd, to_send, to_track, config)
 
 
 @task("conductor.advance")
 def advance(round_id: int) -> None:
     to_send: list[tuple[str, int]] = []
+    to_track: list[dict] = []  # experiment-tracker events (services/gateway/run_tracking.py), sent after commit
     try:
         with session_scope() as session:
             run_id = session.exec(select(Round.run_id).where(Round.id == round_id)).first()
@@ -210,19 +218,22 @@ def advance(round_id: int) -> None:
             logs.bind(run_id=run_id, round=rnd.number)  # for this task's records and the tasks it sends
             if rnd.status == "running":
                 metrics.current_round(run_id, rnd.number)
-            _advance_locked(session, rnd, to_send)
+            _advance_locked(session, rnd, to_send, to_track)
     except OperationalError:  # connection lost, deadlock: transient; the sweep advances it again
         raise
     except Exception as exc:  # a bug or bad stored state: fail the run visibly, never wedge it
         log.exception("advance of round %s failed", round_id)
+        to_track = []  # the failed transaction's events never happened
         with session_scope() as session:
             rnd = session.get(Round, round_id)
             run = crud.lock_run(session, run_id=rnd.run_id)
             if rnd.status == "running":
-                _fail(run, rnd, "conductor", f"{type(exc).__name__}: {exc}")
+                _fail(run, rnd, "conductor", f"{type(exc).__name__}: {exc}", to_track)
+        run_tracking.send(to_track)
         return
     for name, arg in to_send:  # after commit: a worker must find the rows it is sent
         enqueue(name, arg)
+    run_tracking.send(to_track)
 
 
 @task("conductor.sweep")

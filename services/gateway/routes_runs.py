@@ -16,6 +16,7 @@ from services.gateway.routes_data import JSONL_DOC, JSONLResponse
 from services.gateway.schemas import (
     AddPromptSets, BaseModels, ModelPage, RoundDetail, RunDetail, RunPage, RunRequest, RunSummary, TrainSteps,
 )
+from services.judging.evaluation import eval_series
 from services.methods import get_recipe, parse_config, runs
 from shared import crud
 from shared.config import get_settings
@@ -148,15 +149,6 @@ def export_pairs(run_id: RunId, session: SessionDep, key: KeyDep,
                               "rejected": [{"role": "assistant", "content": pair.rejected}]}) + "\n"
 
     return JSONLResponse(lines())
-
-
-def eval_series(rounds: list[Round]) -> list[dict]:
-    """Held-out metrics per round for plotting: round 0 is the base (measured in round 1)."""
-    series = []
-    if rounds and "eval_base" in rounds[0].metrics:
-        series.append({"round": 0, **rounds[0].metrics["eval_base"]})
-    series += [{"round": r.number, **r.metrics["eval"]} for r in rounds if "eval" in r.metrics]
-    return series
 
 
 class PNGResponse(Response):

@@ -166,6 +166,16 @@ def verdict_accuracy(pairs: list[tuple[bool | None, bool]]) -> dict:
     }
 
 
+def eval_series(rounds: list) -> list[dict]:
+    """Held-out metrics per round (Round rows, in order) for plotting: round 0 is the base
+    (measured in round 1)."""
+    series = []
+    if rounds and "eval_base" in rounds[0].metrics:
+        series.append({"round": 0, **rounds[0].metrics["eval_base"]})
+    series += [{"round": r.number, **r.metrics["eval"]} for r in rounds if "eval" in r.metrics]
+    return series
+
+
 def plot_run(rounds_metrics: list[dict], path_or_buffer) -> None:
     """A PNG with prompt-level accuracy (strict and loose) and mean response words per round.
     Each dict is a round's metrics (as from `aggregate`), optionally with "round"; without it the

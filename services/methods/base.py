@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 from shared import recipes as _registry
+from shared.tracking import parse_backends
 
 ON_REGRESSION = ("keep_previous", "stop", "continue")
 
@@ -188,6 +189,9 @@ class TrainerFields:
     on_regression: str = "keep_previous"
     max_degenerate_rate: float = 0.2
     max_limit_rate_rise: float = 0.25
+    # Experiment tracking for this run: "" uses the deployment's setting (AUTODIDACT_TRACKING);
+    # "none", or a comma list of mlflow, tensorboard (shared/tracking.py).
+    tracking: str = ""
 
     def check_trainer_fields(self) -> None:
         from services.methods.bounds import check_numbers
@@ -198,6 +202,11 @@ class TrainerFields:
         check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
         check(self.lora_r >= 1, "lora_r", "must be >= 1")
         check(isinstance(self.train, dict), "train", "must be an object of TrainConfig fields")
+        check(isinstance(self.tracking, str), "tracking", "must be a string: 'none' or e.g. 'mlflow,tensorboard'")
+        try:
+            parse_backends(self.tracking, allow_empty=True)
+        except ValueError as exc:
+            check(False, "tracking", str(exc))
         check(0 <= self.eval_judge_samples <= 16, "eval_judge_samples", "must be in 0..16")
         check(self.on_regression in ON_REGRESSION, "on_regression", f"must be one of {', '.join(ON_REGRESSION)}")
         check(0 <= self.max_degenerate_rate <= 1, "max_degenerate_rate", "must be in [0, 1]")
@@ -317,7 +326,7 @@ def judge_bootstrap_items(data, cfg, kinds: tuple[str, ...], role: str) -> tuple
 
 TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields)
                        if f.name not in ("train", "eval_judge_samples", "on_regression", "max_degenerate_rate",
-                                         "max_limit_rate_rise"))
+                                         "max_limit_rate_rise", "tracking"))
 
 
 def trainer_config(cfg: Any, **settings: Any):

@@ -16,11 +16,13 @@ from pathlib import Path
 from services.training.job import TrainJob, metrics_label
 from shared import artifacts, crud
 from shared import metrics as prom  # `metrics` here is a version's metrics dict
+from shared.config import get_settings
 from shared.db import session_scope
-from shared.models import ModelVersion, Round
+from shared.models import ModelVersion, Round, Run
 from shared.queue import task
 from shared.round_data import RoundData
 from shared.stages import Cancelled, StageContext, execute, run_cancelled
+from shared.tracking import RunTracker, TrackedRun, run_tracker, step_rows
 from shared.versions import version_key
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,12 @@ def _mean_margin(base: str, adapter: str | None, pairs: list[dict], cfg) -> floa
 
 
 class _StepRecorder:
-    """Collects the trainer's per-step metrics into the round, and stops on cancel."""
+    """Collects the trainer's per-step metrics into the round (and the run's experiment tracker, at
+    a global step continuing the earlier rounds' steps), and stops on cancel."""
 
-    def __init__(self, ctx: StageContext, key: str, kind: str):
+    def __init__(self, ctx: StageContext, key: str, kind: str, tracker: RunTracker | None = None, offset: int = 0):
         self.ctx, self.key, self.kind, self.steps = ctx, key, kind, []
+        self.tracker, self.offset, self.tracked = tracker, offset, 0
 
     def __call__(self, metrics: dict) -> None:
         self.steps.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
@@ -55,6 +59,18 @@ class _StepRecorder:
         with session_scope() as s:
             rnd = s.get(Round, self.ctx.round_id)
             rnd.metrics = {**rnd.metrics, self.key: list(self.steps)}
+        if self.tracker:
+            self.tracker.log_metrics(step_rows(self.steps[self.tracked:], self.key.removesuffix("_steps"), self.offset))
+            self.tracked = len(self.steps)
+
+
+def _tracking(s, ctx: StageContext, key: str) -> tuple[RunTracker, int]:
+    """The run's tracker, and the steps of `key` earlier rounds recorded (the global step offset)."""
+    run = s.get(Run, ctx.run_id)
+    tracker = run_tracker(get_settings(), TrackedRun(run.id, run.method, run.created_at), ctx.config.get("tracking"))
+    offset = sum(len(r.metrics.get(key) or []) for r in crud.rounds_of_run(s, run_id=run.id)
+                 if r.number < ctx.round_number)
+    return tracker, offset
 
 
 def _publish(s, ctx: StageContext, job: TrainJob, version: ModelVersion) -> None:
@@ -95,7 +111,10 @@ def _train(ctx: StageContext) -> None:
     out_dir = artifacts.version_dir(ctx.workspace_id, ctx.run_id, job.key_round, job.role)
     ckpt = artifacts.checkpoint_dir(ctx.workspace_id, ctx.run_id, job.key_round, job.role)
     t0 = time.monotonic()
-    recorder = _StepRecorder(ctx, f"{job.role}_steps" if job.role != "policy" else "train_steps", job.kind)
+    steps_key = f"{job.role}_steps" if job.role != "policy" else "train_steps"
+    with session_scope() as s:
+        tracker, offset = _tracking(s, ctx, steps_key)
+    recorder = _StepRecorder(ctx, steps_key, job.kind, tracker, offset)
     metrics: dict = {**job.stats, "examples": len(job.items)}
     if job.kind == "pairs":
         metrics["logp_margin_before"] = _mean_margin(ctx.base_model, ctx.policy_adapter, job.items, job.tcfg)
