@@ -39,7 +39,10 @@ def _write(records: list[dict], out: Path, fmt: str, kind: str, style: str) -> N
 
     if out.exists() and fmt == "hf":
         raise typer.BadParameter(f"{out} exists; give a new directory", param_hint="out")
-    formats.write(records, out, fmt, kind, style)
+    try:
+        formats.write(records, out, fmt, kind, style)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--format")
     console.print(f"wrote {len(records)} {kind} to {out} ({fmt})")
 
 

@@ -46,6 +46,9 @@ def jsonl(records: list[dict]) -> JSONLResponse:
 def file_answer(records: list[dict], *, fmt: str, kind: Literal["prompts", "pairs"], style: str,
                 name: str) -> FileResponse:
     """A Parquet file or a dataset directory's .tar.gz of `records`, named `name`."""
+    if fmt == "hf" and not records:
+        raise HTTPException(409, [{"loc": ["query", "format"], "msg": f"no {kind} yet: a datasets directory needs "
+                                   "at least one row (jsonl and parquet answer empty files)", "type": "conflict"}])
     tmp = Path(tempfile.mkdtemp(prefix="autodidact-export-"))
     try:
         if fmt == "parquet":

@@ -124,6 +124,9 @@ def write(records: list[dict], out: Path, fmt: Format, kind: Literal["prompts", 
     if fmt == "hf":
         import datasets
 
+        if not records:  # datasets 5 writes a 0-row directory that its load_from_disk cannot read
+            raise ValueError(f"no {kind} to export; a datasets directory needs at least one row")
+
         datasets.disable_progress_bars()
         datasets.Dataset(tab).save_to_disk(str(out))
         return out

@@ -158,7 +158,7 @@ def list_prompts(set_id: int, session: SessionDep, key: KeyDep,
     return Page(items=items, total=ps.size, offset=offset, limit=limit)
 
 
-@router.get("/{set_id}/export", response_class=JSONLResponse, responses={**FILES_DOC, **errors.responses(404)})
+@router.get("/{set_id}/export", response_class=JSONLResponse, responses={**FILES_DOC, **errors.responses(404, 409)})
 def export_prompt_set(set_id: int, session: SessionDep, key: KeyDep, format: FormatQ = "jsonl",
                       style: StyleQ = "conversational"):
     """The set as JSONL in the upload format (one item per line, ready to upload again), or as

@@ -130,7 +130,7 @@ def add_prompt_sets(run_id: RunId, body: AddPromptSets, session: SessionDep, key
     return _public(session, locked)
 
 
-@router.get("/v1/runs/{run_id}/pairs", response_class=JSONLResponse, responses={**FILES_DOC, **errors.responses(404)})
+@router.get("/v1/runs/{run_id}/pairs", response_class=JSONLResponse, responses={**FILES_DOC, **errors.responses(404, 409)})
 def export_pairs(run_id: RunId, session: SessionDep, key: KeyDep,
                  round: Annotated[Optional[int], Query(ge=1, le=MAX_ROUNDS * 100)] = None,
                  format: FormatQ = "jsonl", style: StyleQ = "conversational"):
