@@ -11,11 +11,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.cli_export import export_app, import_app
+
 app = typer.Typer(help="Autodidact: self-improvement loops for language models.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+app.add_typer(export_app, name="export")
+app.add_typer(import_app, name="import")
 console = Console()
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

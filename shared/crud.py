@@ -221,3 +221,20 @@ def promote(session: Session, *, version: ModelVersion) -> None:
                                                              ModelVersion.id != version.id)):
             other.promoted = False
     version.promoted = True
+
+
+# ---------------------------------------------------------------- exports
+def prompts_of_set(session: Session, *, prompt_set_id: int) -> list[Prompt]:
+    return list(session.exec(select(Prompt).where(Prompt.prompt_set_id == prompt_set_id).order_by(Prompt.position)))
+
+
+def pairs_of_run(session: Session, *, run_id: int, round_number: int | None = None) -> list[dict]:
+    """A run's preference pairs (optionally one round's) as plain dicts, by round, prompt and index:
+    messages, chosen, rejected, round, source, margin."""
+    q = (select(PreferencePair, Prompt, Round).join(Prompt, Prompt.id == PreferencePair.prompt_id)
+         .join(Round, Round.id == PreferencePair.round_id).where(Round.run_id == run_id))
+    if round_number is not None:
+        q = q.where(Round.number == round_number)
+    rows = session.exec(q.order_by(Round.number, PreferencePair.prompt_id, PreferencePair.index)).all()
+    return [{"messages": prompt.messages, "chosen": pair.chosen, "rejected": pair.rejected, "round": rnd.number,
+             "source": pair.source, "margin": pair.margin} for pair, prompt, rnd in rows]

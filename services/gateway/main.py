@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.gateway import errors, metrics, outages, routes_data, routes_keys, routes_runs
+from services.gateway import errors, metrics, outages, routes_data, routes_exports, routes_keys, routes_runs
 from services.gateway.limits import BodyLimit, StrictRoute
 from shared.config import get_settings
 from shared.db import get_engine
@@ -85,6 +85,7 @@ def create_app() -> FastAPI:
     app.include_router(routes_data.router)
     app.include_router(routes_runs.router)
     app.include_router(routes_keys.router)
+    app.include_router(routes_exports.router)
     app.openapi = openapi_with(app, (errors.ErrorBody, *routes_data.EXTRA_SCHEMAS))
     return app
 

@@ -1,4 +1,5 @@
-"""Prompt sets: create (JSON body or streamed JSONL upload), list, show, page through prompts, export JSONL."""
+"""Prompt sets: create (JSON body, streamed JSONL or Parquet upload), list, show, page through prompts,
+export (JSONL, Parquet, dataset directory)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,11 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from sqlmodel import select
 
-from services.gateway import errors, idempotency
+from services.gateway import errors, formats, idempotency
+from services.gateway.downloads import FILES_DOC, JSONL_DOC, FormatQ, JSONLResponse, StyleQ  # noqa: F401
+from services.gateway.downloads import file_answer, jsonl, records_or_422
 from services.gateway.deps import KeyDep, SessionDep, owned
 from services.gateway.limits import StrictRoute, text_problem
 from services.gateway.paging import CursorQ, LimitQ, page
@@ -23,14 +25,9 @@ from shared.models import Page, Prompt, PromptPublic, PromptSet, PromptSetPublic
 router = APIRouter(prefix="/v1/prompt-sets", tags=["prompt sets"], route_class=StrictRoute,
                    responses=errors.responses(401, 422))
 MAX_OFFSET = 2**31 - 1
+MAX_PARQUET_BYTES = 256 * 1024 * 1024  # uncompressed column data of one uploaded Parquet file
 
 
-class JSONLResponse(StreamingResponse):
-    media_type = "application/x-ndjson"
-
-
-JSONL_DOC = {200: {"description": "JSON Lines, one item per line",
-                   "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}
 CREATE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/PromptSetRequest"}},
     "multipart/form-data": {"schema": {"$ref": "#/components/schemas/PromptSetUpload"}}}}}
@@ -41,21 +38,52 @@ def pydantic_errors(exc: ValidationError) -> list[dict]:
     return [errors.error([p for p in e["loc"]], e["msg"], e["type"]) for e in exc.errors()]
 
 
+def _is_parquet(f) -> bool:
+    head = f.read(4)
+    f.seek(0)
+    return head == b"PAR1"
+
+
+def _parquet_items(f, digest, mapping: dict) -> tuple[list[dict], list[dict]]:
+    """Validated items of an uploaded Parquet file (columns mapped to prompt fields)."""
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
+    f.seek(0)
+    try:
+        tab = formats.parquet_table(f, max_bytes=MAX_PARQUET_BYTES)
+    except ValueError as exc:
+        return [], [errors.error(["file"], str(exc))]
+    return formats.items_from_table(tab, mapping)
+
+
 async def _from_upload(request: Request) -> tuple[dict, list[dict], str]:
-    """(fields, items, digest) of a multipart JSONL upload, read line by line from the spooled file."""
+    """(fields, items, digest) of a multipart upload: a JSONL file read line by line from the
+    spooled file, or a Parquet file whose columns `map` fields name (field=column)."""
     form = await request.form(max_files=1, max_fields=16)
     upload = form.get("file")
     if upload is None or not hasattr(upload, "read"):
-        raise HTTPException(422, [errors.error(["file"], "attach the JSONL file as form field 'file'")])
-    fields = {k: v for k, v in form.items() if k != "file"}
-    bad = [errors.error([k], f"unknown form field; allowed: file, name, description, split") for k in fields
+        raise HTTPException(422, [errors.error(["file"], "attach the JSONL or Parquet file as form field 'file'")])
+    maps = [v for k, v in form.multi_items() if k == "map"]
+    fields = {k: v for k, v in form.items() if k not in ("file", "map")}
+    bad = [errors.error([k], f"unknown form field; allowed: file, name, description, split, map") for k in fields
            if k not in ("name", "description", "split")]
-    bad += [errors.error([k], why) for k, v in fields.items() if isinstance(v, str) and (why := text_problem(v))]
-    bad += [errors.error([k], "must be a text field") for k, v in fields.items() if not isinstance(v, str)]
+    named = list(fields.items()) + [("map", v) for v in maps]
+    bad += [errors.error([k], why) for k, v in named if isinstance(v, str) and (why := text_problem(v))]
+    bad += [errors.error([k], "must be a text field") for k, v in named if not isinstance(v, str)]
     if bad:
         raise HTTPException(422, bad)
     digest = hashlib.sha256(json.dumps(sorted(fields.items())).encode())
-    items, item_errors = await run_in_threadpool(parse_jsonl_lines, upload.file, digest)
+    if await run_in_threadpool(_is_parquet, upload.file):
+        mapping, map_errors = formats.parse_mapping(maps)
+        if map_errors:
+            raise HTTPException(422, map_errors)
+        digest.update(json.dumps(sorted(mapping.items())).encode())
+        items, item_errors = await run_in_threadpool(_parquet_items, upload.file, digest, mapping)
+    elif maps:
+        raise HTTPException(422, [errors.error(["map"], "map applies to Parquet uploads (the file does not start "
+                                                        "with Parquet's PAR1); a JSONL line names its fields itself")])
+    else:
+        items, item_errors = await run_in_threadpool(parse_jsonl_lines, upload.file, digest)
     if not fields.get("name"):
         fallback = (upload.filename or "upload")[:200]
         fields["name"] = fallback if not text_problem(fallback) and fallback.strip() else "upload"
@@ -130,17 +158,16 @@ def list_prompts(set_id: int, session: SessionDep, key: KeyDep,
     return Page(items=items, total=ps.size, offset=offset, limit=limit)
 
 
-@router.get("/{set_id}/export", response_class=JSONLResponse, responses={**JSONL_DOC, **errors.responses(404)})
-def export_prompt_set(set_id: int, session: SessionDep, key: KeyDep) -> JSONLResponse:
-    """The set as JSONL in the upload format (one item per line), ready to upload again."""
+@router.get("/{set_id}/export", response_class=JSONLResponse, responses={**FILES_DOC, **errors.responses(404, 409)})
+def export_prompt_set(set_id: int, session: SessionDep, key: KeyDep, format: FormatQ = "jsonl",
+                      style: StyleQ = "conversational"):
+    """The set as JSONL in the upload format (one item per line, ready to upload again), or as
+    Parquet / a `datasets` directory (.tar.gz) with columns prompt, reference, constraints (JSON
+    text), answer, topic — importable again with POST /v1/prompt-sets."""
     ps = owned(session, PromptSet, set_id, key, "prompt set")
-    rows = session.exec(select(Prompt).where(Prompt.prompt_set_id == ps.id).order_by(Prompt.position)).all()
-
-    def lines():
-        for p in rows:
-            item = {"prompt": p.messages if len(p.messages) > 1 else p.messages[0]["content"]}
-            item.update({k: getattr(p, k) for k in ("reference", "constraints", "answer", "topic")
-                         if getattr(p, k) is not None})
-            yield json.dumps(item) + "\n"
-
-    return JSONLResponse(lines())
+    rows = [p.model_dump(include={"messages", "reference", "constraints", "answer", "topic"})
+            for p in crud.prompts_of_set(session, prompt_set_id=ps.id)]
+    if format == "jsonl":
+        return jsonl(formats.upload_records(rows))
+    records = records_or_422(formats.prompt_records, rows, style)
+    return file_answer(records, fmt=format, kind="prompts", style=style, name=f"prompt-set-{ps.id}")

@@ -1,7 +1,6 @@
 """Runs (create, show, cancel, export pairs) and model versions."""
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -12,7 +11,8 @@ from services.gateway import errors, idempotency, model_sources
 from services.gateway.deps import AdminDep, KeyDep, SessionDep, may_change_run, owned
 from services.gateway.limits import StrictRoute
 from services.gateway.paging import CursorQ, LimitQ, page
-from services.gateway.routes_data import JSONL_DOC, JSONLResponse
+from services.gateway import formats
+from services.gateway.downloads import FILES_DOC, FormatQ, JSONLResponse, StyleQ, file_answer, jsonl, records_or_422
 from services.gateway.schemas import (
     AddPromptSets, BaseModels, ModelPage, RoundDetail, RunDetail, RunPage, RunRequest, RunSummary, TrainSteps,
 )
@@ -20,7 +20,7 @@ from services.judging.evaluation import eval_series
 from services.methods import get_recipe, parse_config, runs
 from shared import crud
 from shared.config import get_settings
-from shared.models import ModelVersion, ModelVersionPublic, PreferencePair, Prompt, PromptSet, Round, Run, utcnow
+from shared.models import ModelVersion, ModelVersionPublic, PromptSet, Round, Run, utcnow
 from shared.queue import try_enqueue
 
 router = APIRouter(tags=["runs"], route_class=StrictRoute, responses=errors.responses(401, 422))
@@ -131,24 +131,18 @@ def add_prompt_sets(run_id: RunId, body: AddPromptSets, session: SessionDep, key
     return _public(session, locked)
 
 
-@router.get("/v1/runs/{run_id}/pairs", response_class=JSONLResponse, responses={**JSONL_DOC, **errors.responses(404)})
+@router.get("/v1/runs/{run_id}/pairs", response_class=JSONLResponse, responses={**FILES_DOC, **errors.responses(404, 409)})
 def export_pairs(run_id: RunId, session: SessionDep, key: KeyDep,
-                 round: Annotated[Optional[int], Query(ge=1, le=MAX_ROUNDS * 100)] = None) -> JSONLResponse:
-    """Preference pairs as JSONL in TRL's conversational prompt/chosen/rejected format."""
+                 round: Annotated[Optional[int], Query(ge=1, le=MAX_ROUNDS * 100)] = None,
+                 format: FormatQ = "jsonl", style: StyleQ = "conversational"):
+    """Preference pairs in TRL's prompt/chosen/rejected format (plus round, source, margin): JSONL,
+    Parquet, or a `datasets` directory (.tar.gz) for `DPOTrainer(train_dataset=load_from_disk(...))`."""
     run = owned(session, Run, run_id, key, "run")
-    q = (select(PreferencePair, Prompt, Round).join(Prompt, Prompt.id == PreferencePair.prompt_id)
-         .join(Round, Round.id == PreferencePair.round_id).where(Round.run_id == run.id))
-    if round is not None:
-        q = q.where(Round.number == round)
-    rows = session.exec(q.order_by(Round.number, PreferencePair.prompt_id, PreferencePair.index)).all()
-
-    def lines():
-        for pair, prompt, _ in rows:
-            yield json.dumps({"prompt": prompt.messages,
-                              "chosen": [{"role": "assistant", "content": pair.chosen}],
-                              "rejected": [{"role": "assistant", "content": pair.rejected}]}) + "\n"
-
-    return JSONLResponse(lines())
+    records = records_or_422(formats.pair_records, crud.pairs_of_run(session, run_id=run.id, round_number=round), style)
+    if format == "jsonl":
+        return jsonl(records)
+    name = f"run-{run.id}-pairs" + (f"-round-{round}" if round is not None else "")
+    return file_answer(records, fmt=format, kind="pairs", style=style, name=name)
 
 
 class PNGResponse(Response):

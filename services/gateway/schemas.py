@@ -152,7 +152,8 @@ class PromptSetFields(Strict):
 
 
 class PromptSetUpload(BaseModel):
-    """Multipart form of POST /v1/prompt-sets: a JSONL file, one PromptItem per line."""
+    """Multipart form of POST /v1/prompt-sets: a JSONL file, one PromptItem per line, or a Parquet
+    file whose columns hold the items' fields (`map` names other columns)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -160,6 +161,11 @@ class PromptSetUpload(BaseModel):
     name: Optional[Name] = None
     description: Optional[Annotated[str, Field(max_length=2000)]] = None
     split: Literal["train", "heldout"] = "train"
+    map: Optional[list[Annotated[str, Field(max_length=500)]]] = Field(
+        default=None, max_length=8,
+        description="Parquet only: field=column, one per field (repeat the form field) or comma-separated, "
+                    "e.g. prompt=instruction,reference=output; unmapped fields come from same-named columns, "
+                    "other columns are ignored")
 
 
 # ---------------------------------------------------------------- keys
@@ -198,3 +204,25 @@ ModelPage = CursorPage[ModelVersionPublic]
 
 class BaseModels(BaseModel):
     names: list[str] = Field(description="accepted values of base_model")
+
+
+# ---------------------------------------------------------------- model exports
+ExportDtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class ModelExportRequest(Strict):
+    dtype: ExportDtype = Field(default="auto", description="weights' dtype in the export; auto: the base's")
+
+
+class ModelExport(BaseModel):
+    """A version's export as a merged transformers directory (+ tokenizer, README.md model card)."""
+
+    version_id: int
+    dtype: ExportDtype
+    status: Literal["absent", "pending", "ready", "failed"] = Field(
+        description="pending: queued on the training queue (it waits for a running training task); "
+                    "failed: see error, POST again to retry")
+    path: Optional[str] = Field(description="the merged model directory in the artifact store (when ready)")
+    archive_bytes: Optional[int] = Field(description="size of the .tar.gz download (when ready)")
+    download: Optional[str] = Field(description="GET this path for the .tar.gz (when ready)")
+    error: Optional[str]

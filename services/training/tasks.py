@@ -146,3 +146,49 @@ def _train(ctx: StageContext) -> None:
 @task("training.train_round")
 def train_round(stage_task_id: int) -> None:
     execute(stage_task_id, _train)
+
+
+# ---------------------------------------------------------------- model export
+def export_version(version_id: int, out_dir: Path, dtype: str = "auto") -> Path:
+    """Merge a version into a plain transformers directory at `out_dir`, with a model card from its
+    run's rounds (services/training/export.py). The CLI calls this on the local database."""
+    from services.training.export import merge_to_dir, model_card
+
+    with session_scope() as s:
+        v = s.get(ModelVersion, version_id)
+        if v is None:
+            raise ValueError(f"no model version {version_id}")
+        if v.kind == "base":
+            raise ValueError(f"version {version_id} is the base model {v.base_model!r} itself: nothing to merge")
+        run = s.get(Run, v.run_id) if v.run_id else None
+        version = v.model_dump(mode="json")
+        run_d = run.model_dump(mode="json") if run else None
+        rounds = [r.model_dump(mode="json") for r in crud.rounds_of_run(s, run_id=run.id)] if run else []
+    base, adapter = (version["base_model"], version["uri"]) if version["kind"] == "adapter" else (version["uri"], None)
+    if adapter and not Path(adapter).exists():
+        raise ValueError(f"version {version_id}'s adapter {adapter} is not in the artifact store")
+    extra = {"version": version, "run": run_d and {k: run_d[k] for k in ("id", "method", "base_model", "config")}}
+    return merge_to_dir(base, adapter, out_dir, card=model_card(version, run_d, rounds), dtype=dtype, extra=extra)
+
+
+@task("training.export_model")
+def export_model(version_id: int, dtype: str = "auto") -> None:
+    """Export a version under the artifact store (shared/artifacts.export_dir): the merged
+    directory, then its .tar.gz; a failure is written to error.txt (the files are the state)."""
+    with session_scope() as s:
+        v = s.get(ModelVersion, version_id)
+        workspace_id = v.workspace_id if v is not None else None
+    if workspace_id is None:
+        log.warning("export of model version %s: no such version", version_id)
+        return
+    if artifacts.export_state(workspace_id, version_id, dtype)["status"] == "ready":
+        return  # a redelivered or repeated request
+    d = artifacts.export_dir(workspace_id, version_id, dtype)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "error.txt").unlink(missing_ok=True)
+    try:
+        model_dir = export_version(version_id, d / artifacts.export_name(version_id), dtype)
+        artifacts.tar_gz(model_dir, d / f"{model_dir.name}.tar.gz")
+    except Exception as exc:  # recorded for the API to report; a retry is a new request
+        log.exception("export of model version %s failed", version_id)
+        (d / "error.txt").write_text(f"{type(exc).__name__}: {exc}", encoding="utf-8")

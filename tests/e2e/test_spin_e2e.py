@@ -92,7 +92,7 @@ def test_two_round_spin_with_a_killed_generation_worker(api, workers, tiny_model
     lines = client.get(f"/v1/runs/{run_id}/pairs", headers=a).text.strip().splitlines()
     assert len(lines) == r1["metrics"]["pairs"] + r2["metrics"]["pairs"] > 0
     first = json.loads(lines[0])
-    assert set(first) == {"prompt", "chosen", "rejected"}
+    assert set(first) == {"prompt", "chosen", "rejected", "round", "source", "margin"}
     assert first["prompt"][-1]["role"] == "user" and first["chosen"][0]["role"] == "assistant"
     only_r2 = client.get(f"/v1/runs/{run_id}/pairs?round=2", headers=a).text.strip().splitlines()
     assert len(only_r2) == r2["metrics"]["pairs"]

@@ -262,7 +262,7 @@ def test_contract_is_typed_and_declares_its_errors(api):
     assert comps["RunRequest"]["additionalProperties"] is False
     for path in ("/v1/prompt-sets/{set_id}/export", "/v1/runs/{run_id}/pairs"):
         ok = paths[path]["get"]["responses"]["200"]["content"]
-        assert list(ok) == ["application/x-ndjson"]
+        assert list(ok) == ["application/x-ndjson", "application/vnd.apache.parquet", "application/gzip"]
     assert list(paths["/v1/runs/{run_id}/plot.png"]["get"]["responses"]["200"]["content"]) == ["image/png"]
     assert "HTTPValidationError" not in comps
     for path, ops in paths.items():
