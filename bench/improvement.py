@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=160)
     ap.add_argument("--new-tokens", type=int, default=160)
     ap.add_argument("--skip-base", action="store_true", help="do not evaluate the raw pretrained base")
+    ap.add_argument("--skip-start", action="store_true",
+                    help="no separate evaluation and judge check of the start: each run's round 1 evaluates "
+                         "its start anyway (eval_base), and the self-judged runs check their bootstrapped judge")
     ap.add_argument("--out", type=Path, default=Path("improvement.json"))
     args = ap.parse_args()
     if args.quick:
@@ -82,11 +85,12 @@ def main() -> None:
     if not args.skip_base:
         results["base"] = evaluate_model(held_items, backend=backend, model=ModelRef("gemma"),
                                          max_new_tokens=args.new_tokens)
-    results["start"] = evaluate_model(held_items, backend=backend, model=ModelRef(args.model),
-                                      max_new_tokens=args.new_tokens)
     probe = [it for it in read_jsonl(EX / "curriculum_train.jsonl")[args.n_train:] if it["constraints"]][:16]
-    results["start_judges"] = judge_agreement(probe, backend=backend, model=ModelRef(args.model),
-                                              samples_per_prompt=1, votes=3, max_new_tokens=args.new_tokens)
+    if not args.skip_start:
+        results["start"] = evaluate_model(held_items, backend=backend, model=ModelRef(args.model),
+                                          max_new_tokens=args.new_tokens)
+        results["start_judges"] = judge_agreement(probe, backend=backend, model=ModelRef(args.model),
+                                                  samples_per_prompt=1, votes=3, max_new_tokens=args.new_tokens)
     print(f"base / start / judges evaluated in {time.monotonic() - t0:.0f} s", flush=True)
 
     for method in args.methods.split(","):
@@ -101,7 +105,8 @@ def main() -> None:
             rounds = [{"number": r.number, "metrics": r.metrics, "stages": r.stages}
                       for r in crud.rounds_of_run(s, run_id=run_id)]
             status, error = run.status, run.error
-        start_eval = rounds[0]["metrics"].get("eval_base") or results["start"]
+        start_eval = rounds[0]["metrics"].get("eval_base") or results.get("start") or {}
+        results.setdefault("start", start_eval)
         for r in rounds:
             ev = r["metrics"].get("eval")
             r["vs_start"] = compare(start_eval, ev) if ev else None
@@ -148,10 +153,11 @@ def main() -> None:
     print("\nheld-out strict pass rate per instruction type: the start, and each method after its last "
           "evaluated round (change in prompts)")
     print(table(*per_method(work / "bench.db")))
-    j = results["start_judges"]
-    print(f"\njudges of the start on {len(probe)} training prompts: parseable rubric {j['parseable']['rubric']}, "
-          f"refiner {j['parseable']['refiner']}; refiner balanced accuracy {j['refiner']['balanced_accuracy']}; "
-          f"rubric pairwise accuracy {j['rubric']['accuracy']}")
+    j = results.get("start_judges")
+    if j:
+        print(f"\njudges of the start on {len(probe)} training prompts: parseable rubric {j['parseable']['rubric']}, "
+              f"refiner {j['parseable']['refiner']}; refiner balanced accuracy {j['refiner']['balanced_accuracy']}; "
+              f"rubric pairwise accuracy {j['rubric']['accuracy']}")
 
 
 if __name__ == "__main__":
