@@ -294,6 +294,8 @@ def watch_run(api: "Client", run_id: int, interval: float) -> int:
     except KeyboardInterrupt:
         err_console.print(f"stopped watching; run {run_id} goes on (autodidact runs cancel {run_id} stops it)")
         return 130
+    if not console.is_terminal:
+        console.line()  # Live ends its last render without a newline off a terminal
     console.print(f"run {run.id} {_styled(run.status)}" + (f": {escape(run.error)}" if run.error else ""))
     return EXIT.get(run.status, 1)
 
