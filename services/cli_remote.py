@@ -271,17 +271,18 @@ def models_base(url: Url = None, api_key: Key = None) -> None:
 
 
 # ---------------------------------------------------------------- the live view
-def watch_run(api: "Client", run_id: int, interval: float) -> int:
+def watch_run(api: "Client", run_id: int, interval: float, *, out: Optional[Console] = None) -> int:
     """Redraw the run every `interval` s until it ends; the exit status of its outcome. A gateway
     that stops answering for a while is shown and waited for; any other error ends the watch."""
     from services.client import FINISHED, ApiError
 
+    out = out or console
     run, note, said = api.run(run_id), "", None
     try:
-        with Live(run_view(run), console=console, refresh_per_second=4) as live:
+        with Live(run_view(run), console=out, refresh_per_second=4) as live:
             while run.status not in FINISHED:
-                if not console.is_terminal and (line := progress_line(run)) != said:
-                    console.print(line, highlight=False)  # logs and pipes get one line per change
+                if not out.is_terminal and (line := progress_line(run)) != said:
+                    out.print(line, highlight=False)  # logs and pipes get one line per change
                     said = line
                 time.sleep(interval)
                 try:
@@ -294,9 +295,9 @@ def watch_run(api: "Client", run_id: int, interval: float) -> int:
     except KeyboardInterrupt:
         err_console.print(f"stopped watching; run {run_id} goes on (autodidact runs cancel {run_id} stops it)")
         return 130
-    if not console.is_terminal:
-        console.line()  # Live ends its last render without a newline off a terminal
-    console.print(f"run {run.id} {_styled(run.status)}" + (f": {escape(run.error)}" if run.error else ""))
+    if not out.is_terminal:
+        out.line()  # Live ends its last render without a newline off a terminal
+    out.print(f"run {run.id} {_styled(run.status)}" + (f": {escape(run.error)}" if run.error else ""))
     return EXIT.get(run.status, 1)
 
 

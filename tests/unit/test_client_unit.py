@@ -67,14 +67,14 @@ def test_pages_are_followed_until_the_last():
 
 
 def _run(**over) -> RunDetail:
+    over = {"status": "running", "error": None, "finished_at": None, **over}
     stages = {"generate": {"status": "succeeded", "seconds": 4.0, "shards": 2, "shards_done": 2},
               "verify": {"status": "running", "shards": 8, "shards_done": 3}}
     rnd = {"number": 1, "status": "running", "stages": stages, "policy_version_id": 1, "produced_version_id": None,
            "created_at": NOW, "finished_at": None,
            "metrics": {"eval_base": {"prompt_strict_acc": 0.25, "n": 60, "ci95": {"prompt_strict_acc": [0.15, 0.36]}}}}
     return RunDetail(id=4, method="rest_em", base_model="gemma-chat", prompt_set_ids=[1], eval_prompt_set_ids=[2],
-                     rounds=2, config={}, continuous=False, stopping={}, status="running", error=None,
-                     created_at=NOW, finished_at=None, round_details=[rnd], **over)
+                     rounds=2, config={}, continuous=False, stopping={}, created_at=NOW, round_details=[rnd], **over)
 
 
 def test_the_run_view_shows_stages_progress_and_intervals():
@@ -85,3 +85,33 @@ def test_the_run_view_shows_stages_progress_and_intervals():
     assert "✓ generate 4s" in text and "● verify" in text and "3/8" in text
     assert "0.250 [0.150, 0.360] n=60" in text and "gateway not answering" in text
     assert progress_line(_run()) == "run 4 running · round 1 running · verify running 3/8"
+
+
+class FakeApi:
+    """Answers `run()` from a script: RunDetails, or ApiErrors to raise."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+
+    def run(self, run_id):
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_watch_redraws_through_an_outage_until_the_run_ends(terminal):
+    import io
+
+    from services.cli_remote import watch_run
+
+    done = _run(status="failed", error="round 1, stage verify: boom", finished_at=NOW)
+    fake = FakeApi(_run(), ApiError(None, [{"loc": [], "msg": "connection refused"}]), _run(), done)
+    out = Console(file=io.StringIO(), force_terminal=terminal, color_system=None, width=160)
+    assert watch_run(fake, 4, 0.01, out=out) == 3  # failed
+    text = out.file.getvalue()
+    assert "run 4 failed: round 1, stage verify: boom" in text
+    assert ("run 4 running · round 1 running · verify running 3/8" in text) is not terminal  # lines only off a terminal
+    with pytest.raises(ApiError):  # an error that is not an outage ends the watch (the CLI prints it, exit 1)
+        watch_run(FakeApi(_run(), ApiError(404, [{"loc": [], "msg": "run 4 not found"}])), 4, 0.01, out=out)
