@@ -206,6 +206,25 @@ class Client:
             tmp.unlink(missing_ok=True)
         return Download(out, size, lines)
 
+    def _upload(self, path: str, file: Path | str, media_type: str, model: type[M], fields: dict[str, Any],
+                *, idempotency_key: Optional[str] = None) -> M:
+        """A creating multipart POST of `file` (form field `file`) and the form fields that are not None."""
+        file = Path(file)
+        opened: list[BinaryIO] = []
+
+        def files() -> dict:  # a fresh handle per attempt: a retry re-reads the file from its start
+            opened.append(open(file, "rb"))
+            return {"file": (file.name, opened[-1], media_type)}
+
+        try:
+            response = self._send("POST", path, idempotent=True, files=files,
+                                  data={k: v for k, v in fields.items() if v is not None},
+                                  headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
+        finally:
+            for f in opened:
+                f.close()
+        return model.model_validate(response.json())
+
     def _jsonl(self, path: str, **params: Any) -> Iterator[dict]:
         response = self._send("GET", path, idempotent=True, stream=True,
                               params={k: v for k, v in params.items() if v is not None})
@@ -238,21 +257,9 @@ class Client:
     def upload_prompt_set(self, path: Path | str, *, name: Optional[str] = None, description: Optional[str] = None,
                           split: Optional[str] = None, idempotency_key: Optional[str] = None) -> PromptSetPublic:
         """A prompt set from a JSONL file, streamed as a multipart upload (name: the file's, by default)."""
-        path = Path(path)
-        fields = {k: v for k, v in (("name", name), ("description", description), ("split", split)) if v is not None}
-        opened: list[BinaryIO] = []
-
-        def files() -> dict:  # a fresh handle per attempt: a retry re-reads the file from its start
-            opened.append(open(path, "rb"))
-            return {"file": (path.name, opened[-1], "application/x-ndjson")}
-
-        try:
-            response = self._send("POST", "/v1/prompt-sets", idempotent=True, files=files, data=fields,
-                                  headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
-        finally:
-            for f in opened:
-                f.close()
-        return PromptSetPublic.model_validate(response.json())
+        fields = {"name": name, "description": description, "split": split}
+        return self._upload("/v1/prompt-sets", path, "application/x-ndjson", PromptSetPublic, fields,
+                            idempotency_key=idempotency_key)
 
     def prompt_sets(self, *, page_size: int = 50) -> Iterator[PromptSetPublic]:
         """The workspace's prompt sets, newest first (pages fetched as you iterate)."""

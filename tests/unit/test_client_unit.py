@@ -51,6 +51,16 @@ def test_a_create_is_retried_with_the_same_idempotency_key():
     assert len(handler.seen) == 3 and len(keys) == 1 and handler.seen[0].headers["Authorization"] == "Bearer k"
 
 
+def test_an_upload_is_resent_whole(tmp_path):
+    path = tmp_path / "set.jsonl"
+    path.write_text('{"prompt": "p"}\n')
+    handler = Scripted((503, {"detail": [{"loc": [], "msg": "down", "type": "unavailable"}]}), (201, PS))
+    with Client("http://gw", "k", transport=httpx.MockTransport(handler)) as c:
+        assert c.upload_prompt_set(path, split="heldout").id == 3
+    bodies = [r.read() for r in handler.seen]
+    assert len(bodies) == 2 and all(b'{"prompt": "p"}\n' in b and b"heldout" in b for b in bodies)
+
+
 def test_a_cancel_is_not_resent_after_an_answer_and_odd_bodies_still_read():
     handler = Scripted((502, "<html>bad gateway</html>"))
     with Client("http://gw", "k", transport=httpx.MockTransport(handler)) as c, pytest.raises(ApiError) as err:
