@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services import cli_remote
 from services.cli_export import export_app, import_app
 
 app = typer.Typer(help="Autodidact: self-improvement loops for language models.", no_args_is_help=True)
@@ -20,6 +21,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(export_app, name="export")
 app.add_typer(import_app, name="import")
+cli_remote.register(app)  # prompt-sets, runs, models: commands that drive a gateway over HTTP
 console = Console()
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -159,17 +161,31 @@ def tiny_model(out: Path) -> None:
 
 @app.command()
 def run(embedded: bool = typer.Option(False, "--embedded", help="run in-process with SQLite"),
-        method: str = "spin", prompts: Path = typer.Option(..., exists=True, dir_okay=False),
+        method: str = "spin",
+        prompts: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                               help="JSONL prompt set (uploaded first when submitting)"),
         eval_prompts: Optional[Path] = typer.Option(None, "--eval", exists=True, dir_okay=False),
-        model: str = typer.Option("gemma", help="'gemma' or a local model directory"),
+        model: str = typer.Option("gemma", help="'gemma' or a local model directory (gateway: GET /v1/base-models)"),
         rounds: int = 1, config: str = typer.Option("{}", help="method config as JSON"),
-        db: Optional[Path] = typer.Option(None, help="SQLite file (default: user cache)")) -> None:
-    """Run a method. Only --embedded is supported here; the distributed stack takes runs over HTTP."""
+        db: Optional[Path] = typer.Option(None, help="SQLite file (default: user cache)"),
+        prompt_set: list[int] = typer.Option([], help="gateway: a prompt set already uploaded (repeatable)"),
+        eval_set: list[int] = typer.Option([], help="gateway: a held-out prompt set already uploaded (repeatable)"),
+        watch: bool = typer.Option(False, help="gateway: follow the run live until it ends"),
+        url: cli_remote.Url = None, api_key: cli_remote.Key = None) -> None:
+    """Run a method: in-process with --embedded, else submitted to the gateway (--url, AUTODIDACT_URL)."""
+    try:
+        config_dict = json.loads(config)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--config")
     if not embedded:
-        raise typer.BadParameter("submit distributed runs with POST /v1/runs; use --embedded to run here",
-                                 param_hint="--embedded")
+        raise typer.Exit(cli_remote.submit_run(
+            method=method, model=model, rounds=rounds, config=config_dict, prompts=prompts,
+            eval_prompts=eval_prompts, prompt_set_ids=prompt_set, eval_set_ids=eval_set, watch=watch,
+            url=url, api_key=api_key))
+    if prompts is None:
+        raise typer.BadParameter("an embedded run needs --prompts FILE", param_hint="--prompts")
     _run_embedded(method=method, prompts=prompts, eval_prompts=eval_prompts, model=model, rounds=rounds,
-                  config=json.loads(config), db=db)
+                  config=config_dict, db=db)
 
 
 def _run_embedded(**kw) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,10 @@ class Settings(BaseSettings):
 
     database_url: str = Field(default_factory=lambda: f"sqlite:///{default_home() / 'autodidact.db'}")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The API client and the remote CLI commands (services/client.py): the gateway's base URL
+    # (AUTODIDACT_URL) and the API key they send (AUTODIDACT_API_KEY; a secret, so no default).
+    url: str = "http://127.0.0.1:8000"
+    api_key: Optional[str] = None
     # Where adapters and merged models are written; a shared volume in the distributed stack.
     artifact_dir: Path = Field(default_factory=lambda: default_home() / "artifacts")
     # "celery": stages are sent to Celery queues. "inline": the same task functions run in-process
