@@ -1,5 +1,6 @@
-"""The `autodidact` commands that drive a gateway over HTTP (services/client.py): prompt sets,
-runs (submit, list, show, watch live, cancel, pairs, plot, train steps) and model versions.
+"""The `autodidact` commands that drive a gateway over HTTP (services/client.py): prompt sets
+(upload JSONL or Parquet, export), runs (submit, list, show, watch live, cancel, pairs, plot, train
+steps) and model versions (list, show, promote, export as a merged directory).
 
 Every command takes `--url` and `--api-key`, falling back to AUTODIDACT_URL / AUTODIDACT_API_KEY
 (through shared.config). An error answer prints the server's message and exits with status 1,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 prompt_sets_app = typer.Typer(help="Prompt sets on the gateway (--url / AUTODIDACT_URL).", no_args_is_help=True)
 runs_app = typer.Typer(help="Runs on the gateway: list, show, watch, cancel, pairs, plot.", no_args_is_help=True)
-models_app = typer.Typer(help="Model versions on the gateway: list, show, promote, base models.",
+models_app = typer.Typer(help="Model versions on the gateway: list, show, promote, export, base models.",
                          no_args_is_help=True)
 console = Console()
 err_console = Console(stderr=True)
@@ -43,6 +44,9 @@ EXIT = {"succeeded": 0, "failed": 3, "stopped": 4, "cancelled": 5}
 COLOR = {"succeeded": "green", "failed": "red", "stopped": "yellow", "cancelled": "magenta", "running": "cyan",
          "queued": "dim", "skipped": "dim"}
 MARK = {"succeeded": "✓", "failed": "✗", "skipped": "–", "running": "●", "cancelled": "■"}
+FORMAT_HELP = "jsonl | parquet | hf (a datasets save_to_disk directory); default: parquet for a .parquet OUT, else jsonl"
+STYLE_HELP = "conversational (chat messages) | standard (plain text; refuses chat prompts)"
+Style = Annotated[str, typer.Option(help=STYLE_HELP)]
 
 
 def register(app: typer.Typer) -> None:
@@ -79,16 +83,54 @@ def _styled(status: str) -> str:
     return f"[{COLOR.get(status, 'white')}]{status}[/]"
 
 
+def _format(out: Optional[Path], fmt: Optional[str]) -> str:
+    fmt = fmt or ("parquet" if out is not None and out.suffix == ".parquet" else "jsonl")
+    if fmt not in ("jsonl", "parquet", "hf"):
+        raise typer.BadParameter("choose jsonl, parquet or hf", param_hint="--format")
+    return fmt
+
+
+def _out(out: Optional[Path], stem: str, fmt: str) -> Path:
+    """OUT, or the stem with the format's suffix (hf: a directory); an hf OUT must be new or empty."""
+    out = out or Path(stem + {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}[fmt])
+    if fmt == "hf" and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise typer.BadParameter(f"{out} exists; give a new directory", param_hint="out")
+    return out
+
+
+def _wrote(got, kind: str, fmt: str) -> str:
+    if fmt == "jsonl":
+        return f"wrote {got.lines} {kind} to {got.path}"
+    what = "a datasets directory: datasets.load_from_disk" if fmt == "hf" else "Parquet"
+    return f"wrote {got.path} ({what}, {got.size:,} bytes received)"
+
+
+def _maps(values: list[str]) -> dict[str, str]:
+    """--map field=column (repeatable, or comma-separated) as {field: column}."""
+    mapping = {}
+    for value in values:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            field, sep, column = part.partition("=")
+            if not (sep and field.strip() and column.strip()):
+                raise typer.BadParameter(f"{part!r}: write field=column, e.g. prompt=instruction", param_hint="--map")
+            mapping[field.strip()] = column.strip()
+    return mapping
+
+
 # ---------------------------------------------------------------- prompt sets
 @prompt_sets_app.command("upload")
-def prompt_sets_upload(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL, one item a line")],
+def prompt_sets_upload(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                                             help="JSONL (one item a line) or Parquet")],
                        name: Optional[str] = typer.Option(None, help="default: the file's name"),
                        description: Optional[str] = None,
                        split: Optional[str] = typer.Option(None, help="train (default) | heldout"),
+                       maps: list[str] = typer.Option([], "--map", help="Parquet: field=column, e.g. "
+                                                                        "--map prompt=instruction (repeatable)"),
                        url: Url = None, api_key: Key = None) -> None:
-    """Upload a JSONL prompt set (streamed; a set with any bad line is refused whole)."""
+    """Upload a prompt set from JSONL or Parquet (streamed; a set with any bad line or row is refused whole)."""
+    mapping = _maps(maps)
     with connect(url, api_key) as api:
-        ps = api.upload_prompt_set(file, name=name, description=description, split=split)
+        ps = api.upload_prompt_set(file, name=name, description=description, split=split, map=mapping or None)
     console.print(f"prompt set {ps.id} {ps.name!r}: {ps.size} prompts ({ps.split})")
 
 
@@ -120,13 +162,19 @@ def prompt_sets_show(set_id: int, prompts: int = typer.Option(5, help="how many 
 
 
 @prompt_sets_app.command("export")
-def prompt_sets_export(set_id: int, out: Path = typer.Option(None, help="default: prompt-set-ID.jsonl"),
-                       url: Url = None, api_key: Key = None) -> None:
-    """Download a prompt set as JSONL in the upload format."""
-    out = out or Path(f"prompt-set-{set_id}.jsonl")
+def prompt_sets_export(set_id: int,
+                       out_arg: Optional[Path] = typer.Argument(None, metavar="[OUT]",
+                                                                help="default: prompt-set-ID.jsonl / .parquet / dir"),
+                       out: Optional[Path] = typer.Option(None, "--out", help="the same as OUT"),
+                       fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+                       style: Style = "conversational", url: Url = None, api_key: Key = None) -> None:
+    """Download a prompt set: JSONL in the upload format, Parquet, or a datasets directory."""
+    out = out_arg or out
+    fmt = _format(out, fmt)
+    out = _out(out, f"prompt-set-{set_id}", fmt)
     with connect(url, api_key) as api:
-        got = api.download_prompt_set(set_id, out)
-    console.print(f"wrote {got.lines} prompts to {out}")
+        got = api.download_prompt_set(set_id, out, format=fmt, style=style)
+    console.print(_wrote(got, "prompts", fmt))
 
 
 # ---------------------------------------------------------------- runs
@@ -197,14 +245,17 @@ def runs_add_prompt_sets(run_id: int, set_ids: list[int], url: Url = None, api_k
 
 
 @runs_app.command("pairs")
-def runs_pairs(run_id: int, out: Path = typer.Option(None, help="JSONL file (default: run-ID-pairs.jsonl)"),
+def runs_pairs(run_id: int, out: Path = typer.Option(None, help="default: run-ID-pairs.jsonl / .parquet / dir"),
                round_number: Optional[int] = typer.Option(None, "--round", help="only this round"),
-               url: Url = None, api_key: Key = None) -> None:
-    """Download a run's preference pairs as JSONL (TRL's prompt / chosen / rejected)."""
-    out = out or Path(f"run-{run_id}-pairs.jsonl")
+               fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+               style: Style = "conversational", url: Url = None, api_key: Key = None) -> None:
+    """Download a run's preference pairs (TRL's prompt / chosen / rejected, plus round, source,
+    margin) as JSONL, Parquet, or a datasets directory for DPOTrainer."""
+    fmt = _format(out, fmt)
+    out = _out(out, f"run-{run_id}-pairs", fmt)
     with connect(url, api_key) as api:
-        got = api.download_pairs(run_id, out, round_number=round_number)
-    console.print(f"wrote {got.lines} pairs to {out}")
+        got = api.download_pairs(run_id, out, round_number=round_number, format=fmt, style=style)
+    console.print(_wrote(got, "pairs", fmt))
 
 
 @runs_app.command("plot")
@@ -260,6 +311,34 @@ def models_promote(version_id: int, url: Url = None, api_key: Key = None) -> Non
     with connect(url, api_key) as api:
         m = api.promote_model(version_id)
     console.print(f"promoted model version {m.id} ({escape(m.key)})")
+
+
+@models_app.command("export")
+def models_export(version_id: int, out_dir: Path = typer.Argument(..., help="a new (or empty) directory"),
+                  dtype: str = typer.Option("auto", help="auto (the base's) | float32 | bfloat16 | float16"),
+                  timeout: float = typer.Option(3600, min=1, help="seconds to wait for the merge"),
+                  interval: float = typer.Option(2.0, min=0.05, help="seconds between polls"),
+                  url: Url = None, api_key: Key = None) -> None:
+    """Merge a version into its base on the gateway's training queue, wait, download and unpack it:
+    OUT_DIR is then a transformers directory (AutoModelForCausalLM.from_pretrained) with a model card."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise typer.BadParameter(f"{out_dir} exists and is not empty", param_hint="out_dir")
+    start = time.monotonic()
+    with connect(url, api_key) as api, console.status(f"exporting model version {version_id}") as status:
+        def show(st) -> None:
+            if st.status == "ready":
+                status.update(f"downloading model version {version_id} ({dtype}, {(st.archive_bytes or 0) / 2**20:.1f} MiB)")
+            else:
+                status.update(f"model version {version_id} ({dtype}): {st.status}, "
+                              f"{_elapsed(time.monotonic() - start)} (merging on the training queue)")
+
+        try:
+            path = api.export_model_and_download(version_id, out_dir, dtype=dtype, timeout=timeout,
+                                                 interval=interval, on_status=show)
+        except (TimeoutError, ValueError) as exc:
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1)
+    console.print(f"wrote {path} (load it with AutoModelForCausalLM.from_pretrained)")
 
 
 @models_app.command("base")

@@ -10,6 +10,8 @@ commands (services/cli_remote.py) and by scripts.
 One method per endpoint; answers come back as the gateway's own response models
 (services/gateway/schemas.py, shared/models.py), so a field renamed on the server is renamed here
 too. Listings that the API pages are iterators that fetch the next page when the caller gets there.
+Files come as files: JSONL and Parquet written to the path given, a `datasets` directory or an
+exported model (a .tar.gz on the wire) unpacked so that the path given is that directory.
 Every 4xx/5xx becomes an `ApiError` carrying the status and the server's error items
 (`{loc, msg, type}`, services/gateway/errors.py); a gateway that cannot be reached is an `ApiError`
 with no status. URL and key default to the settings (`AUTODIDACT_URL`, `AUTODIDACT_API_KEY`).
@@ -22,20 +24,25 @@ not import the gateway's routes, the database or the queue: it speaks HTTP only 
 from __future__ import annotations
 
 import json
+import shutil
+import tarfile
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, NamedTuple, Optional, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
-from services.gateway.schemas import BaseModels, KeyCreated, KeyPublic, RunDetail, RunSummary, TrainSteps
+from services.gateway.schemas import (
+    BaseModels, KeyCreated, KeyPublic, ModelExport, RunDetail, RunSummary, TrainSteps,
+)
 from shared.models import ModelVersionPublic, PromptPublic, PromptSetPublic
 
 FINISHED = ("succeeded", "failed", "cancelled", "stopped")
 TRANSIENT_STATUS = (502, 503, 504)
+FORMATS = ("jsonl", "parquet", "hf")  # of prompt-set and pair exports
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -48,9 +55,9 @@ class Health(BaseModel):
 
 
 class Download(NamedTuple):
-    path: Path
-    size: int  # bytes written
-    lines: int
+    path: Path  # the file, or the directory a .tar.gz was unpacked to
+    size: int  # bytes received
+    lines: int  # records of a JSONL answer (0 for other formats)
 
 
 class ApiError(Exception):
@@ -74,6 +81,26 @@ class ApiError(Exception):
         if len(lines) == 1:
             return f"{head}{where}: {lines[0]}"
         return f"{head}{where}:\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+class ExportFailed(ApiError):
+    """The training worker could not export a model version: `export.error` is the server's text.
+    Another export_model() call queues it again."""
+
+    def __init__(self, export: ModelExport):
+        self.export = export
+        url = f"/v1/models/{export.version_id}/export?dtype={export.dtype}"
+        super().__init__(None, [{"loc": [], "type": "export_failed",
+                                 "msg": f"the export of version {export.version_id} in {export.dtype} failed: "
+                                        f"{(export.error or '(no error text)').strip()}"}], method="GET", url=url)
+
+    @property
+    def transient(self) -> bool:
+        return False  # the gateway answered; the worker's merge failed
+
+    @property
+    def message(self) -> str:
+        return f"{self.errors[0]['msg']} ({self.method} {self.url})"
 
 
 def _item_text(item: dict) -> str:
@@ -167,11 +194,12 @@ class Client:
         return model.model_validate(self._send("GET", path, idempotent=True, params=params).json())
 
     def _post(self, path: str, model: type[M], body: Any = None, *, create: bool = False,
-              idempotency_key: Optional[str] = None) -> M:
+              idempotent: bool = False, idempotency_key: Optional[str] = None) -> M:
         """POST; a creating request carries an Idempotency-Key (the caller's, or a fresh one
-        shared by this call's retries)."""
+        shared by this call's retries). `idempotent`: an endpoint that does the same whatever
+        times it is called (a model export), retried like a read."""
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex} if create else {}
-        response = self._send("POST", path, idempotent=create, json=body, headers=headers)
+        response = self._send("POST", path, idempotent=create or idempotent, json=body, headers=headers)
         return model.model_validate(response.json())
 
     def _cursor_pages(self, path: str, model: type[M], page_size: int) -> Iterator[M]:
@@ -205,6 +233,24 @@ class Client:
             response.close()
             tmp.unlink(missing_ok=True)
         return Download(out, size, lines)
+
+    def _download_as(self, path: str, out: Path | str, fmt: str, **params: Any) -> Download:
+        """An export in `fmt`: jsonl and parquet written to `out`; hf (a .tar.gz of a datasets
+        save_to_disk directory) unpacked so that `out` is that directory (absent or empty before)."""
+        if fmt not in FORMATS:
+            raise ValueError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        if fmt != "hf":
+            got = self._download(path, out, format=fmt, **params)
+            return got if fmt == "jsonl" else got._replace(lines=0)
+        out = Path(out)
+        _check_new_dir(out)
+        archive = out.with_name(f".{out.name}.tar.gz")
+        try:
+            got = self._download(path, archive, format=fmt, **params)
+            unpack(archive, out)
+        finally:
+            archive.unlink(missing_ok=True)
+        return Download(out, got.size, 0)
 
     def _upload(self, path: str, file: Path | str, media_type: str, model: type[M], fields: dict[str, Any],
                 *, idempotency_key: Optional[str] = None) -> M:
@@ -255,11 +301,18 @@ class Client:
         return self._post("/v1/prompt-sets", PromptSetPublic, body, create=True, idempotency_key=idempotency_key)
 
     def upload_prompt_set(self, path: Path | str, *, name: Optional[str] = None, description: Optional[str] = None,
-                          split: Optional[str] = None, idempotency_key: Optional[str] = None) -> PromptSetPublic:
-        """A prompt set from a JSONL file, streamed as a multipart upload (name: the file's, by default)."""
-        fields = {"name": name, "description": description, "split": split}
-        return self._upload("/v1/prompt-sets", path, "application/x-ndjson", PromptSetPublic, fields,
-                            idempotency_key=idempotency_key)
+                          split: Optional[str] = None, map: Optional[Mapping[str, str]] = None,
+                          idempotency_key: Optional[str] = None) -> PromptSetPublic:
+        """A prompt set from a JSONL or Parquet file (told apart by Parquet's PAR1 magic, as the
+        gateway does), streamed as a multipart upload (name: the file's, by default). `map` names
+        the Parquet column of a prompt field whose column is named otherwise, e.g.
+        {"prompt": "instruction", "reference": "output"}; the gateway refuses it with a JSONL file."""
+        with open(path, "rb") as f:
+            parquet = f.read(4) == b"PAR1"
+        maps = [f"{field}={column}" for field, column in (map or {}).items()] or None
+        fields = {"name": name, "description": description, "split": split, "map": maps}
+        media = "application/vnd.apache.parquet" if parquet else "application/x-ndjson"
+        return self._upload("/v1/prompt-sets", path, media, PromptSetPublic, fields, idempotency_key=idempotency_key)
 
     def prompt_sets(self, *, page_size: int = 50) -> Iterator[PromptSetPublic]:
         """The workspace's prompt sets, newest first (pages fetched as you iterate)."""
@@ -283,9 +336,12 @@ class Client:
         """The set's items in the upload format."""
         return self._jsonl(f"/v1/prompt-sets/{set_id}/export")
 
-    def download_prompt_set(self, set_id: int, out: Path | str) -> Download:
-        """The set as a JSONL file, ready to upload again."""
-        return self._download(f"/v1/prompt-sets/{set_id}/export", out)
+    def download_prompt_set(self, set_id: int, out: Path | str, *, format: str = "jsonl",
+                            style: str = "conversational") -> Download:
+        """The set as a JSONL file in the upload format, a Parquet file, or (hf) a `datasets`
+        directory at `out`; the last two have columns prompt, reference, constraints, answer, topic
+        and upload again (Parquet). style="standard": plain-text prompts (refuses chat prompts)."""
+        return self._download_as(f"/v1/prompt-sets/{set_id}/export", out, format, style=style)
 
     # ------------------------------------------------------------ runs
     def create_run(self, method: str, base_model: str, prompt_set_ids: list[int], *,
@@ -320,8 +376,12 @@ class Client:
         """Preference pairs in TRL's conversational {prompt, chosen, rejected} format."""
         return self._jsonl(f"/v1/runs/{run_id}/pairs", round=round_number)
 
-    def download_pairs(self, run_id: int, out: Path | str, *, round_number: Optional[int] = None) -> Download:
-        return self._download(f"/v1/runs/{run_id}/pairs", out, round=round_number)
+    def download_pairs(self, run_id: int, out: Path | str, *, round_number: Optional[int] = None,
+                       format: str = "jsonl", style: str = "conversational") -> Download:
+        """The run's pairs (TRL's prompt / chosen / rejected, plus round, source, margin) as JSONL,
+        Parquet, or (hf) a `datasets` directory at `out` for `load_from_disk`. style="standard":
+        plain text (refuses chat prompts). hf of no pairs is a 409."""
+        return self._download_as(f"/v1/runs/{run_id}/pairs", out, format, round=round_number, style=style)
 
     def plot(self, run_id: int) -> bytes:
         """Held-out accuracy and response length per round, as PNG bytes (409 before any evaluation)."""
@@ -355,6 +415,52 @@ class Client:
         """Accepted values of a run's base_model on this deployment."""
         return self._get("/v1/base-models", BaseModels).names
 
+    def export_model(self, version_id: int, *, dtype: str = "auto") -> ModelExport:
+        """Ask for the version merged into its base as a transformers directory in `dtype` (auto:
+        the base's). `ready` when it was exported before, else `pending`: queued on the training
+        queue (again after a failure; a pending one is left as it is, so a retry is harmless)."""
+        return self._post(f"/v1/models/{version_id}/export", ModelExport, {"dtype": dtype}, idempotent=True)
+
+    def model_export(self, version_id: int, *, dtype: str = "auto") -> ModelExport:
+        """The state of the version's export in `dtype`: absent, pending, ready or failed (`error`)."""
+        return self._get(f"/v1/models/{version_id}/export", ModelExport, dtype=dtype)
+
+    def download_model_export(self, version_id: int, out: Path | str, *, dtype: str = "auto") -> Download:
+        """The ready export as its .tar.gz (one top directory, autodidact-v<id>/); 409 before."""
+        return self._download(f"/v1/models/{version_id}/export/archive", out, dtype=dtype)._replace(lines=0)
+
+    def export_model_and_download(self, version_id: int, out_dir: Path | str, *, dtype: str = "auto",
+                                  timeout: Optional[float] = 3600, interval: float = 2.0,
+                                  on_status: Optional[Callable[[ModelExport], None]] = None) -> Path:
+        """Export the version, wait until it is ready, download it and unpack it so that `out_dir`
+        (absent or empty) is the model directory: `AutoModelForCausalLM.from_pretrained(out_dir)`.
+        `on_status` sees every state polled. A failed merge raises ExportFailed with the worker's
+        error; TimeoutError after `timeout` s (the export goes on: call again to pick it up)."""
+        out_dir = Path(out_dir)
+        _check_new_dir(out_dir)  # before the gateway is asked for anything
+        deadline = None if timeout is None else time.monotonic() + timeout
+        st = self.export_model(version_id, dtype=dtype)
+        while True:
+            if on_status is not None:
+                on_status(st)
+            if st.status == "ready":
+                break
+            if st.status == "failed":
+                raise ExportFailed(st)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the export of version {version_id} in {dtype} is still {st.status} after "
+                                   f"{timeout} s; it goes on: call again later to download it")
+            time.sleep(interval)
+            st = self.model_export(version_id, dtype=dtype)
+            if st.status == "absent":  # its files were cleared meanwhile: ask again
+                st = self.export_model(version_id, dtype=dtype)
+        archive = out_dir.with_name(f".{out_dir.name}.tar.gz")
+        try:
+            self.download_model_export(version_id, archive, dtype=dtype)
+            return unpack(archive, out_dir)
+        finally:
+            archive.unlink(missing_ok=True)
+
     # ------------------------------------------------------------ API keys (admin keys)
     def create_key(self, *, role: str = "member", expires_in_seconds: Optional[int] = None) -> KeyCreated:
         """A new key of this workspace; `.key` is the only time the key itself is shown."""
@@ -366,6 +472,49 @@ class Client:
 
     def revoke_key(self, key_id: int) -> KeyPublic:
         return self._post(f"/v1/keys/{key_id}/revoke", KeyPublic)
+
+
+def _check_new_dir(path: Path) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{path} exists and is not an empty directory; give a new one")
+
+
+def unpack(archive: Path | str, dest: Path | str) -> Path:
+    """Extract a .tar.gz whose members sit under one top directory (the gateway's exports) so that
+    `dest` becomes that directory. Every member is checked before anything is written: an absolute
+    name, a `..`, a link or a device is refused (ValueError), and tarfile's "data" filter checks
+    again. Extracted into a sibling directory renamed at the end, so `dest` exists only complete."""
+    archive, dest = Path(archive), Path(dest)
+    _check_new_dir(dest)
+    staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            for m in members:
+                p = PurePosixPath(m.name)
+                if p.is_absolute() or ".." in p.parts or "\\" in m.name or not (m.isfile() or m.isdir()):
+                    raise ValueError(f"{archive.name}: refusing member {m.name!r} (an absolute path, '..', a link "
+                                     "or a special file); not unpacked")
+            tops = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
+            if len(tops) != 1:
+                raise ValueError(f"{archive.name}: expected one top directory, found {sorted(tops)[:5]}")
+            top = tops.pop()
+            inner = []
+            for m in members:
+                rel = PurePosixPath(m.name).relative_to(top)
+                if rel.parts:
+                    m.name = str(rel)
+                    inner.append(m)
+                elif not m.isdir():
+                    raise ValueError(f"{archive.name}: its top member {top!r} is a file, not a directory")
+            staging.mkdir()
+            tar.extractall(staging, members=inner, filter="data")
+        if dest.exists():
+            dest.rmdir()  # empty, checked above
+        staging.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
 
 
 def _idempotency_in_progress(response: httpx.Response) -> bool:
