@@ -2,6 +2,7 @@
 server), and the remote CLI's run view. The client against the real gateway: tests/service/test_client.py."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import httpx
@@ -74,6 +75,69 @@ def test_pages_are_followed_until_the_last():
     with Client("http://gw", "k", transport=httpx.MockTransport(handler)) as c:
         assert [ps.id for ps in c.prompt_sets(page_size=2)] == [9, 8, 5]
     assert handler.seen[1].url.params["cursor"] == "c8" and handler.seen[1].url.params["limit"] == "2"
+
+
+def _tar(path, *members):
+    """A .tar.gz of (name, kind) members: kind "file", "dir", "symlink" (to /etc/passwd)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"ok"))
+                continue
+            info.type = tarfile.DIRTYPE if kind == "dir" else tarfile.SYMTYPE
+            info.linkname = "/etc/passwd" if kind == "symlink" else ""
+            tar.addfile(info)
+    return path
+
+
+def test_unpack_makes_the_top_directory_dest(tmp_path):
+    from services.client import unpack
+
+    archive = _tar(tmp_path / "a.tar.gz", ("model", "dir"), ("model/config.json", "file"), ("model/sub/w.bin", "file"))
+    (tmp_path / "out").mkdir()  # an empty directory is fine
+    assert unpack(archive, tmp_path / "out") == tmp_path / "out"
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")) == \
+        ["config.json", "sub", "sub/w.bin"]
+    with pytest.raises(ValueError, match="not an empty directory"):
+        unpack(archive, tmp_path / "out")
+
+
+@pytest.mark.parametrize("members,why", [
+    ([("m/ok", "file"), ("/etc/evil", "file")], "refusing member '/etc/evil'"),
+    ([("m/ok", "file"), ("m/../../evil", "file")], "refusing member 'm/../../evil'"),
+    ([("m/ok", "file"), ("m/link", "symlink")], "refusing member 'm/link'"),
+    ([("a/ok", "file"), ("b/ok", "file")], "one top directory"),
+    ([("m", "file")], "is a file"),
+])
+def test_unpack_refuses_unsafe_archives_before_writing(tmp_path, members, why):
+    from services.client import unpack
+
+    with pytest.raises(ValueError, match=why):
+        unpack(_tar(tmp_path / "a.tar.gz", *members), tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz"]  # no dest, no staging left
+
+
+EXPORT = {"version_id": 5, "dtype": "auto", "status": "pending", "path": None, "archive_bytes": None,
+          "download": None, "error": None}
+
+
+def test_export_and_download_polls_and_raises_the_workers_error(tmp_path):
+    from services.client import ExportFailed
+
+    failed = {**EXPORT, "status": "failed", "error": "CUDA out of memory\n"}
+    handler = Scripted((503, {"detail": "queue down"}), (202, EXPORT), (200, EXPORT), (200, failed))
+    seen = []
+    with Client("http://gw", "k", transport=httpx.MockTransport(handler)) as c, pytest.raises(ExportFailed) as err:
+        c.export_model_and_download(5, tmp_path / "m", interval=0, on_status=lambda st: seen.append(st.status))
+    assert [r.method for r in handler.seen] == ["POST", "POST", "GET", "GET"] and seen == ["pending", "pending", "failed"]
+    assert err.value.message == "the export of version 5 in auto failed: CUDA out of memory (GET /v1/models/5/export?dtype=auto)"
+    assert not err.value.transient and not (tmp_path / "m").exists()
+    assert "Idempotency-Key" not in handler.seen[0].headers and json.loads(handler.seen[0].read()) == {"dtype": "auto"}
 
 
 def _run(**over) -> RunDetail:
