@@ -163,7 +163,7 @@ def prompt_sets_show(set_id: int, prompts: int = typer.Option(5, help="how many 
 
 @prompt_sets_app.command("export")
 def prompt_sets_export(set_id: int,
-                       out_arg: Optional[Path] = typer.Argument(None, metavar="[OUT]",
+                       out_arg: Optional[Path] = typer.Argument(None, metavar="OUT",
                                                                 help="default: prompt-set-ID.jsonl / .parquet / dir"),
                        out: Optional[Path] = typer.Option(None, "--out", help="the same as OUT"),
                        fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),

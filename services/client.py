@@ -84,8 +84,8 @@ class ApiError(Exception):
 
 
 class ExportFailed(ApiError):
-    """The training worker could not export a model version: `export.error` is the server's text.
-    Another export_model() call queues it again."""
+    """The training worker could not export a model version: `export.error` is the server's text
+    (status_code None: the gateway answered 200, the merge failed). export_model() queues it again."""
 
     def __init__(self, export: ModelExport):
         self.export = export
