@@ -30,8 +30,9 @@ def test_rest_em_keeps_at_most_k_correct_and_trains_from_the_base(api, workers, 
     heldout = upload(client, a, _prompts(4, constraints=NO_COMMA), name="rest-eval", split="heldout")
     run_id = submit(client, a, method="rest_em", base_model=tiny_model, prompt_set_ids=[train],
                     eval_prompt_set_ids=[heldout], rounds=2,
+                    # the random tiny model never ends its turn within 6 tokens: keep its cut answers
                     config={"samples_per_prompt": 6, "max_correct_per_prompt": 2, "max_new_tokens": 6,
-                            "eval_judge_samples": 2, **TRAIN})
+                            "keep_truncated": True, "eval_judge_samples": 2, **TRAIN})
     run = wait_run(client, a, run_id, workers)
     versions = _versions(run_id)
     base_id = client.get("/v1/models", headers=a).json()["items"]
