@@ -205,6 +205,14 @@ def _advance_locked(session: Session, rnd: Round, to_send: list, to_track: list)
 
 @task("conductor.advance")
 def advance(round_id: int) -> None:
+    token = logs.bind()  # the run and round bound below end with this task, however it is called
+    try:
+        _advance(round_id)
+    finally:
+        logs.unbind(token)
+
+
+def _advance(round_id: int) -> None:
     to_send: list[tuple[str, int]] = []
     to_track: list[dict] = []  # experiment-tracker events (services/gateway/run_tracking.py), sent after commit
     try:

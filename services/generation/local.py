@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # One peft wrapper per cached base model (keyed by id of the base module), guarded by a lock: the
 # active adapter is state of the shared model, so two threads must not sample from it at once.
 _peft_models: dict[int, object] = {}
+# adapter name -> directory, per wrapped base, least recently used first; shared like _peft_models, so
+# a second backend in the process never mistakes another directory's adapter of the same name
+_adapter_paths: dict[int, OrderedDict] = {}
 _model_locks: dict[int, threading.Lock] = {}
 _registry_lock = threading.Lock()
 
@@ -63,7 +66,6 @@ class LocalBackend:
         self.max_batch_rows = max_batch_rows
         self.memory_mb = memory_mb
         self.max_adapters = max_adapters
-        self._adapter_paths: dict[int, OrderedDict[str, str]] = {}
         self.last_slots = 0  # rows in flight of the latest call (benchmarks report it)
 
     def slots_for(self, model, longest_prompt: int, params: SamplingParams) -> int:
@@ -92,13 +94,13 @@ class LocalBackend:
 
         name = model.adapter_name
         path = str(model.adapter_path)
-        loaded = self._adapter_paths.setdefault(key, OrderedDict())
+        loaded = _adapter_paths.setdefault(key, OrderedDict())
         if peft_model is None:
             log.info("wrapping base %s with adapter %s from %s", model.base_model, name, path)
             peft_model = PeftModel.from_pretrained(base, path, adapter_name=name, is_trainable=False)
             _peft_models[key] = peft_model
             loaded[name] = path
-        elif name not in peft_model.peft_config or loaded.get(name, path) != path:
+        elif name not in peft_model.peft_config or loaded.get(name) != path:
             if name in peft_model.peft_config:  # same name, different directory: reload it
                 peft_model.delete_adapter(name)
             log.info("loading adapter %s from %s", name, path)
