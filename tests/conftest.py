@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.gateway_process"]  # the live_gateway fixture (a real gateway process)
+
 # Settings are read from the environment; fix them before any project module builds an engine
 # or the Celery app. Redis DB 15 keeps test queues apart from anything else on the server.
 PG_ADMIN = os.environ.get("AUTODIDACT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

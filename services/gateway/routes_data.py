@@ -65,7 +65,7 @@ async def _from_upload(request: Request) -> tuple[dict, list[dict], str]:
         raise HTTPException(422, [errors.error(["file"], "attach the JSONL or Parquet file as form field 'file'")])
     maps = [v for k, v in form.multi_items() if k == "map"]
     fields = {k: v for k, v in form.items() if k not in ("file", "map")}
-    bad = [errors.error([k], f"unknown form field; allowed: file, name, description, split, map") for k in fields
+    bad = [errors.error([k], "unknown form field; allowed: file, name, description, split, map") for k in fields
            if k not in ("name", "description", "split")]
     named = list(fields.items()) + [("map", v) for v in maps]
     bad += [errors.error([k], why) for k, v in named if isinstance(v, str) and (why := text_problem(v))]

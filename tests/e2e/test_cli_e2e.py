@@ -9,7 +9,6 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from tests.gateway_process import live_gateway  # noqa: F401  (fixture)
 
 TRAIN = [{"prompt": f"write about the lake number {i}", "reference": f"the lake {i} is deep ."} for i in range(4)]
 HELDOUT = [{"prompt": f"describe the hill {i} without commas", "constraints": [{"id": "punctuation:no_comma", "kwargs": {}}]}

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from services.client import FINISHED, ApiError, Client
 from shared.models import utcnow
-from tests.gateway_process import live_gateway  # noqa: F401  (fixture)
 
 ITEMS = [{"prompt": f"write about the river {i}", "reference": f"the river {i} is calm ."} for i in range(5)]
 NO_COMMA = [{"id": "punctuation:no_comma", "kwargs": {}}]

@@ -13,8 +13,8 @@ import pytest
 
 from services.client import ApiError, Client, ExportFailed
 from tests.conftest import Workers
-from tests.gateway_process import live_gateway  # noqa: F401  (fixture)
 from tests.service.test_client import cli
+from tests.service.test_exports_api import seed_finished_run
 from tests.unit.test_model_export import make_adapter
 
 ITEMS = [{"prompt": "Say hi.", "reference": "Hi!"},
@@ -23,8 +23,6 @@ ITEMS = [{"prompt": "Say hi.", "reference": "Hi!"},
          {"prompt": "Lowercase please.", "constraints": [{"id": "change_case:english_lowercase", "kwargs": {}}],
           "topic": "style"}]
 PLAIN = [{"prompt": "Name a river.", "reference": "The Nile."}, {"prompt": "Name a fruit.", "reference": "Apple."}]
-EVAL = {"n": 30, "prompt_strict_acc": 0.4, "prompt_loose_acc": 0.5, "instruction_strict_acc": 0.55,
-        "instruction_loose_acc": 0.6, "ci95": {"prompt_strict_acc": [0.233, 0.567]}}
 
 
 @pytest.fixture
@@ -40,35 +38,15 @@ def finished(live_gateway, tiny_model, tmp_path_factory):
     adapter is missing (its export fails), and the base version."""
     from shared import crud
     from shared.db import session_scope
-    from shared.models import ModelVersion, Round, Run
 
     with Client(live_gateway.url, live_gateway.admin) as c:
         sid = c.create_prompt_set("pairs-source", ITEMS[:2]).id
     adapter = make_adapter(tiny_model, tmp_path_factory.mktemp("adapter") / "a")
     with session_scope() as s:
         ws = crud.get_or_create_workspace(s, name="client-a")
-        run = Run(workspace_id=ws.id, method="spin", base_model=tiny_model, prompt_set_ids=[sid], rounds=2,
-                  config={"beta": 0.1}, status="succeeded", eval_prompt_set_ids=[])
-        s.add(run)
-        s.flush()
-        prompts = crud.prompts_of_set(s, prompt_set_id=sid)
-        base = crud.base_version(s, workspace_id=ws.id, base_model=tiny_model)
-        version = ModelVersion(workspace_id=ws.id, key=f"run:{run.id}:round:2:policy", run_id=run.id, round_number=2,
-                               kind="adapter", base_model=tiny_model, uri=adapter, metrics={"examples": 2})
-        lost = ModelVersion(workspace_id=ws.id, key=f"run:{run.id}:round:1:policy", run_id=run.id, round_number=1,
-                            kind="adapter", base_model=tiny_model, uri=str(tmp_path_factory.mktemp("gone") / "none"))
-        s.add_all([version, lost])
-        s.flush()
-        for n in (1, 2):
-            rnd = Round(run_id=run.id, number=n, status="succeeded", produced_version_id=version.id if n == 2 else None,
-                        metrics={"eval": {**EVAL, "prompt_strict_acc": 0.4 + n / 10},
-                                 **({"eval_base": EVAL} if n == 1 else {})})
-            s.add(rnd)
-            s.flush()
-            crud.upsert_pairs(s, rows=[{"round_id": rnd.id, "prompt_id": p.id, "index": 0, "source": "gold_vs_generated",
-                                        "chosen": p.reference, "rejected": f"nope {n}", "margin": None if n == 1 else 1.5}
-                                       for p in prompts])
-        return {"run": run.id, "version": version.id, "lost": lost.id, "base": base.id}
+        ids = seed_finished_run(s, ws.id, tiny_model, sid, adapter, {"examples": 2},
+                                extra_versions=((1, str(tmp_path_factory.mktemp("gone") / "none")),))
+    return {**ids, "lost": ids["round1"]}
 
 
 @pytest.fixture(scope="module")

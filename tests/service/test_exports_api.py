@@ -119,9 +119,8 @@ def test_broken_parquet_and_map_on_jsonl_are_422(api):
 def finished_run(api, tiny_model, tmp_path_factory):
     """A finished SPIN run written straight into the database (no workers): two rounds of pairs,
     held-out metrics, and an adapter version (round 2) with a real LoRA adapter of the tiny model."""
-    from shared import crud
     from shared.db import session_scope
-    from shared.models import ModelVersion, Round, Run, Workspace
+    from shared.models import Workspace
     from sqlmodel import select
 
     client, a, _ = api
@@ -131,28 +130,38 @@ def finished_run(api, tiny_model, tmp_path_factory):
     adapter = make_adapter(tiny_model, tmp_path_factory.mktemp("adapter") / "a")
     with session_scope() as s:
         ws = s.exec(select(Workspace).where(Workspace.name == "ws-a")).one()
-        run = Run(workspace_id=ws.id, method="spin", base_model=tiny_model, prompt_set_ids=[sid], rounds=2,
-                  config={"beta": 0.1}, status="succeeded", eval_prompt_set_ids=[])
-        s.add(run)
+        return seed_finished_run(s, ws.id, tiny_model, sid, adapter, {"examples": 2, "loss": 0.5})
+
+
+def seed_finished_run(s, workspace_id: int, tiny_model: str, set_id: int, adapter: str, version_metrics: dict,
+                      extra_versions: tuple = ()) -> dict:
+    """A succeeded two-round SPIN run on prompt set `set_id`: pairs and held-out metrics in both
+    rounds, round 2's adapter version at `adapter`, plus `extra_versions` {round: uri}; returns ids."""
+    from shared import crud
+    from shared.models import ModelVersion, Round, Run
+
+    run = Run(workspace_id=workspace_id, method="spin", base_model=tiny_model, prompt_set_ids=[set_id], rounds=2,
+              config={"beta": 0.1}, status="succeeded", eval_prompt_set_ids=[])
+    s.add(run)
+    s.flush()
+    prompts = crud.prompts_of_set(s, prompt_set_id=set_id)
+    base = crud.base_version(s, workspace_id=workspace_id, base_model=tiny_model)
+    version = ModelVersion(workspace_id=workspace_id, key=f"run:{run.id}:round:2:policy", run_id=run.id,
+                           round_number=2, kind="adapter", base_model=tiny_model, uri=adapter, metrics=version_metrics)
+    extra = [ModelVersion(workspace_id=workspace_id, key=f"run:{run.id}:round:{n}:policy", run_id=run.id,
+                          round_number=n, kind="adapter", base_model=tiny_model, uri=uri) for n, uri in extra_versions]
+    s.add_all([version, *extra])
+    s.flush()
+    for n in (1, 2):
+        rnd = Round(run_id=run.id, number=n, status="succeeded", produced_version_id=version.id if n == 2 else None,
+                    metrics={"eval": {**EVAL, "prompt_strict_acc": 0.4 + n / 10}, **({"eval_base": EVAL} if n == 1 else {})})
+        s.add(rnd)
         s.flush()
-        prompts = crud.prompts_of_set(s, prompt_set_id=sid)
-        base = crud.base_version(s, workspace_id=ws.id, base_model=tiny_model)
-        version = ModelVersion(workspace_id=ws.id, key=f"run:{run.id}:round:2:policy", run_id=run.id, round_number=2,
-                               kind="adapter", base_model=tiny_model, uri=adapter, metrics={"examples": 2, "loss": 0.5})
-        s.add(version)
-        s.flush()
-        for n in (1, 2):
-            rnd = Round(run_id=run.id, number=n, status="succeeded",
-                        produced_version_id=version.id if n == 2 else None,
-                        metrics={"eval": {**EVAL, "prompt_strict_acc": 0.4 + n / 10},
-                                 **({"eval_base": EVAL} if n == 1 else {})})
-            s.add(rnd)
-            s.flush()
-            crud.upsert_pairs(s, rows=[{"round_id": rnd.id, "prompt_id": p.id, "index": 0, "source": "gold_vs_generated",
-                                        "chosen": p.reference, "rejected": f"nope {n}", "margin": None if n == 1 else 1.5}
-                                       for p in prompts])
-        ids = {"run": run.id, "version": version.id, "base": base.id}
-    return ids
+        crud.upsert_pairs(s, rows=[{"round_id": rnd.id, "prompt_id": p.id, "index": 0, "source": "gold_vs_generated",
+                                    "chosen": p.reference, "rejected": f"nope {n}", "margin": None if n == 1 else 1.5}
+                                   for p in prompts])
+    return {"run": run.id, "version": version.id, "base": base.id, **{f"round{n}": v.id for (n, _), v in
+                                                                    zip(extra_versions, extra)}}
 
 
 def test_pairs_as_parquet_and_datasets_directory(api, finished_run, tmp_path):
