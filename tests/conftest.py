@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -150,11 +151,29 @@ class Workers:
     """Real `autodidact worker` subprocesses, one per queue, and `autodidact beat` (name "beat");
     can kill and restart any of them."""
 
+    live: list["Workers"] = []  # every set made in this session, for `paused_beats`
+
     def __init__(self, env: dict, log_dir: Path):
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
         self.argv: dict[str, list[str]] = {}  # what each name was started with, for restarts
+        Workers.live.append(self)
+
+    @classmethod
+    @contextmanager
+    def paused_beats(cls):
+        """No beat of this session's workers runs inside the block. Tests that run tasks in-process
+        share the database with them, and a sweep would take a slow in-process task for a lost
+        message and hand it to a real worker (seen under load: the run then ends over there)."""
+        paused = [w for w in cls.live if "beat" in w.procs]
+        for w in paused:
+            w.kill("beat")
+        try:
+            yield
+        finally:
+            for w in paused:
+                w.start("beat")
 
     def start(self, queue: str, argv: list[str] | None = None) -> None:
         """Start the worker of `queue`, beat ("beat"), or any `autodidact` command (`argv`)."""

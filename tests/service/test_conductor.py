@@ -11,6 +11,7 @@ from shared import queue
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import Round, Run, Sample, StageTask
+from tests.conftest import Workers
 
 
 @pytest.fixture
@@ -19,7 +20,8 @@ def inline(services_env, monkeypatch):
     monkeypatch.setenv("AUTODIDACT_RESEND_AFTER_SECONDS", "0")
     get_settings.cache_clear()
     queue._inline_queue.clear()
-    yield queue
+    with Workers.paused_beats():
+        yield queue
     queue._inline_queue.clear()
     get_settings.cache_clear()
 
