@@ -19,12 +19,11 @@ class LiveGateway:
     procs: Workers
 
 
-@pytest.fixture(scope="session")
-def live_gateway(services_env, tmp_path_factory) -> LiveGateway:
+def start_gateway(procs: Workers, timeout: float) -> str:
+    """Start `autodidact gateway` as one of `procs` on a free loopback port; its URL once /healthz answers."""
     from tests.private_servers import free_port
 
     port = free_port()
-    procs = Workers(services_env, tmp_path_factory.mktemp("gateway-logs"))
     procs.start("gateway", ["gateway", "--host", "127.0.0.1", "--port", str(port), "--no-migrate"])
     url = f"http://127.0.0.1:{port}"
 
@@ -34,8 +33,15 @@ def live_gateway(services_env, tmp_path_factory) -> LiveGateway:
         except httpx.HTTPError:
             return False
 
+    wait_for(up, timeout=timeout, what="the gateway process")
+    return url
+
+
+@pytest.fixture(scope="session")
+def live_gateway(services_env, tmp_path_factory) -> LiveGateway:
+    procs = Workers(services_env, tmp_path_factory.mktemp("gateway-logs"))
     try:
-        wait_for(up, timeout=90, what="the gateway process")
+        url = start_gateway(procs, timeout=90)
     except AssertionError:
         print(procs.logs())
         procs.stop_all()

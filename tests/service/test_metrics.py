@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REDIS_URL, Workers, _key, wait_for
+from tests.gateway_process import start_gateway
 from tests.private_servers import free_port
 
 
@@ -48,17 +49,7 @@ def procs(services_env, tmp_path):
 
 
 def test_gateway_serves_request_metrics_by_route_template(procs, tmp_path):
-    port = free_port()
-    procs.start("gateway", ["gateway", "--host", "127.0.0.1", "--port", str(port), "--no-migrate"])
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, timeout=60, what="the gateway")
+    base = start_gateway(procs, timeout=60)
     h = {"Authorization": f"Bearer {_key(f'metrics-{uuid.uuid4().hex[:6]}')}"}
     for run_id in (987654321, 987654322):  # two ids, one route template
         assert httpx.get(f"{base}/v1/runs/{run_id}", headers=h, timeout=10).status_code == 404
