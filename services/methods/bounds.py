@@ -24,6 +24,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_prompt_tokens": (1, 32768),
     "max_response_tokens": (1, 32768),
     "logprob_chunk": (1, 32768),
+    "forward_tokens": (0, 16_777_216),
     "checkpoint_every": (0, 1_000_000),
     "seed": (0, INT32),
     "judge_version_id": (1, INT32),

@@ -40,6 +40,14 @@ class TrainConfig:
     max_response_tokens: int = 512  # the response keeps its start
     logprob_chunk: int = 256  # response positions per lm_head chunk (a [chunk, vocab] fp32 block each)
     checkpoint_every: int = 50  # optimizer steps; 0 = never
+    # Pairwise losses: run the shared prompt through the body once per pair (one packed row with a
+    # segment mask, logprobs.collate_pairs) instead of once with chosen and once with rejected.
+    # Same log-probs; falls back to separate rows for attention kernels that take no custom mask.
+    share_prompt: bool = True
+    # Most token positions (rows x padded width) one forward/backward holds; a batch above it runs as
+    # several forwards whose gradients add up before the step (same update, fewer live activations).
+    # 0 = the whole batch at once.
+    forward_tokens: int = 1024
     # Guards of pairwise training (0 turns one off). Measured every step on the step's own batch,
     # before the update: `max_kl` bounds an estimate of KL(reference || policy) in nats per token,
     # the mean of (log πref − log πθ) per token over the rejected responses (the model's own samples
@@ -80,6 +88,11 @@ class TrainConfig:
             bad("warmup_ratio", "must be in [0, 1)")
         if not 0 <= self.lora_dropout < 1:
             bad("lora_dropout", "must be in [0, 1)")
+        if not isinstance(self.share_prompt, bool):
+            bad("share_prompt", "must be true or false")
+        if not isinstance(self.forward_tokens, int) or isinstance(self.forward_tokens, bool) \
+                or self.forward_tokens < 0:
+            bad("forward_tokens", "must be an integer >= 0 (0 = the whole batch in one forward)")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             bad("checkpoint_every", "must be an integer >= 0 (0 = never)")
         if not self.lora_target_modules or not all(isinstance(m, str) for m in self.lora_target_modules):

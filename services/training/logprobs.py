@@ -17,6 +17,13 @@ Gemma's `final_logit_softcapping` (cap·tanh(z/cap)) is applied when the config 
 
 `Scorer` wraps a (peft) causal LM as an nn.Module whose forward returns per-sequence sums, so that
 DDP's hooks see the whole computation when accelerate wraps it.
+
+Pairs share their prompt (`collate_pairs`): one row holds prompt + chosen + rejected, the rejected
+tokens take the position ids that follow the prompt (as the chosen ones do) and a mask lets each
+continuation see the prompt and itself only, so the prompt goes through the body once per pair
+instead of twice. Each position's hidden state is exactly what it is in its own unpacked sequence;
+the last prompt position predicts the first token of both continuations. With a ~64-token prompt and
+two ~64-token responses that is a quarter fewer body tokens (and activations) per pair.
 """
 from __future__ import annotations
 
@@ -44,10 +51,15 @@ class Batch:
     targets: torch.Tensor  # [N] the response tokens
     seq_index: torch.Tensor  # [N] which sequence each position belongs to
     n_tokens: torch.Tensor  # [B] response tokens per sequence
+    # Packed rows (collate_pairs) only: position ids, and each position's segment (0 the shared
+    # prompt, 1 chosen, 2 rejected, 3 padding); a position sees earlier ones of segment 0 and its own.
+    position_ids: torch.Tensor | None = None  # [R, T]
+    segments: torch.Tensor | None = None  # [R, T]
 
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.positions, self.targets,
-                                               self.seq_index, self.n_tokens)))
+        return Batch(*(t.to(device) if t is not None else None
+                       for t in (self.input_ids, self.positions, self.targets, self.seq_index, self.n_tokens,
+                                 self.position_ids, self.segments)))
 
 
 def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
@@ -64,6 +76,66 @@ def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
         n_tokens.append(len(r))
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)
     return Batch(ids, as_long(positions), as_long(targets), as_long(seq_index), as_long(n_tokens))
+
+
+def collate_pairs(triples: list[tuple[list[int], list[int], list[int]]], pad_id: int) -> Batch:
+    """One row per (prompt, chosen, rejected): prompt + chosen[:-1] + rejected[:-1], scored as the two
+    sequences prompt + chosen and prompt + rejected. Sequence b is chosen of pair b, sequence B + b
+    its rejected, as `collate(chosen + rejected)` numbers them."""
+    width = max(len(p) + len(c) + len(r) - 2 for p, c, r in triples)
+    n = len(triples)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    pos_ids = torch.zeros((n, width), dtype=torch.long)
+    segs = torch.full((n, width), 3, dtype=torch.long)
+    chosen, rejected = ([], [], []), ([], [], [])  # (positions, targets, seq_index)
+    for b, (p, c, r) in enumerate(triples):
+        row = p + c[:-1] + r[:-1]
+        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        P, C = len(p), len(c)
+        pos_ids[b, :len(row)] = torch.tensor(list(range(P + C - 1)) + list(range(P, P + len(r) - 1)))
+        segs[b, :P], segs[b, P: P + C - 1], segs[b, P + C - 1: len(row)] = 0, 1, 2
+        last = b * width + P - 1  # the last prompt position predicts the first token of both
+        chosen[0].extend(range(last, last + C))
+        rejected[0].extend([last] + list(range(last + C, last + C + len(r) - 1)))
+        for part, seq, toks in ((chosen, b, c), (rejected, n + b, r)):
+            part[1].extend(toks)
+            part[2].extend([seq] * len(toks))
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)
+    return Batch(ids, as_long(chosen[0] + rejected[0]), as_long(chosen[1] + rejected[1]),
+                 as_long(chosen[2] + rejected[2]), as_long([len(c) for _, c, _ in triples] +
+                                                           [len(r) for _, _, r in triples]), pos_ids, segs)
+
+
+def packed_attention(config, position_ids: torch.Tensor, segments: torch.Tensor, dtype: torch.dtype):
+    """Additive masks (0 = attend, the dtype's minimum = not) for packed rows: causal, within the
+    shared prompt or the position's own segment, and for sliding-window layers within the window of
+    position ids. A dict by layer type where the config names layer types (transformers takes that
+    as is), else one [R, 1, T, T] mask. Additive, not boolean: eager attention adds the mask."""
+    width = segments.shape[1]
+    idx = torch.arange(width, device=segments.device)
+    seen = (idx[:, None] >= idx[None, :]) & ((segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None]))
+    full = seen.unsqueeze(1)
+    types = getattr(config, "layer_types", None)
+    additive = lambda allowed: torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min)
+    if not types:
+        return additive(full)
+    masks = {}
+    for kind in set(types):
+        window = getattr(config, "sliding_window", None)
+        if kind == "sliding_attention" and window:
+            near = (position_ids[:, :, None] - position_ids[:, None, :]) < window
+            masks[kind] = additive(full & near.unsqueeze(1))
+        else:
+            masks[kind] = additive(full)
+    return masks
+
+
+def can_pack(model) -> bool:
+    """Whether the model's attention takes the custom mask that packed rows need (eager and SDPA do;
+    flash-attention kernels take none)."""
+    config = getattr(model, "config", None)
+    return "flash" not in str(getattr(config, "_attn_implementation", "") or "")
 
 
 def length_batches(lengths: list[int], batch_size: int, seed: int, *, window: int = 32) -> list[list[int]]:
@@ -171,16 +243,22 @@ class Scorer(nn.Module):
         self.model = model
         self.chunk = chunk
 
-    def forward(self, input_ids, positions, targets, seq_index, n_seqs: int):
+    def forward(self, input_ids, positions, targets, seq_index, n_seqs: int, position_ids=None, segments=None):
         body, weight, softcap = causal_lm_parts(self.model)
-        hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state
+        if segments is None:
+            hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state
+        else:
+            mask = packed_attention(body.config, position_ids, segments, weight.dtype)
+            hidden = body(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                          use_cache=False).last_hidden_state
         picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
         logp = _HeadLogProb.apply(picked, weight, targets, softcap, self.chunk)
         return torch.zeros(n_seqs, dtype=logp.dtype, device=logp.device).index_add(0, seq_index, logp)
 
 
 def score(scorer: nn.Module, batch: Batch) -> torch.Tensor:
-    return scorer(batch.input_ids, batch.positions, batch.targets, batch.seq_index, len(batch.n_tokens))
+    return scorer(batch.input_ids, batch.positions, batch.targets, batch.seq_index, len(batch.n_tokens),
+                  batch.position_ids, batch.segments)
 
 
 @torch.no_grad()
@@ -194,4 +272,18 @@ def score_all(scorer: nn.Module, seqs: list[tuple[list[int], list[int]]], pad_id
         values = score(scorer, collate([seqs[i] for i in idx], pad_id).to(device))
         for i, v in zip(idx, values.tolist()):
             out[i] = v
+    return out
+
+
+@torch.no_grad()
+def score_pairs_all(scorer: nn.Module, triples: list[tuple[list[int], list[int], list[int]]], pad_id: int,
+                    device, batch_size: int) -> list[tuple[float, float]]:
+    """(log π(chosen|prompt), log π(rejected|prompt)) per (prompt, chosen, rejected), prompts shared."""
+    out: list = [None] * len(triples)
+    order = sorted(range(len(triples)), key=lambda i: sum(map(len, triples[i])))
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        values = score(scorer, collate_pairs([triples[i] for i in idx], pad_id).to(device)).tolist()
+        for j, i in enumerate(idx):
+            out[i] = (values[j], values[len(idx) + j])
     return out

@@ -51,11 +51,14 @@ import torch
 from services.training.config import TrainConfig
 from services.training.logprobs import (
     Scorer,
+    can_pack,
     collate,
+    collate_pairs,
     encode,
     length_batches,
     score,
     score_all,
+    score_pairs_all,
 )
 from services.training.losses import pair_losses, sft_term
 from shared.config import world_size
@@ -195,7 +198,8 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     base.config.use_cache = False
     ref = None
     if kind == "pairs":
-        ref = state["ref"] if state else _reference_logps(acc, base, data, ref_adapter, pad, config)
+        ref = state["ref"] if state else _reference_logps(acc, base, data, ref_adapter, pad, config,
+                                                           config.share_prompt and can_pack(base))
     model = _policy(base, config, init_adapter)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
@@ -210,6 +214,12 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, len(steps)))
     scorer = Scorer(model, config.logprob_chunk)
     scorer, optimizer = acc.prepare(scorer, optimizer)
+    packed = kind == "pairs" and config.share_prompt and can_pack(base)
+    if kind == "pairs":  # the rows one item puts through the body: (count, tokens of the longest)
+        row_len = [(1, len(p) + len(c) + len(r) - 2) if packed else (2, len(p) + max(len(c), len(r)) - 1)
+                   for p, c, r in data]
+    else:
+        row_len = [(1, len(p) + len(r) - 1) for p, r in data]
 
     start, history = 0, []
     if state:
@@ -237,12 +247,16 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
         mine = group[rank::world]
         # loss, chosen, rejected, margin, correct, tokens, KL estimate on rejected (per token)
         totals = torch.zeros(7, dtype=torch.float64)
-        for j, idx in enumerate(mine):
-            sync = acc.no_sync(scorer) if j < len(mine) - 1 else contextlib.nullcontext()
+        pieces = [piece for idx in mine for piece in _split_by_tokens(idx, row_len, config.forward_tokens)]
+        for j, idx in enumerate(pieces):
+            sync = acc.no_sync(scorer) if j < len(pieces) - 1 else contextlib.nullcontext()
             with sync:
                 if kind == "pairs":
-                    seqs = [(data[i][0], data[i][1]) for i in idx] + [(data[i][0], data[i][2]) for i in idx]
-                    batch = collate(seqs, pad).to(dev)
+                    if packed:
+                        batch = collate_pairs([data[i] for i in idx], pad).to(dev)
+                    else:
+                        batch = collate([(data[i][0], data[i][1]) for i in idx] +
+                                        [(data[i][0], data[i][2]) for i in idx], pad).to(dev)
                     logp = score(scorer, batch)
                     b = len(idx)
                     out = pair_losses(logp[:b], logp[b:], ref_t[idx, 0].to(dev), ref_t[idx, 1].to(dev),
@@ -312,6 +326,22 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     return summary
 
 
+def _split_by_tokens(idx: list[int], row_len: list[tuple[int, int]], budget: int) -> list[list[int]]:
+    """Cut one batch into consecutive pieces whose padded size (rows x the longest row) stays within
+    `budget` token positions; a piece holds at least one item. 0 = no cut."""
+    if budget <= 0:
+        return [idx]
+    pieces, piece, rows, width = [], [], 0, 0
+    for i in sorted(idx, key=lambda i: row_len[i][1]):
+        n, w = row_len[i]
+        if piece and (rows + n) * max(width, w) > budget:
+            pieces.append(piece)
+            piece, rows, width = [], 0, 0
+        piece.append(i)
+        rows, width = rows + n, max(width, w)
+    return pieces + [piece]
+
+
 def _guard_breach(kind: str, config: TrainConfig, totals: torch.Tensor, n_items: int) -> dict | None:
     """The first guard this step's measurements exceed, or None."""
     if kind != "pairs":
@@ -336,7 +366,7 @@ def _restore(model, state: dict[str, torch.Tensor] | None) -> None:
                 p.copy_(state[n])
 
 
-def _reference_logps(acc, base, data, ref_adapter, pad, config) -> list[list[float]]:
+def _reference_logps(acc, base, data, ref_adapter, pad, config, packed: bool) -> list[list[float]]:
     """[[log πref(chosen), log πref(rejected)] per pair], each process scoring its share."""
     model = base
     if ref_adapter is not None:
@@ -345,8 +375,13 @@ def _reference_logps(acc, base, data, ref_adapter, pad, config) -> list[list[flo
         model = PeftModel.from_pretrained(base, str(ref_adapter), adapter_name="reference")
     model.eval()
     mine = list(range(acc.process_index, len(data), acc.num_processes))
-    seqs = [(data[i][0], data[i][k]) for i in mine for k in (1, 2)]
-    values = score_all(Scorer(model, config.logprob_chunk), seqs, pad, acc.device, 2 * config.batch_size)
+    scorer = Scorer(model, config.logprob_chunk)
+    if packed:
+        values = [v for pair in score_pairs_all(scorer, [data[i] for i in mine], pad, acc.device, config.batch_size)
+                  for v in pair]
+    else:
+        seqs = [(data[i][0], data[i][k]) for i in mine for k in (1, 2)]
+        values = score_all(scorer, seqs, pad, acc.device, 2 * config.batch_size)
     if ref_adapter is not None:
         model.unload()  # back to the bare base, in place
     found = dict(_gather_list(acc, [(i, values[2 * j: 2 * j + 2]) for j, i in enumerate(mine)]))

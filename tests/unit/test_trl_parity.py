@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from services.training.logprobs import Scorer, collate, encode, score, score_all
+from services.training.logprobs import Scorer, collate, collate_pairs, encode, score, score_all, score_pairs_all
 from services.training.losses import pair_losses, sft_term
 from shared.modeling import load_tokenizer
 
@@ -75,14 +75,17 @@ def _compare(ours_loss, trl_loss, ours_grads, trl_grads):
     assert worst <= 1e-5 * max(1.0, scale), (worst, scale)
 
 
-@pytest.mark.parametrize("loss,trl_losses,trl_weights,sft_weight,softcap", [
-    ("sigmoid", ["sigmoid"], None, 0.0, None),
-    ("ipo", ["ipo"], None, 0.0, None),
-    ("hinge", ["hinge"], None, 0.0, None),
-    ("sigmoid", ["sigmoid", "sft"], [1.0, 0.1], 0.1, None),  # SPaR's DPO + 0.1·SFT
-    ("sigmoid", ["sigmoid"], None, 0.0, 0.5),  # final logit soft-capping (small cap: it must bite)
+@pytest.mark.parametrize("loss,trl_losses,trl_weights,sft_weight,softcap,packed", [
+    ("sigmoid", ["sigmoid"], None, 0.0, None, False),
+    ("sigmoid", ["sigmoid"], None, 0.0, None, True),  # prompt shared by chosen and rejected
+    ("ipo", ["ipo"], None, 0.0, None, False),
+    ("hinge", ["hinge"], None, 0.0, None, True),
+    ("sigmoid", ["sigmoid", "sft"], [1.0, 0.1], 0.1, None, True),  # SPaR's DPO + 0.1·SFT
+    ("sigmoid", ["sigmoid"], None, 0.0, 0.5, False),  # final logit soft-capping (small cap: it must bite)
+    ("sigmoid", ["sigmoid"], None, 0.0, 0.5, True),
 ])
-def test_lora_loss_and_grads_match_trl(tiny_model, tmp_path, loss, trl_losses, trl_weights, sft_weight, softcap):
+def test_lora_loss_and_grads_match_trl(tiny_model, tmp_path, loss, trl_losses, trl_weights, sft_weight, softcap,
+                                       packed):
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -112,7 +115,10 @@ def test_lora_loss_and_grads_match_trl(tiny_model, tmp_path, loss, trl_losses, t
     scorer = Scorer(model, chunk=5)  # several chunks per batch
     with model.disable_adapter():
         ref = torch.tensor(score_all(scorer, chosen + rejected, tok.pad_token_id, "cpu", 2))
-    batch = collate(chosen + rejected, tok.pad_token_id)
+    if packed:
+        batch = collate_pairs([(c[0], c[1], r[1]) for c, r in zip(chosen, rejected)], tok.pad_token_id)
+    else:
+        batch = collate(chosen + rejected, tok.pad_token_id)
     logp = score(scorer, batch)
     out = pair_losses(logp[:n], logp[n:], ref[:n], ref[n:], loss=loss, beta=0.1,
                       chosen_tokens=batch.n_tokens[:n], rejected_tokens=batch.n_tokens[n:])
@@ -176,3 +182,26 @@ def test_sft_loss_and_grads_match_causal_lm_cross_entropy(tiny_model):
     ours = sft_term(score(Scorer(model, chunk=3), batch), batch.n_tokens.sum())
     ours.backward()
     _compare(ours, plain, _grads(model), plain_grads)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_packed_pairs_score_like_separate_sequences(tiny_model, window):
+    """A shared prompt gives every chosen and rejected token the log-prob it has in its own sequence,
+    also when a sliding-window layer's window (here 3 positions) is shorter than the sequences."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    if window:
+        assert "sliding_attention" in model.config.layer_types  # else the window would test nothing
+        model.config.sliding_window = window
+    chosen, rejected = _encoded(tok)
+    chosen.append((chosen[0][0], chosen[0][1][-1:]))  # a response that is only the end-of-turn token
+    rejected.append((chosen[0][0], rejected[1][1]))
+    scorer = Scorer(model, chunk=4)
+    separate = score_all(scorer, chosen + rejected, tok.pad_token_id, "cpu", 3)
+    packed = score_pairs_all(scorer, [(c[0], c[1], r[1]) for c, r in zip(chosen, rejected)], tok.pad_token_id,
+                             "cpu", 3)
+    n = len(chosen)
+    for i, (c, r) in enumerate(packed):
+        assert abs(c - separate[i]) < 1e-4 and abs(r - separate[n + i]) < 1e-4, (i, c, r, separate[i], separate[n + i])
