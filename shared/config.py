@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # Memory for the local backend's rows in flight (KV cache and logits); it decodes as many rows
     # at once as this holds, replacing finished rows by waiting ones.
     generation_memory_mb: int = 2048
+    # Greedy decoding's LM head in the local backend: bf16-exact takes the argmax from a bfloat16
+    # product and re-scores the few candidates its error bound leaves in float32 (the float32
+    # model's tokens, ~3x faster head on CPUs with AVX-512 BF16); float32 computes every logit in
+    # float32; auto = bf16-exact where the CPU has native bfloat16 products.
+    greedy_head: Literal["auto", "bf16-exact", "float32"] = "auto"
     # local | tgi | openai, or a plug-in "package.module:factory" returning a Backend
     generation_backend: str = "local"
     tgi_urls: str = ""  # comma-separated

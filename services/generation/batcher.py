@@ -30,6 +30,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from services.generation.base import Completion, SamplingParams, cut_at_stop
+from services.generation.greedy_head import ExactGreedyHead, use_exact_head
 from services.generation.sampling import choose, row_seed
 
 SLACK_COLUMNS = 64  # extra columns so the window slides left every ~64 steps, not every step
@@ -95,7 +96,7 @@ class Batcher:
 
     def __init__(self, model, tok, encoded: list[list[int]], rows: list[tuple[int, int]],
                  params: SamplingParams, seed: int, *, slots: int, stops: set[int], ignore_eos: bool = False,
-                 slack: int = SLACK_COLUMNS):
+                 slack: int = SLACK_COLUMNS, greedy_head: str = "auto"):
         self.model, self.tok, self.encoded, self.rows, self.params = model, tok, encoded, rows, params
         self.stops, self.ignore_eos = stops, ignore_eos
         self.device = next(model.parameters()).device
@@ -123,6 +124,12 @@ class Batcher:
         self.pending: list[int] = []
         self.end = 0
         self.steps = self.slides = 0  # forward passes and window slides, for tests and benchmarks
+        # Greedy decoding with the exact bfloat16 head (greedy_head.py) runs the decoder body and
+        # takes the argmax from hidden states; otherwise the model computes float32 logits.
+        weight = model.get_output_embeddings().weight
+        self.head = ExactGreedyHead.for_model(model, weight) \
+            if params.temperature == 0 and use_exact_head(greedy_head, weight) else None
+        self.body = model.get_decoder() if self.head is not None else None
 
     # ---- masks -------------------------------------------------------------------------------
 
@@ -177,11 +184,9 @@ class Batcher:
         allowed = allowed | torch.eye(width, dtype=torch.bool)  # padding queries see themselves: no NaN rows
         c = self.cache
         c.rows, c.write, c.read_from = (live, live + len(uniq)), (self.end - width, self.end), self.end - width
-        out = self.model(input_ids=ids.to(self.device), position_ids=positions.to(self.device),
-                         attention_mask=self._masks(allowed.to(self.device), distance.to(self.device)),
-                         past_key_values=c, use_cache=True, logits_to_keep=1)
-        self.steps += 1
-        logits = out.logits[:, -1, :]
+        logits = self._forward(input_ids=ids.to(self.device), position_ids=positions.to(self.device),
+                               attention_mask=self._masks(allowed.to(self.device), distance.to(self.device)),
+                               past_key_values=c)
         order = [uniq.index(self.rows[r][0]) for r in new]
         if order != list(range(len(new))):  # copy each prompt's columns to its other samples
             c.move([live + t for t in range(len(new))], [live + q for q in order], self.end - width, self.end)
@@ -206,23 +211,34 @@ class Batcher:
         distance = (self.end - cols).view(1, -1)
         c = self.cache
         c.rows, c.write, c.read_from = (0, live), (self.end, self.end + 1), lo
-        out = self.model(input_ids=torch.tensor(self.pending, device=self.device).unsqueeze(-1),
-                         position_ids=torch.tensor(self.length, device=self.device).unsqueeze(-1),
-                         attention_mask=self._masks(allowed.to(self.device), distance.to(self.device)),
-                         past_key_values=c, use_cache=True, logits_to_keep=1)
-        self.steps += 1
+        out = self._forward(input_ids=torch.tensor(self.pending, device=self.device).unsqueeze(-1),
+                            position_ids=torch.tensor(self.length, device=self.device).unsqueeze(-1),
+                            attention_mask=self._masks(allowed.to(self.device), distance.to(self.device)),
+                            past_key_values=c)
         self.end += 1
         self.length = [n + 1 for n in self.length]
-        return out.logits[:, -1, :]
+        return out
+
+    def _forward(self, **inputs) -> torch.Tensor:
+        """The last position's float32 logits [B, V], or its hidden state [B, d] where the exact
+        greedy head picks the token."""
+        self.steps += 1
+        if self.head is not None:
+            return self.body(**inputs, use_cache=True).last_hidden_state[:, -1, :]
+        return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
     def _advance(self, logits: torch.Tensor, first: int) -> None:
         """Choose the next token of slots first.. from their logits and mark rows that finish."""
         params, stops = self.params, self.stops
-        if self.banned is not None:
-            logits = logits.index_fill(-1, self.banned, float("-inf"))
         slots = range(first, len(self.slot_row))
         uniforms = torch.tensor([self.rngs[self.slot_row[s]].random() for s in slots], dtype=torch.float32)
-        for s, t in zip(slots, choose(logits, params, uniforms).tolist()):
+        if self.head is not None:  # `logits` are hidden states here
+            chosen = self.head.argmax(logits, self.banned)
+        else:
+            if self.banned is not None:
+                logits = logits.index_fill(-1, self.banned, float("-inf"))
+            chosen = choose(logits, params, uniforms)
+        for s, t in zip(slots, chosen.tolist()):
             r = self.slot_row[s]
             toks = self.tokens[r]
             toks.append(t)

@@ -55,9 +55,12 @@ class LocalBackend:
     lengths)."""
 
     def __init__(self, device: str = "auto", max_batch_rows: int | None = None, memory_mb: int = 2048,
-                 max_adapters: int = 8, ignore_eos: bool = False):
+                 max_adapters: int = 8, ignore_eos: bool = False, greedy_head: str = "auto"):
         self.device = device
         self.ignore_eos = ignore_eos
+        if greedy_head not in ("auto", "bf16-exact", "float32"):
+            raise ValueError(f"greedy_head must be auto, bf16-exact or float32, got {greedy_head!r}")
+        self.greedy_head = greedy_head
         pick_device(device)  # fails early on a malformed device string
         if max_batch_rows is not None and max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1 (or None for no cap), got {max_batch_rows}")
@@ -152,7 +155,8 @@ class LocalBackend:
                 slots = self.slots_for(base, max(map(len, encoded)), params)
                 self.last_slots = min(slots, len(rows))
                 batcher = Batcher(base, tok, encoded, rows, params, seed, slots=slots,
-                                  stops=set(end_of_turn_ids(tok)), ignore_eos=self.ignore_eos)
+                                  stops=set(end_of_turn_ids(tok)), ignore_eos=self.ignore_eos,
+                                  greedy_head=self.greedy_head)
                 for (i, j), completion in zip(rows, batcher.run()):
                     out[i][j] = completion
             finally:

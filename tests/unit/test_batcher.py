@@ -38,7 +38,8 @@ def _references(model, tok, encoded, max_new):
     return out
 
 
-def test_greedy_equals_generate_with_refills_staggered_stops_and_a_sliding_window(windowed):
+@pytest.mark.parametrize("head", ["float32", "bf16-exact"])
+def test_greedy_equals_generate_with_refills_staggered_stops_and_a_sliding_window(windowed, head):
     model, tok = windowed
     encoded = [prompt_ids(tok, m) for m in PROMPTS]
     refs = _references(model, tok, encoded, 40)
@@ -52,7 +53,8 @@ def test_greedy_equals_generate_with_refills_staggered_stops_and_a_sliding_windo
     assert len(firsts[stop]) >= 3, "the test needs a token that stops several rows at different steps"
     rows = sorted(((i, j) for i in range(len(encoded)) for j in range(2)), key=lambda r: (len(encoded[r[0]]), r))
     params = SamplingParams(n=2, temperature=0, max_new_tokens=40)
-    batcher = Batcher(model, tok, encoded, rows, params, seed=0, slots=3, stops={stop}, slack=2)
+    batcher = Batcher(model, tok, encoded, rows, params, seed=0, slots=3, stops={stop}, slack=2, greedy_head=head)
+    assert (batcher.head is not None) == (head == "bf16-exact")
     got = batcher.run()
     for (i, _), completion in zip(rows, got):
         want = refs[i][:refs[i].index(stop) + 1] if stop in refs[i] else refs[i]
@@ -86,3 +88,29 @@ def test_rows_in_flight_follow_the_memory_budget(tiny_model):
     assert LocalBackend(device="cpu", memory_mb=64, max_batch_rows=5).slots_for(model, 10, params) == 5
     with pytest.raises(ValueError, match="memory_mb"):
         LocalBackend(device="cpu", memory_mb=0)
+
+
+def test_exact_bf16_head_picks_the_float32_argmax_on_near_ties():
+    """The bfloat16 head's candidates always contain the float32 argmax, also where the top logits
+    are closer together than bfloat16 can tell apart, and banned ids are never picked."""
+    from services.generation.greedy_head import ExactGreedyHead
+
+    torch.manual_seed(0)
+    vocab, dim = 5000, 64
+    weight = torch.randn(vocab, dim) / dim ** 0.5
+    hidden = torch.randn(40, dim) * 30
+    # Entry 7 is entry 11 plus a tiny step along row 0's hidden state, and row 0 leans towards
+    # both: a float32 lead of 1e-3 that bfloat16 cannot resolve.
+    hidden[0] += 40 * weight[11]
+    weight[7] = weight[11] + hidden[0] / hidden[0].norm() ** 2 * 1e-3
+    head = ExactGreedyHead(weight)
+    want = (hidden @ weight.t()).argmax(dim=1)
+    assert torch.equal(head.argmax(hidden), want)
+    low = (hidden.to(torch.bfloat16) @ weight.to(torch.bfloat16).t()).float().argmax(dim=1)
+    assert not torch.equal(low, want), "bfloat16 alone should get some of these rows wrong"
+    banned = want[:3].unique()
+    again = head.argmax(hidden, banned)
+    assert not torch.isin(again, banned).any()
+    full = (hidden @ weight.t()).index_fill(-1, banned, float("-inf")).argmax(dim=1)
+    assert torch.equal(again, full)
+    assert head.fallbacks == 0 and head.candidates < 40 * 2 * 50  # a few candidates per row
