@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = ""
     worker_metrics_port: int = 0
+    # bench/overhead.py: a directory where every worker process writes where its tasks' time went
+    # (shared/profiling.py; a stack sampler on the task thread). Empty: no sampling.
+    profile_dir: str = ""
     # Experiment tracking (shared/tracking.py): "none", or a comma list of mlflow, tensorboard. A run's
     # method config field `tracking` overrides it for that run. Both backends write locally by default:
     # MLflow to `tracking_uri` (empty: sqlite:///<artifact_dir>/tracking/mlflow.db; any MLflow URI,
