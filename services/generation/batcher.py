@@ -30,7 +30,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from services.generation.base import Completion, SamplingParams, cut_at_stop
-from services.generation.greedy_head import ExactGreedyHead, use_exact_head
+from services.generation.greedy_head import MAX_TOP_K, ExactBf16Head, use_exact_head
 from services.generation.sampling import choose, row_seed
 
 SLACK_COLUMNS = 64  # extra columns so the window slides left every ~64 steps, not every step
@@ -127,9 +127,11 @@ class Batcher:
         # Greedy decoding with the exact bfloat16 head (greedy_head.py) runs the decoder body and
         # takes the argmax from hidden states; otherwise the model computes float32 logits.
         weight = model.get_output_embeddings().weight
-        self.head = ExactGreedyHead.for_model(model, weight) \
-            if params.temperature == 0 and use_exact_head(greedy_head, weight) else None
+        exact_ok = params.temperature == 0 or 0 < params.top_k <= MAX_TOP_K
+        self.head = ExactBf16Head.for_model(model, weight) \
+            if exact_ok and use_exact_head(greedy_head, weight) else None
         self.body = model.get_decoder() if self.head is not None else None
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
 
     # ---- masks -------------------------------------------------------------------------------
 
@@ -232,8 +234,10 @@ class Batcher:
         params, stops = self.params, self.stops
         slots = range(first, len(self.slot_row))
         uniforms = torch.tensor([self.rngs[self.slot_row[s]].random() for s in slots], dtype=torch.float32)
-        if self.head is not None:  # `logits` are hidden states here
+        if self.head is not None and params.temperature == 0:  # `logits` are hidden states here
             chosen = self.head.argmax(logits, self.banned)
+        elif self.head is not None:
+            chosen = choose(self.head.top_k_logits(logits, params.top_k, self.banned, self.softcap), params, uniforms)
         else:
             if self.banned is not None:
                 logits = logits.index_fill(-1, self.banned, float("-inf"))

@@ -19,7 +19,13 @@ The chosen token is the float32 model's greedy token; only the order of float32 
 from a full float32 product, which can matter for exact ties alone. On Gemma 3 270M a row has about
 6 candidates (at most a few dozen). A row whose candidate set is large (a flat distribution) gets a
 full float32 row instead. Soft-capping (cap * tanh(z / cap)) is monotone and leaves the argmax
-alone. Sampling (temperature > 0) needs every probability and keeps the float32 head.
+alone.
+
+Top-k sampling works the same way: the k likeliest entries lie in {j : z~_j >= (k-th largest z~) -
+D} (D as above with the larger of |max z~| and |k-th z~|), so only those are scored in float32 and
+every other logit is -inf; top-k filtering then keeps exactly the float32 top k, and temperature,
+top-p and the draw see float32 values. Sampling without top-k needs every probability and keeps
+the float32 head.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import torch
 U = 2.0 ** -8  # bfloat16 unit roundoff
 A = 2 * U + U * U + 1e-4  # per-product rounding of h and W, plus float32 accumulation slack
 MAX_CANDIDATES = 4096  # per row; above it the row is scored in float32 in full
+MAX_TOP_K = 1024  # top-k sampling above this keeps the float32 head
 
 
 def cpu_has_bf16() -> bool:
@@ -54,7 +61,7 @@ def use_exact_head(mode: str, weight: torch.Tensor) -> bool:
     return weight.device.type == "cpu" and cpu_has_bf16()
 
 
-class ExactGreedyHead:
+class ExactBf16Head:
     """argmax over the vocabulary of h . W^T for float32 W, computed as described above."""
 
     def __init__(self, weight: torch.Tensor):
@@ -65,7 +72,7 @@ class ExactGreedyHead:
         self.candidates = self.rows = self.fallbacks = 0  # totals, for tests and benchmarks
 
     @classmethod
-    def for_model(cls, model, weight: torch.Tensor) -> ExactGreedyHead:
+    def for_model(cls, model, weight: torch.Tensor) -> ExactBf16Head:
         """The head kept on the model object, rebuilt if the weight changed since."""
         head = getattr(model, "_autodidact_greedy_head", None)
         if head is None or head.weight is not weight or head.key != (weight.data_ptr(), weight._version):
@@ -73,27 +80,58 @@ class ExactGreedyHead:
             model._autodidact_greedy_head = head
         return head
 
+    def _candidates(self, h: torch.Tensor, k: int, banned: torch.Tensor | None):
+        """(rows, cols, float32 logits) of every entry that can be among a row's k largest, and the
+        mask of rows with more than MAX_CANDIDATES (left out, for a full float32 row)."""
+        z = h.to(torch.bfloat16) @ self.low.t()  # [B, V] bfloat16
+        if banned is not None:
+            z.index_fill_(-1, banned, float("-inf"))
+        tops = torch.topk(z, k, dim=1).values.float() if k > 1 else z.amax(dim=1, keepdim=True).float()
+        top, kth = tops[:, 0], tops[:, -1]
+        scale = torch.maximum(top.abs(), kth.abs())
+        margin = (2 * A * h.norm(dim=1) * self.max_norm + 2 * U * scale) / (1 - U)
+        threshold = kth - margin
+        # Compare in bfloat16 against a threshold rounded down: lower it by more than one rounding.
+        threshold = (threshold - threshold.abs() * 2 * U - 1e-30).to(torch.bfloat16)
+        rows, cols = (z >= threshold.unsqueeze(1)).nonzero(as_tuple=True)  # row-major: rows ascending
+        del z
+        counts = torch.bincount(rows, minlength=h.shape[0])  # (a bool row sum is 5x slower here)
+        big = counts > MAX_CANDIDATES
+        if big.any():
+            small = ~big[rows]
+            rows, cols = rows[small], cols[small]
+        exact = (self.weight.index_select(0, cols) * h.index_select(0, rows)).sum(dim=1)
+        self.rows += h.shape[0]
+        self.candidates += int(counts[~big].sum())
+        self.fallbacks += int(big.sum())
+        return rows, cols, exact, big
+
+    def _full(self, h: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
+        full = h @ self.weight.t()
+        if banned is not None:
+            full.index_fill_(-1, banned, float("-inf"))
+        return full
+
+    @torch.inference_mode()
+    def top_k_logits(self, hidden: torch.Tensor, k: int, banned: torch.Tensor | None = None,
+                     softcap: float | None = None) -> torch.Tensor:
+        """[B, V] float32 logits that equal the float32 head's on a superset of each row's k largest
+        and are -inf elsewhere (`banned` ids included); soft-capped where the model caps."""
+        h = hidden.float()
+        rows, cols, exact, big = self._candidates(h, k, banned)
+        out = torch.full((h.shape[0], self.weight.shape[0]), float("-inf"), dtype=torch.float32, device=h.device)
+        out[rows, cols] = exact
+        if big.any():
+            out[big] = self._full(h[big], banned)
+        if softcap:
+            out = torch.tanh(out / softcap) * softcap
+        return out
+
     @torch.inference_mode()
     def argmax(self, hidden: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [B, d] float32 -> [B] token ids; `banned` ids are never chosen."""
         h = hidden.float()
-        z = h.to(torch.bfloat16) @ self.low.t()  # [B, V] bfloat16
-        if banned is not None:
-            z.index_fill_(-1, banned, float("-inf"))
-        top = z.amax(dim=1).float()
-        margin = (2 * A * h.norm(dim=1) * self.max_norm + 2 * U * top.abs()) / (1 - U)
-        threshold = top - margin
-        # Compare in bfloat16 against a threshold rounded down: lower it by more than one rounding.
-        threshold = (threshold - threshold.abs() * 2 * U - 1e-30).to(torch.bfloat16)
-        cand = z >= threshold.unsqueeze(1)
-        del z
-        counts = cand.sum(dim=1)
-        big = counts > MAX_CANDIDATES
-        if big.any():
-            cand[big] = False
-        rows, cols = cand.nonzero(as_tuple=True)
-        del cand
-        exact = (self.weight.index_select(0, cols) * h.index_select(0, rows)).sum(dim=1)
+        rows, cols, exact, big = self._candidates(h, 1, banned)
         n = h.shape[0]
         best = torch.full((n,), float("-inf"), dtype=exact.dtype, device=h.device).scatter_reduce(
             0, rows, exact, "amax")
@@ -101,11 +139,5 @@ class ExactGreedyHead:
         first = torch.where(exact == best[rows], cols, torch.full_like(cols, vocab))
         out = torch.full((n,), vocab, dtype=torch.long, device=h.device).scatter_reduce(0, rows, first, "amin")
         if big.any():
-            full = h[big] @ self.weight.t()
-            if banned is not None:
-                full.index_fill_(-1, banned, float("-inf"))
-            out[big] = full.argmax(dim=1)
-        self.rows += n
-        self.candidates += int(counts[~big].sum())
-        self.fallbacks += int(big.sum())
+            out[big] = self._full(h[big], banned).argmax(dim=1)
         return out

@@ -93,7 +93,7 @@ def test_rows_in_flight_follow_the_memory_budget(tiny_model):
 def test_exact_bf16_head_picks_the_float32_argmax_on_near_ties():
     """The bfloat16 head's candidates always contain the float32 argmax, also where the top logits
     are closer together than bfloat16 can tell apart, and banned ids are never picked."""
-    from services.generation.greedy_head import ExactGreedyHead
+    from services.generation.greedy_head import ExactBf16Head
 
     torch.manual_seed(0)
     vocab, dim = 5000, 64
@@ -103,7 +103,7 @@ def test_exact_bf16_head_picks_the_float32_argmax_on_near_ties():
     # both: a float32 lead of 1e-3 that bfloat16 cannot resolve.
     hidden[0] += 40 * weight[11]
     weight[7] = weight[11] + hidden[0] / hidden[0].norm() ** 2 * 1e-3
-    head = ExactGreedyHead(weight)
+    head = ExactBf16Head(weight)
     want = (hidden @ weight.t()).argmax(dim=1)
     assert torch.equal(head.argmax(hidden), want)
     low = (hidden.to(torch.bfloat16) @ weight.to(torch.bfloat16).t()).float().argmax(dim=1)
@@ -114,3 +114,37 @@ def test_exact_bf16_head_picks_the_float32_argmax_on_near_ties():
     full = (hidden @ weight.t()).index_fill(-1, banned, float("-inf")).argmax(dim=1)
     assert torch.equal(again, full)
     assert head.fallbacks == 0 and head.candidates < 40 * 2 * 50  # a few candidates per row
+
+
+def test_exact_bf16_head_keeps_the_float32_top_k_for_sampling():
+    from services.generation.greedy_head import ExactBf16Head
+    from services.generation.sampling import filter_logits
+
+    torch.manual_seed(1)
+    weight = torch.randn(3000, 48) / 7
+    hidden = torch.randn(25, 48) * 20
+    full = hidden @ weight.t()
+    banned = torch.tensor([int(full[0].argmax())])
+    full[:, banned] = float("-inf")
+    got = ExactBf16Head(weight).top_k_logits(hidden, 40, banned)
+    want = filter_logits(full, 40, 1.0)
+    kept = filter_logits(got, 40, 1.0)
+    assert torch.equal(torch.isfinite(kept), torch.isfinite(want))  # the same 40 entries per row
+    assert torch.allclose(kept[torch.isfinite(kept)], want[torch.isfinite(want)], atol=1e-5)
+
+
+def test_seeded_top_k_sampling_is_the_same_with_either_head(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    tok = load_tokenizer(tiny_model)
+    encoded = [prompt_ids(tok, m) for m in PROMPTS]
+    rows = [(i, j) for i in range(len(encoded)) for j in range(2)]
+    params = SamplingParams(n=2, temperature=0.9, top_k=20, top_p=0.9, max_new_tokens=24)
+    runs = {}
+    for head in ("float32", "bf16-exact"):
+        batcher = Batcher(model, tok, encoded, rows, params, seed=5, slots=4, stops=set(), greedy_head=head)
+        assert (batcher.head is not None) == (head == "bf16-exact")
+        runs[head] = [c.text for c in batcher.run()]
+    assert runs["float32"] == runs["bf16-exact"]
+    assert len(set(runs["float32"])) > 3  # sampling, not one answer repeated
