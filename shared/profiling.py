@@ -4,7 +4,8 @@ A sampler thread looks at one thread's stack every few milliseconds and files ea
 first of these that its stack contains:
 - `load/save`: reading or writing model weights, adapters or tokenizers (from_pretrained,
   save_pretrained, load_adapter, peft wrapping, safetensors);
-- `compute`: a torch module's forward, autograd's backward, an optimizer step;
+- `compute`: a torch module's forward, autograd's backward, an optimizer step, the local
+  backend's LM head and token choice;
 - `database`: SQLAlchemy / the SQLite or Postgres driver;
 - `other`: the rest (queue, conductor, judging code, tokenization, Python between tensors).
 
@@ -28,7 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LOAD = ("from_pretrained", "save_pretrained", "load_adapter", "get_peft_model", "inject_adapter",
         "load_state_dict", "safe_open", "load_file", "_load_pretrained_model", "prepare_gemma", "unload")
-COMPUTE_FILES = ("torch/nn/modules/module.py", "torch/autograd/", "torch/optim/")
+# The LM head and token choice of the local backend run outside any module's forward; they are
+# the model's arithmetic all the same.
+COMPUTE_FILES = ("torch/nn/modules/module.py", "torch/autograd/", "torch/optim/",
+                 "services/generation/greedy_head.py", "services/generation/sampling.py")
 KINDS = ("compute", "load/save", "database", "other")
 
 

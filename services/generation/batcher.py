@@ -127,7 +127,7 @@ class Batcher:
         # Greedy decoding with the exact bfloat16 head (greedy_head.py) runs the decoder body and
         # takes the argmax from hidden states; otherwise the model computes float32 logits.
         weight = model.get_output_embeddings().weight
-        exact_ok = params.temperature == 0 or 0 < params.top_k <= MAX_TOP_K
+        exact_ok = params.temperature == 0 or 0 < params.top_k <= min(MAX_TOP_K, weight.shape[0] - 1)
         self.head = ExactBf16Head.for_model(model, weight) \
             if exact_ok and use_exact_head(greedy_head, weight) else None
         self.body = model.get_decoder() if self.head is not None else None
