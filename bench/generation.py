@@ -3,7 +3,8 @@
 Workloads (`--workload`):
 - `eval`: a round's held-out evaluation: 150 prompts of the built-in curriculum's held-out split,
   one greedy answer each, up to 160 new tokens, stopping at end of turn (the answers' lengths vary).
-- `round`: sampling for training: 32 chat prompts x 4 samples x 64 new tokens, temperature 0.7.
+- `round`: sampling for training: 32 chat prompts x 4 samples x 64 new tokens, temperature 0.7
+  (`--top-k 40`: ReST-EM's filter, which our exact bfloat16 head serves).
 
 Peers (`--peers`, comma-separated):
 - `today`: the local backend as it was at `--today-rev` (static length-sorted batches of up to 64
@@ -103,7 +104,7 @@ def naive(model, tok, prompts, params: SamplingParams) -> tuple[int, float]:
     for messages in prompts:
         ids = torch.tensor([prompt_ids(tok, messages)], device=model.device)
         for _ in range(params.n):
-            kw = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0) \
+            kw = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k) \
                 if params.temperature else dict(do_sample=False)
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
                                  min_new_tokens=params.max_new_tokens, pad_token_id=tok.pad_token_id, **kw)
@@ -120,7 +121,7 @@ def workload(args) -> tuple[list, SamplingParams]:
         return prompts, SamplingParams(n=1, temperature=0, max_new_tokens=args.new_tokens or 160, seed=0)
     n = args.prompts or 32
     prompts = [[{"role": "user", "content": TASKS[i % len(TASKS)]}] for i in range(n)]
-    return prompts, SamplingParams(n=args.samples or 4, temperature=0.7, top_p=1.0,
+    return prompts, SamplingParams(n=args.samples or 4, temperature=0.7, top_p=1.0, top_k=args.top_k,
                                    max_new_tokens=args.new_tokens or 64, seed=0)
 
 
@@ -131,6 +132,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=None)
     parser.add_argument("--samples", type=int, default=None, help="samples per prompt (round workload)")
     parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--top-k", type=int, default=0,
+                        help="round workload: top-k filter (ReST-EM samples with 40; 0 = off)")
     parser.add_argument("--peers", default="naive", help="comma-separated: today, naive, llamacpp")
     parser.add_argument("--per-call", type=int, default=None,
                         help="prompts per call of ours (default all; 64 = a generation shard's default)")

@@ -58,6 +58,8 @@ class LlamaCpp:
         if params.temperature == 0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
         else:
+            if params.top_k:
+                L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(params.top_k))
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(params.temperature))
             if params.top_p < 1:
                 L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
