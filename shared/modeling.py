@@ -105,9 +105,11 @@ def load_base(name: str, device: str = "auto", dtype: torch.dtype | None = None,
         return model
 
 
-def _checksum(model) -> float:
+def _checksum(model) -> tuple[float, ...]:
+    """Per-tensor sums in the weights' own precision: any update changes some sum. (Sums in float64
+    took 2.2 s for Gemma 3 270M, twice per training task: 5 % of a round; these take 0.04 s.)"""
     with torch.no_grad():
-        return float(sum(p.detach().sum(dtype=torch.float64) for p in model.parameters()))
+        return tuple(float(p.detach().sum()) for p in model.parameters())
 
 
 def _available_bytes() -> int:
