@@ -143,6 +143,7 @@ def main() -> None:
                         help="time today's code on the first K prompts only (its calls are independent "
                              "batches of --today-batch prompts, so its tokens/s does not depend on the rest)")
     parser.add_argument("--memory-mb", type=int, default=2048, help="our rows-in-flight memory budget")
+    parser.add_argument("--dtype", default="auto", help="our weights: auto (float32 on CPU) | bfloat16 (opt-in)")
     parser.add_argument("--single-prompts", type=int, default=None,
                         help="time batch-1 peers (naive, llama.cpp batch 1) on the first K prompts only")
     parser.add_argument("--llamacpp-parallel", default="8,32,64", help="llama.cpp batched sizes to try")
@@ -163,7 +164,7 @@ def main() -> None:
           f"({peak_cpu:.1f} per CPU-second)", flush=True)
     print(f"workload {args.workload}: {len(prompts)} prompts x {params.n} x up to {params.max_new_tokens} new "
           f"tokens, temperature {params.temperature}", flush=True)
-    ours_backend = LocalBackend(memory_mb=args.memory_mb)
+    ours_backend = LocalBackend(memory_mb=args.memory_mb, dtype=args.dtype)
     warm = SamplingParams(n=1, max_new_tokens=4, seed=1)
     run_backend(ours_backend, args.model, prompts[:2], warm, None)
     rows: list[tuple[str, int, float, float]] = []  # name, tokens, wall seconds, CPU seconds
@@ -210,7 +211,7 @@ def main() -> None:
         ratios.append(("today (tokens/s)", ours_rate / rate))
     if "naive" in peers:
         subset = prompts[:args.single_prompts] if args.single_prompts else prompts
-        forced = LocalBackend(memory_mb=args.memory_mb, ignore_eos=True)
+        forced = LocalBackend(memory_mb=args.memory_mb, ignore_eos=True, dtype=args.dtype)
         _, fs = run_backend(forced, args.model, prompts, params, args.per_call) if params.temperature == 0 else (0, 0)
         mine = report("ours, forced lengths", len(prompts) * params.n * params.max_new_tokens, fs) if fs else ours_rate
         cpu_mark[0] = time.process_time()
@@ -219,7 +220,7 @@ def main() -> None:
     if "llamacpp" in peers:
         from llamacpp_peer import LlamaCpp  # bench/ is on sys.path as the script's folder
 
-        forced = LocalBackend(memory_mb=args.memory_mb, ignore_eos=True)
+        forced = LocalBackend(memory_mb=args.memory_mb, ignore_eos=True, dtype=args.dtype)
         _, fs = run_backend(forced, args.model, prompts, params, args.per_call)
         mine = report("ours, forced lengths", len(prompts) * params.n * params.max_new_tokens, fs,
                       f"[{forced.last_slots} rows in flight] ")

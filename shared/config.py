@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # model's tokens, ~3x faster head on CPUs with AVX-512 BF16); float32 computes every logit in
     # float32; auto = bf16-exact where the CPU has native bfloat16 products.
     greedy_head: Literal["auto", "bf16-exact", "float32"] = "auto"
+    # Weights of the local backend's model: auto = float32 on CPU, bfloat16 on GPU. bfloat16 on a
+    # CPU is an opt-in speed-up whose answers differ from float32's (docs/benchmarks.md).
+    generation_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # local | tgi | openai, or a plug-in "package.module:factory" returning a Backend
     generation_backend: str = "local"
     tgi_urls: str = ""  # comma-separated

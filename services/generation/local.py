@@ -24,6 +24,8 @@ import random
 import threading
 from collections import OrderedDict
 
+import torch
+
 from services.generation.base import Completion, ModelRef, SamplingParams
 from services.generation.batcher import SLACK_COLUMNS, Batcher, bytes_per_row
 from shared.modeling import (
@@ -46,6 +48,12 @@ _model_locks: dict[int, threading.Lock] = {}
 _registry_lock = threading.Lock()
 
 
+# `generation_dtype`: bfloat16 on a CPU is opt-in. It is 2-3x faster where the CPU has native
+# bfloat16 products, and its answers differ from float32's (docs/benchmarks.md measures the
+# held-out accuracy both ways).
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 class LocalBackend:
     """Sample from a base model (+ LoRA adapter) in this process. `device`: "auto" | "cpu" |
     "cuda" | "cuda:1"...; `memory_mb`: memory for the rows in flight (their KV cache and logits),
@@ -55,8 +63,12 @@ class LocalBackend:
     lengths)."""
 
     def __init__(self, device: str = "auto", max_batch_rows: int | None = None, memory_mb: int = 2048,
-                 max_adapters: int = 8, ignore_eos: bool = False, greedy_head: str = "auto"):
+                 max_adapters: int = 8, ignore_eos: bool = False, greedy_head: str = "auto",
+                 dtype: str = "auto"):
         self.device = device
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.dtype = DTYPES[dtype]  # None: the device's default (float32 on CPU, bfloat16 on GPU)
         self.ignore_eos = ignore_eos
         if greedy_head not in ("auto", "bf16-exact", "float32"):
             raise ValueError(f"greedy_head must be auto, bf16-exact or float32, got {greedy_head!r}")
@@ -86,7 +98,7 @@ class LocalBackend:
 
     def _activate(self, model: ModelRef):
         """The base model with `model`'s adapter active (or adapters disabled for the base)."""
-        base = load_base(model.base_model, device=self.device)
+        base = load_base(model.base_model, device=self.device, dtype=self.dtype)
         key = id(base)
         peft_model = _peft_models.get(key)
         if model.adapter_path is None:
@@ -146,7 +158,7 @@ class LocalBackend:
         rows = sorted(((i, j) for i in range(len(prompts)) for j in range(params.n)),
                       key=lambda r: (len(encoded[r[0]]), r[0], r[1]))
         out: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
-        base = load_base(model.base_model, device=self.device)
+        base = load_base(model.base_model, device=self.device, dtype=self.dtype)
         with _registry_lock:
             lock = _model_locks.setdefault(id(base), threading.Lock())
         with lock:

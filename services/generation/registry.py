@@ -73,4 +73,5 @@ def backend() -> Backend:
     if s.generation_backend == "openai":
         return get_backend("openai", urls=[u for u in s.openai_base_url.split(",") if u],
                            endpoint=s.openai_endpoint, max_loras=s.openai_max_loras)
-    return get_backend("local", device=s.device, memory_mb=s.generation_memory_mb, greedy_head=s.greedy_head)
+    return get_backend("local", device=s.device, memory_mb=s.generation_memory_mb, greedy_head=s.greedy_head,
+                       dtype=s.generation_dtype)

@@ -148,3 +148,15 @@ def test_seeded_top_k_sampling_is_the_same_with_either_head(tiny_model):
         runs[head] = [c.text for c in batcher.run()]
     assert runs["float32"] == runs["bf16-exact"]
     assert len(set(runs["float32"])) > 3  # sampling, not one answer repeated
+
+
+def test_bfloat16_weights_are_opt_in(tiny_model):
+    from shared.modeling import load_base
+
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=6, seed=0)
+    out = LocalBackend(device="cpu", dtype="bfloat16").generate(PROMPTS[:3], ModelRef(tiny_model), params)
+    assert [len(per) for per in out] == [1, 1, 1] and all(c.token_count >= 1 for per in out for c in per)
+    assert load_base(tiny_model, device="cpu", dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert LocalBackend(device="cpu").dtype is None  # default: the device's own (float32 on CPU)
+    with pytest.raises(ValueError, match="dtype"):
+        LocalBackend(device="cpu", dtype="float16")
