@@ -13,13 +13,17 @@ from services.judging.evaluation import aggregate
 from services.judging.verifier import verify
 
 
-def evaluate_model(items: list[dict], *, backend, model, max_new_tokens: int = 160, batch: int = 16,
+def evaluate_model(items: list[dict], *, backend, model, max_new_tokens: int = 160, batch: int = 0,
                    on_batch=None) -> dict:
     """items: prompt items {"prompt", "constraints", ...}; returns aggregate metrics plus the answers
-    ({"answers": [{"prompt", "response", "finish_reason", "strict"}]}) and the wall seconds."""
+    ({"answers": [{"prompt", "response", "finish_reason", "strict"}]}) and the wall seconds.
+    `batch` prompts go to the backend per call (0: as many as the backend asks for, which keeps a
+    continuously batching backend full; 16 at a time left the local backend at 16 rows)."""
     from services.generation.base import SamplingParams
 
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=0)
+    if batch <= 0:
+        batch = backend.batch_prompts(1) if hasattr(backend, "batch_prompts") else 16
     t0 = time.monotonic()
     rows = []
     for start in range(0, len(items), batch):
