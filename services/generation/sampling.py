@@ -43,7 +43,29 @@ def choose(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor)
     """Next token per row: argmax at temperature 0, else inverse-CDF sampling with `uniforms`."""
     if params.temperature == 0:
         return logits.argmax(-1)
+    if params.top_k and params.top_k < logits.shape[-1]:
+        return _choose_top_k(logits, params, uniforms)
     logits = filter_logits(logits.float() / params.temperature, params.top_k, params.top_p)
     cdf = torch.softmax(logits, dim=-1).cumsum(-1)
     target = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
     return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+
+
+def _choose_top_k(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:
+    """`choose` for top-k sampling on the k kept entries only: the same draw (the kept entries in
+    vocabulary order, the same inverse CDF) without softmax and cumsum over the whole vocabulary,
+    which for Gemma's 262k entries cost more than the sampling step's LM head in bfloat16. Entries
+    tied with the k-th largest beyond k are not kept (filter_logits keeps them all)."""
+    values, index = torch.topk(logits.float(), params.top_k, dim=-1)
+    index, order = index.sort(dim=-1)  # vocabulary order, as the full-vocabulary cumsum runs
+    values = values.gather(-1, order) / params.temperature
+    if params.top_p < 1.0:
+        probs = torch.softmax(values, dim=-1)
+        top, idx = torch.sort(probs, dim=-1, descending=True)
+        keep = (top.cumsum(-1) - top) < params.top_p
+        kept = torch.zeros_like(values, dtype=torch.bool).scatter(-1, idx, keep)
+        values = values.masked_fill(~kept, float("-inf"))
+    cdf = torch.softmax(values, dim=-1).cumsum(-1)
+    target = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+    pos = torch.searchsorted(cdf, target).clamp_(max=values.shape[-1] - 1)
+    return index.gather(-1, pos).squeeze(-1)

@@ -160,3 +160,18 @@ def test_bfloat16_weights_are_opt_in(tiny_model):
     assert LocalBackend(device="cpu").dtype is None  # default: the device's own (float32 on CPU)
     with pytest.raises(ValueError, match="dtype"):
         LocalBackend(device="cpu", dtype="float16")
+
+
+def test_top_k_draw_equals_the_full_vocabulary_draw():
+    """Sampling on the k kept entries picks the token the full-vocabulary inverse CDF picks."""
+    from services.generation.sampling import choose, filter_logits
+
+    torch.manual_seed(3)
+    logits = torch.randn(64, 5000) * 3
+    uniforms = torch.rand(64)
+    for top_p in (1.0, 0.8):
+        params = SamplingParams(n=1, temperature=0.7, top_k=40, top_p=top_p, max_new_tokens=4)
+        full = filter_logits(logits / 0.7, 40, top_p)
+        cdf = torch.softmax(full, dim=-1).cumsum(-1)
+        want = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+        assert torch.equal(choose(logits, params, uniforms), want)
