@@ -239,8 +239,8 @@ class Batcher:
         elif self.head is not None:
             chosen = choose(self.head.top_k_logits(logits, params.top_k, self.banned, self.softcap), params, uniforms)
         else:
-            if self.banned is not None:
-                logits = logits.index_fill(-1, self.banned, float("-inf"))
+            if self.banned is not None:  # in place: a copy of [rows, vocabulary] logits per step costs
+                logits.index_fill_(-1, self.banned, float("-inf"))
             chosen = choose(logits, params, uniforms)
         for s, t in zip(slots, chosen.tolist()):
             r = self.slot_row[s]

@@ -56,9 +56,9 @@ def _choose_top_k(logits: torch.Tensor, params: SamplingParams, uniforms: torch.
     vocabulary order, the same inverse CDF) without softmax and cumsum over the whole vocabulary,
     which for Gemma's 262k entries cost more than the sampling step's LM head in bfloat16. Entries
     tied with the k-th largest beyond k are not kept (filter_logits keeps them all)."""
-    values, index = torch.topk(logits.float(), params.top_k, dim=-1)
+    values, index = torch.topk(logits, params.top_k, dim=-1)  # in the logits' dtype: no float copy of all
     index, order = index.sort(dim=-1)  # vocabulary order, as the full-vocabulary cumsum runs
-    values = values.gather(-1, order) / params.temperature
+    values = values.gather(-1, order).float() / params.temperature
     if params.top_p < 1.0:
         probs = torch.softmax(values, dim=-1)
         top, idx = torch.sort(probs, dim=-1, descending=True)
