@@ -82,6 +82,7 @@ class LocalBackend:
         self.memory_mb = memory_mb
         self.max_adapters = max_adapters
         self.last_slots = 0  # rows in flight of the latest call (benchmarks report it)
+        self.capacity = 0  # rows the memory budget held in the latest call, whatever its size
 
     def slots_for(self, model, longest_prompt: int, params: SamplingParams) -> int:
         """Rows in flight: as many as `memory_mb` holds, up to `max_batch_rows`."""
@@ -92,7 +93,7 @@ class LocalBackend:
     def batch_prompts(self, n: int) -> int:
         """Prompts per call that keep the batch full while a caller saves progress between calls:
         a few times the rows in flight (estimated for Gemma-sized caches until a call has run)."""
-        return max(8, 4 * (self.last_slots or 64) // max(1, n))
+        return max(8, 4 * (self.capacity or 64) // max(1, n))
 
     # ---- model and adapters ------------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class LocalBackend:
             base = self._activate(model)
             try:
                 slots = self.slots_for(base, max(map(len, encoded)), params)
-                self.last_slots = min(slots, len(rows))
+                self.last_slots, self.capacity = min(slots, len(rows)), slots
                 batcher = Batcher(base, tok, encoded, rows, params, seed, slots=slots,
                                   stops=set(end_of_turn_ids(tok)), ignore_eos=self.ignore_eos,
                                   greedy_head=self.greedy_head)

@@ -175,3 +175,12 @@ def test_top_k_draw_equals_the_full_vocabulary_draw():
         cdf = torch.softmax(full, dim=-1).cumsum(-1)
         want = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
         assert torch.equal(choose(logits, params, uniforms), want)
+
+
+def test_prompts_per_call_follow_the_budget_not_the_last_call(tiny_model):
+    """A small call (a warm-up) must not shrink the next calls: evaluation asks how many prompts
+    to send per call, and 8 left the batch at 8 rows (37 instead of 164 tokens/s on Gemma)."""
+    backend = LocalBackend(device="cpu", memory_mb=64)
+    backend.generate(PROMPTS[:1], ModelRef(tiny_model), SamplingParams(n=1, temperature=0, max_new_tokens=2))
+    assert backend.last_slots == 1 and backend.capacity > 8
+    assert backend.batch_prompts(1) == 4 * backend.capacity
