@@ -31,7 +31,7 @@ from transformers.cache_utils import Cache
 
 from services.generation.base import Completion, SamplingParams, cut_at_stop
 from services.generation.greedy_head import MAX_TOP_K, ExactBf16Head, use_exact_head
-from services.generation.sampling import choose, row_seed
+from services.generation.sampling import choose, choose_top_k, row_seed
 
 SLACK_COLUMNS = 64  # extra columns so the window slides left every ~64 steps, not every step
 
@@ -237,7 +237,8 @@ class Batcher:
         if self.head is not None and params.temperature == 0:  # `logits` are hidden states here
             chosen = self.head.argmax(logits, self.banned)
         elif self.head is not None:
-            chosen = choose(self.head.top_k_logits(logits, params.top_k, self.banned, self.softcap), params, uniforms)
+            values, ids = self.head.top_k_candidates(logits, params.top_k, self.banned, self.softcap)
+            chosen = choose_top_k(values, ids, params, uniforms)
         else:
             if self.banned is not None:  # in place: a copy of [rows, vocabulary] logits per step costs
                 logits.index_fill_(-1, self.banned, float("-inf"))

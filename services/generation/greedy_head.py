@@ -113,19 +113,29 @@ class ExactBf16Head:
         return full
 
     @torch.inference_mode()
-    def top_k_logits(self, hidden: torch.Tensor, k: int, banned: torch.Tensor | None = None,
-                     softcap: float | None = None) -> torch.Tensor:
-        """[B, V] float32 logits that equal the float32 head's on a superset of each row's k largest
-        and are -inf elsewhere (`banned` ids included); soft-capped where the model caps."""
+    def top_k_candidates(self, hidden: torch.Tensor, k: int, banned: torch.Tensor | None = None,
+                         softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values [B, C], vocabulary ids [B, C]) with C >= k: each row's candidates with their
+        float32 logits (soft-capped where the model caps), padded with -inf: the values that
+        the float32 head would give on a superset of each row's k largest, without a [B, V] tensor:
+        the sampler draws from these directly (sampling.choose_top_k)."""
         h = hidden.float()
         rows, cols, exact, big = self._candidates(h, k, banned)
-        out = torch.full((h.shape[0], self.weight.shape[0]), float("-inf"), dtype=torch.float32, device=h.device)
-        out[rows, cols] = exact
-        if big.any():
-            out[big] = self._full(h[big], banned)
+        n = h.shape[0]
+        counts = torch.bincount(rows, minlength=n)
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(rows.shape[0], device=h.device) - starts[rows]
+        width = max(k, int(counts.max()) if rows.numel() else 0)
+        values = torch.full((n, width), float("-inf"), dtype=torch.float32, device=h.device)
+        ids = torch.zeros((n, width), dtype=torch.long, device=h.device)
+        values[rows, pos], ids[rows, pos] = exact, cols
+        if big.any():  # rows scored in full: their own k largest
+            top, where = torch.topk(self._full(h[big], banned), k, dim=-1)
+            values[big], ids[big] = torch.full_like(values[big], float("-inf")), 0
+            values[big, :k], ids[big, :k] = top, where
         if softcap:
-            out = torch.tanh(out / softcap) * softcap
-        return out
+            values = torch.tanh(values / softcap) * softcap
+        return values, ids
 
     @torch.inference_mode()
     def argmax(self, hidden: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:

@@ -51,12 +51,22 @@ def choose(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor)
     return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
 
 
-def _choose_top_k(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:
+def choose_top_k(values: torch.Tensor, ids: torch.Tensor, params: SamplingParams,
+                 uniforms: torch.Tensor) -> torch.Tensor:
+    """Top-k sampling from candidate logits `values` [B, C] (C >= k, -inf padding) whose vocabulary
+    ids are `ids` [B, C]: the draw `choose` makes on full logits holding these values."""
+    return _choose_top_k(values, params, uniforms, ids)
+
+
+def _choose_top_k(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor,
+                  ids: torch.Tensor | None = None) -> torch.Tensor:
     """`choose` for top-k sampling on the k kept entries only: the same draw (the kept entries in
     vocabulary order, the same inverse CDF) without softmax and cumsum over the whole vocabulary,
     which for Gemma's 262k entries cost more than the sampling step's LM head in bfloat16. Entries
     tied with the k-th largest beyond k are not kept (filter_logits keeps them all)."""
     values, index = torch.topk(logits, params.top_k, dim=-1)  # in the logits' dtype: no float copy of all
+    if ids is not None:
+        index = ids.gather(-1, index)
     index, order = index.sort(dim=-1)  # vocabulary order, as the full-vocabulary cumsum runs
     values = values.gather(-1, order).float() / params.temperature
     if params.top_p < 1.0:

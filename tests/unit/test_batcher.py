@@ -126,7 +126,9 @@ def test_exact_bf16_head_keeps_the_float32_top_k_for_sampling():
     full = hidden @ weight.t()
     banned = torch.tensor([int(full[0].argmax())])
     full[:, banned] = float("-inf")
-    got = ExactBf16Head(weight).top_k_logits(hidden, 40, banned)
+    values, ids = ExactBf16Head(weight).top_k_candidates(hidden, 40, banned)
+    got, real = torch.full_like(full, float("-inf")), torch.isfinite(values)  # padding carries id 0
+    got[torch.arange(len(ids)).unsqueeze(1).expand_as(ids)[real], ids[real]] = values[real]
     want = filter_logits(full, 40, 1.0)
     kept = filter_logits(got, 40, 1.0)
     assert torch.equal(torch.isfinite(kept), torch.isfinite(want))  # the same 40 entries per row
@@ -184,3 +186,28 @@ def test_prompts_per_call_follow_the_budget_not_the_last_call(tiny_model):
     backend.generate(PROMPTS[:1], ModelRef(tiny_model), SamplingParams(n=1, temperature=0, max_new_tokens=2))
     assert backend.last_slots == 1 and backend.capacity > 8
     assert backend.batch_prompts(1) == 4 * backend.capacity
+
+
+def test_top_k_candidates_draw_what_full_float32_logits_draw():
+    from services.generation import greedy_head
+    from services.generation.greedy_head import ExactBf16Head
+    from services.generation.sampling import choose, choose_top_k
+
+    torch.manual_seed(4)
+    weight = torch.randn(4000, 48) / 7
+    hidden = torch.randn(30, 48) * 20
+    uniforms = torch.rand(30)
+    params = SamplingParams(n=1, temperature=0.8, top_k=25, top_p=0.9, max_new_tokens=4)
+    banned = torch.tensor([5, 17])
+    full = (hidden @ weight.t()).index_fill(-1, banned, float("-inf"))
+    want = choose(full, params, uniforms)
+    head = ExactBf16Head(weight)
+    values, ids = head.top_k_candidates(hidden, 25, banned)
+    assert values.shape[1] >= 25 and torch.equal(choose_top_k(values, ids, params, uniforms), want)
+    limit = greedy_head.MAX_CANDIDATES
+    try:  # every row over the candidate limit: rows scored in full take the same path to the same draw
+        greedy_head.MAX_CANDIDATES = 1
+        values, ids = head.top_k_candidates(hidden, 25, banned)
+        assert torch.equal(choose_top_k(values, ids, params, uniforms), want)
+    finally:
+        greedy_head.MAX_CANDIDATES = limit
