@@ -22,9 +22,16 @@ def test_continuous_run_picks_up_a_new_prompt_set_and_stops_by_rule(api, workers
         stages = client.get(f"/v1/runs/{run_id}", headers=a).json()["round_details"][0]["stages"]
         return "generate" in stages
 
+    def rounds_so_far():
+        return len(client.get(f"/v1/runs/{run_id}", headers=a).json()["round_details"])
+
     wait_for(round1_planned, timeout=60, interval=0.2, what="round 1 to be planned")
     r = client.post(f"/v1/runs/{run_id}/prompt-sets", headers=a, json={"prompt_set_ids": [later]})
     assert r.status_code == 200 and r.json()["prompt_set_ids"] == [first, later]
+    # Rounds opened after this point plan with the new set. On a loaded machine round 2 may open
+    # between round 1's planning and the request above (a tiny round takes seconds); then it is
+    # round 3 that must carry the set.
+    opened = rounds_so_far()
     bad = client.post(f"/v1/runs/{run_id}/prompt-sets", headers=a, json={"prompt_set_ids": [10**9]})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["prompt_set_ids", 0]
 
@@ -37,7 +44,9 @@ def test_continuous_run_picks_up_a_new_prompt_set_and_stops_by_rule(api, workers
             rnd = s.exec(select(Round).where(Round.run_id == run_id, Round.number == number)).one()
             per_round[number] = set(s.exec(select(Sample.prompt_id).where(Sample.round_id == rnd.id)).all())
     assert not per_round[1] & later_ids  # round 1 was planned before the set was added
-    assert later_ids <= per_round[2] and later_ids <= per_round[3]
+    assert opened < 3, "the run reached its last round before the set was added; nothing to check"
+    for number in range(opened + 1, 4):
+        assert later_ids <= per_round[number], number
     promoted = [m for m in client.get("/v1/models", headers=a).json()["items"] if m["run_id"] == run_id and m["promoted"]]
     assert len(promoted) == 1 and promoted[0]["round_number"] == 3  # not evaluated: the last one
     # promoting by hand moves the mark
