@@ -63,10 +63,10 @@ def make_celery() -> Celery:
 
 
 celery_app = make_celery()
-if get_settings().profile_dir:  # bench/overhead.py: where each task's time goes (off by default)
+if _profile_dir := get_settings().profile_dir:  # bench/overhead.py: where each task's time goes (off by default)
     from shared import profiling
 
-    profiling.connect_celery_signals(get_settings().profile_dir)
+    profiling.connect_celery_signals(_profile_dir)
 log = logging.getLogger(__name__)
 
 

@@ -124,10 +124,11 @@ class Batcher:
         self.pending: list[int] = []
         self.end = 0
         self.steps = self.slides = 0  # forward passes and window slides, for tests and benchmarks
-        # Greedy decoding with the exact bfloat16 head (greedy_head.py) runs the decoder body and
-        # takes the argmax from hidden states; otherwise the model computes float32 logits.
+        # Greedy and top-k steps with the exact bfloat16 head (greedy_head.py) run the decoder body
+        # and pick from hidden states; otherwise the model computes the logits.
         weight = model.get_output_embeddings().weight
-        exact_ok = params.temperature == 0 or 0 < params.top_k <= min(MAX_TOP_K, weight.shape[0] - 1)
+        top_k_ok = 0 < params.top_k <= min(MAX_TOP_K, weight.shape[0] - 1)
+        exact_ok = params.temperature == 0 or top_k_ok
         self.head = ExactBf16Head.for_model(model, weight) \
             if exact_ok and use_exact_head(greedy_head, weight) else None
         self.body = model.get_decoder() if self.head is not None else None

@@ -30,6 +30,7 @@ the float32 head.
 from __future__ import annotations
 
 import platform
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -38,8 +39,10 @@ U = 2.0 ** -8  # bfloat16 unit roundoff
 A = 2 * U + U * U + 1e-4  # per-product rounding of h and W, plus float32 accumulation slack
 MAX_CANDIDATES = 4096  # per row; above it the row is scored in float32 in full
 MAX_TOP_K = 1024  # top-k sampling above this keeps the float32 head
+MODES = ("auto", "bf16-exact", "float32")  # the setting `greedy_head`
 
 
+@lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 products natively (AVX-512 BF16 or AMX)."""
     if platform.system() != "Linux":
@@ -81,8 +84,9 @@ class ExactBf16Head:
         return head
 
     def _candidates(self, h: torch.Tensor, k: int, banned: torch.Tensor | None):
-        """(rows, cols, float32 logits) of every entry that can be among a row's k largest, and the
-        mask of rows with more than MAX_CANDIDATES (left out, for a full float32 row)."""
+        """(rows, cols, float32 logits) of every entry that can be among a row's k largest, the
+        candidates per row, and the mask of rows with more than MAX_CANDIDATES (left out, with a
+        count of 0, for a full float32 row)."""
         z = h.to(torch.bfloat16) @ self.low.t()  # [B, V] bfloat16
         if banned is not None:
             z.index_fill_(-1, banned, float("-inf"))
@@ -100,11 +104,12 @@ class ExactBf16Head:
         if big.any():
             small = ~big[rows]
             rows, cols = rows[small], cols[small]
+            counts = counts.masked_fill(big, 0)
         exact = (self.weight.index_select(0, cols) * h.index_select(0, rows)).sum(dim=1)
         self.rows += h.shape[0]
-        self.candidates += int(counts[~big].sum())
+        self.candidates += int(counts.sum())
         self.fallbacks += int(big.sum())
-        return rows, cols, exact, big
+        return rows, cols, exact, counts, big
 
     def _full(self, h: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
         full = h @ self.weight.t()
@@ -120,9 +125,8 @@ class ExactBf16Head:
         the float32 head would give on a superset of each row's k largest, without a [B, V] tensor:
         the sampler draws from these directly (sampling.choose_top_k)."""
         h = hidden.float()
-        rows, cols, exact, big = self._candidates(h, k, banned)
+        rows, cols, exact, counts, big = self._candidates(h, k, banned)
         n = h.shape[0]
-        counts = torch.bincount(rows, minlength=n)
         starts = torch.cumsum(counts, 0) - counts
         pos = torch.arange(rows.shape[0], device=h.device) - starts[rows]
         width = max(k, int(counts.max()) if rows.numel() else 0)
@@ -141,7 +145,7 @@ class ExactBf16Head:
     def argmax(self, hidden: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [B, d] float32 -> [B] token ids; `banned` ids are never chosen."""
         h = hidden.float()
-        rows, cols, exact, big = self._candidates(h, 1, banned)
+        rows, cols, exact, _, big = self._candidates(h, 1, banned)
         n = h.shape[0]
         best = torch.full((n,), float("-inf"), dtype=exact.dtype, device=h.device).scatter_reduce(
             0, rows, exact, "amax")

@@ -28,6 +28,7 @@ import torch
 
 from services.generation.base import Completion, ModelRef, SamplingParams
 from services.generation.batcher import SLACK_COLUMNS, Batcher, bytes_per_row
+from services.generation.greedy_head import MODES as GREEDY_HEADS
 from shared.modeling import (
     end_of_turn_ids,
     load_base,
@@ -70,8 +71,8 @@ class LocalBackend:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.dtype = DTYPES[dtype]  # None: the device's default (float32 on CPU, bfloat16 on GPU)
         self.ignore_eos = ignore_eos
-        if greedy_head not in ("auto", "bf16-exact", "float32"):
-            raise ValueError(f"greedy_head must be auto, bf16-exact or float32, got {greedy_head!r}")
+        if greedy_head not in GREEDY_HEADS:
+            raise ValueError(f"greedy_head must be one of {', '.join(GREEDY_HEADS)}, got {greedy_head!r}")
         self.greedy_head = greedy_head
         pick_device(device)  # fails early on a malformed device string
         if max_batch_rows is not None and max_batch_rows < 1:

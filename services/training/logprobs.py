@@ -113,21 +113,23 @@ def packed_attention(config, position_ids: torch.Tensor, segments: torch.Tensor,
     as is), else one [R, 1, T, T] mask. Additive, not boolean: eager attention adds the mask."""
     width = segments.shape[1]
     idx = torch.arange(width, device=segments.device)
-    seen = (idx[:, None] >= idx[None, :]) & ((segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None]))
+    own = (segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None])  # prompt or own segment
+    seen = (idx[:, None] >= idx[None, :]) & own
     full = seen.unsqueeze(1)
     types = getattr(config, "layer_types", None)
     additive = lambda allowed: torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
         ~allowed, torch.finfo(dtype).min)
+    plain = additive(full)
     if not types:
-        return additive(full)
+        return plain
+    window = getattr(config, "sliding_window", None)
     masks = {}
     for kind in set(types):
-        window = getattr(config, "sliding_window", None)
         if kind == "sliding_attention" and window:
             near = (position_ids[:, :, None] - position_ids[:, None, :]) < window
             masks[kind] = additive(full & near.unsqueeze(1))
         else:
-            masks[kind] = additive(full)
+            masks[kind] = plain
     return masks
 
 

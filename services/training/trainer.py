@@ -197,9 +197,9 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     base = borrow_base(base_model, str(dev), default_dtype(dev))  # a spare from an earlier task, else loaded
     base.config.use_cache = False
     ref = None
+    packed = kind == "pairs" and config.share_prompt and can_pack(base)
     if kind == "pairs":
-        ref = state["ref"] if state else _reference_logps(acc, base, data, ref_adapter, pad, config,
-                                                           config.share_prompt and can_pack(base))
+        ref = state["ref"] if state else _reference_logps(acc, base, data, ref_adapter, pad, config, packed)
     model = _policy(base, config, init_adapter)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
@@ -214,7 +214,6 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, len(steps)))
     scorer = Scorer(model, config.logprob_chunk)
     scorer, optimizer = acc.prepare(scorer, optimizer)
-    packed = kind == "pairs" and config.share_prompt and can_pack(base)
     if kind == "pairs":  # the rows one item puts through the body: (count, tokens of the longest)
         row_len = [(1, len(p) + len(c) + len(r) - 2) if packed else (2, len(p) + max(len(c), len(r)) - 1)
                    for p, c, r in data]
