@@ -75,7 +75,14 @@ def main() -> None:
         _ensure_chat_start()
     work = Path(tempfile.mkdtemp(prefix="autodidact-bench-"))
     embedded.configure(work / "bench.db", work / "artifacts")
-    train_items = read_jsonl(EX / "curriculum_train.jsonl")[:args.n_train]
+    # The shipped file holds the curriculum's first 200 training prompts; more come from the same
+    # deterministic draw (build_curriculum's first 200 are the file's), topics still disjoint from held-out.
+    all_train = read_jsonl(EX / "curriculum_train.jsonl")
+    if args.n_train + 16 > len(all_train):
+        from services.curriculum.generator import build_curriculum
+
+        all_train = build_curriculum(seed=0, n_train=args.n_train + 16, n_heldout=0, n_eft=0)["train"]
+    train_items = all_train[:args.n_train]
     held_items = [it for it in read_jsonl(EX / "curriculum_heldout.jsonl") if it["constraints"]][:args.n_eval]
     train = write_jsonl(train_items, work / "train.jsonl")
     heldout = write_jsonl(held_items, work / "heldout.jsonl")
@@ -87,7 +94,7 @@ def main() -> None:
     if not args.skip_base:
         results["base"] = evaluate_model(held_items, backend=backend, model=ModelRef("gemma"),
                                          max_new_tokens=args.new_tokens)
-    probe = [it for it in read_jsonl(EX / "curriculum_train.jsonl")[args.n_train:] if it["constraints"]][:16]
+    probe = [it for it in all_train[args.n_train:] if it["constraints"]][:16]
     if not args.skip_start:
         results["start"] = evaluate_model(held_items, backend=backend, model=ModelRef(args.model),
                                           max_new_tokens=args.new_tokens)
