@@ -62,14 +62,17 @@ def _gate(session: Session, run: Run, rnd: Round, config) -> dict | None:
     after = rnd.metrics.get("eval")
     if not after or not rnd.produced_version_id:
         return None
+    first = next(iter(crud.rounds_of_run(session, run_id=run.id)), None)
     verdict = regression_verdict(_policy_eval(session, run, rnd), after,
+                                 start=first.metrics.get("eval_base") if first is not None else None,
                                  max_degenerate_rate=config.max_degenerate_rate,
                                  max_limit_rate_rise=config.max_limit_rate_rise)
     paired = (verdict["paired"] or {}).get("prompt_strict_acc")
+    since_start = (verdict["paired_start"] or {}).get("prompt_strict_acc")
     gate = {"regressed": verdict["regressed"], "reasons": verdict["reasons"], "note": verdict.get("note"),
             "adopted": not verdict["regressed"] or config.on_regression == "continue",
             "on_regression": config.on_regression, "compared_with_version": rnd.policy_version_id,
-            "prompt_strict_change": paired}
+            "prompt_strict_change": paired, "prompt_strict_change_since_start": since_start}
     rnd.metrics = {**rnd.metrics, "gate": gate}
     if verdict["regressed"]:
         log.warning("run %s round %s regressed (%s): %s", run.id, rnd.number, config.on_regression,

@@ -43,3 +43,24 @@ def test_a_start_that_already_rambles_is_not_held_against_the_round():
 def test_too_few_prompts_cannot_show_an_accuracy_regression():
     assert not regression_verdict(evaluation(8, n=8), evaluation(0, n=8))["regressed"]
     assert regression_verdict(evaluation(30, n=30), evaluation(0, n=30))["regressed"]
+
+
+def test_a_slow_drift_is_caught_against_the_start():
+    # each round adds 10 points of answers cut at the limit: no single step passes the 25-point
+    # ceiling, the third round is 30 points past the start
+    def cut(k: int) -> dict:
+        return aggregate([{"prompt_id": i, "prompt": "write in lowercase about bees", "response": "all lower",
+                           "constraints": LOWER, "finish_reason": "length" if i < k else "stop"} for i in range(100)])
+
+    start, r1, r2, r3 = cut(0), cut(10), cut(20), cut(30)
+    assert not regression_verdict(start, r1, start=start)["regressed"]
+    assert not regression_verdict(r1, r2, start=start)["regressed"]
+    v = regression_verdict(r2, r3, start=start)
+    assert v["regressed"] and v["reasons"] == ["since the run's start: answers cut at the token limit rose from 0% to 30%"]
+    assert v["paired_start"]["n_paired"] == 100
+    assert not regression_verdict(r2, r3)["regressed"]  # without the start, the step alone passes
+
+
+def test_the_start_is_not_counted_twice():
+    v = regression_verdict(evaluation(80), evaluation(50), start=evaluation(80))
+    assert len(v["reasons"]) == 1 and v["paired_start"] is None
