@@ -251,6 +251,12 @@ class JudgeFields:
       `judge_check_prompts` training prompts with constraints (kept out of the bootstrap data):
       parseable rate and accuracy against the verifier must reach the floors, else `on_weak_judge`:
       stop (the run fails with the numbers) or verifier (this round is judged by the verifier).
+    - `judge_prompt_set_ids`: prompt sets with verifiable constraints that only teach and probe the
+      judge (never the policy's training data). A run whose own prompts have no constraints, or too
+      few to teach a judge (a few dozen verdict examples do not teach a 270M model the format;
+      bench/judges.py), gets its bootstrap data and probe from these; the built-in curriculum's
+      training split (`autodidact curriculum`) is one such set. Their prompts come after the run's,
+      so the probe is drawn from them first.
     """
 
     judge: str = "self"
@@ -262,8 +268,11 @@ class JudgeFields:
     judge_floor_parseable: float = 0.9
     judge_floor_accuracy: float = 0.7
     on_weak_judge: str = "verifier"
+    judge_prompt_set_ids: list = dataclasses.field(default_factory=list)
 
     def check_judge_fields(self) -> None:
+        check(isinstance(self.judge_prompt_set_ids, list) and all(type(i) is int for i in self.judge_prompt_set_ids),
+              "judge_prompt_set_ids", "must be a list of integer prompt set ids")
         check(self.judge in JUDGES, "judge", f"must be one of {', '.join(JUDGES)}")
         check(self.judge_version_id is None or type(self.judge_version_id) is int, "judge_version_id",
               "must be an integer model version id or null")
@@ -275,9 +284,14 @@ class JudgeFields:
         check(self.on_weak_judge in ("stop", "verifier"), "on_weak_judge", "must be stop or verifier")
 
     def constrained_split(self, data) -> tuple[list[int], list[int]]:
-        """(bootstrap prompt ids, probe prompt ids): the run's training prompts with constraints,
-        the last `judge_check_prompts` of them kept for the probe (never trained on by the judge)."""
+        """(bootstrap prompt ids, probe prompt ids): the run's training prompts with constraints, then
+        those of `judge_prompt_set_ids`; the last `judge_check_prompts` of them kept for the probe
+        (never trained on by the judge)."""
         ids = [p["id"] for p in data.run_prompts() if p["constraints"]]
+        if self.judge_prompt_set_ids:
+            seen = set(ids)
+            ids += [p["id"] for p in data.prompts_of_sets(self.judge_prompt_set_ids)
+                    if p["constraints"] and p["id"] not in seen]
         k = min(self.judge_check_prompts, len(ids) // 2) if self.judge_check_prompts else 0
         return (ids[:-k] if k else ids), (ids[-k:] if k else [])
 
@@ -309,19 +323,34 @@ def judge_check_plan(kind: str, model: str, votes_field: str) -> Callable[[PlanI
     return plan
 
 
-def judge_bootstrap_items(data, cfg, kinds: tuple[str, ...], role: str) -> tuple[list[dict], dict]:
-    """SFT examples that teach the judge, from this round's `role` samples on the bootstrap share of
-    the constrained training prompts, labelled by the verifier (services/curriculum/judge_data.py)."""
+def judge_bootstrap_items(data, cfg, kinds: tuple[str, ...], roles: tuple[str, ...]) -> tuple[list[dict], dict]:
+    """SFT examples that teach the judge, from this round's samples of `roles` on the bootstrap share
+    of the constrained prompts, labelled by the verifier (services/curriculum/judge_data.py)."""
     from services.curriculum.judge_data import judge_examples
 
     boot, _ = cfg.constrained_split(data)
     prompts = data.prompts(boot)
     samples = [{"messages": prompts[x["prompt_id"]]["messages"], "response": x["text"],
                 "constraints": prompts[x["prompt_id"]]["constraints"], "finish_reason": x.get("finish_reason")}
-               for x in data.samples(role) if x["prompt_id"] in prompts]
+               for role in roles for x in data.samples(role) if x["prompt_id"] in prompts]
     made = judge_examples(samples, kinds=kinds, seed=cfg.seed)
     items = [e for k in kinds for e in made[k]]
     return items, {"labelled_samples": len(samples), **{f"{k}_examples": len(made[k]) for k in kinds}}
+
+
+def judge_data_errors(check: DataCheck) -> list[dict]:
+    """Data check of a self-judged method's judge fields: the judge version and the judge prompt
+    sets must be the workspace's, and the sets must hold prompts with verifiable constraints."""
+    cfg = check.config
+    judge = [cfg.judge_version_id] if cfg.judge_version_id is not None else []
+    errors = [{**e, "loc": e["loc"][:-1]} for e in check.missing("model_version", judge, ["config", "judge_version_id"])]
+    sets = list(cfg.judge_prompt_set_ids)
+    missing = check.missing("prompt_set", sets, ["config", "judge_prompt_set_ids"])
+    if not missing and sets and not any(p["constraints"] for p in check.read_sets(sets)):
+        missing = [{"loc": ["config", "judge_prompt_set_ids"], "msg": (
+            "none of these prompt sets has a prompt with constraints; judge prompt sets teach the judge "
+            "through the verifier, which needs IFEval-style constraints (see `autodidact curriculum`)")}]
+    return errors + missing
 
 
 TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields)

@@ -9,6 +9,7 @@ caller's transaction; the caller enqueues `conductor.advance(round_id)` after co
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,12 @@ def create_run(session: Session, *, workspace_id: int, body: RunCreate) -> tuple
     if overlap:
         errors.append({"loc": ["eval_prompt_set_ids"], "msg": f"set(s) {overlap} are also training sets; "
                        "held-out prompts must not be trained on"})
+    taught_by = [f.name for f in dataclasses.fields(config) if f.name.endswith("_prompt_set_ids")] if config else []
+    for field in taught_by:
+        taught = sorted(set(getattr(config, field) or []) & set(body.eval_prompt_set_ids))
+        if taught:  # EFT and judge sets train the judge: held-out prompts must not
+            errors.append({"loc": ["config", field], "msg": f"set(s) {taught} are held-out sets of this run; "
+                           "held-out prompts must not be trained on, by the policy or the judge"})
     for i, sid in enumerate(body.eval_prompt_set_ids):
         if not errors and not any(p.constraints for p in session.exec(select(Prompt).where(Prompt.prompt_set_id == sid))):
             errors.append({"loc": ["eval_prompt_set_ids", i], "msg": f"prompt set {sid} has no prompts with "

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from services.methods.base import (
     DataCheck, JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages,
-    judge_bootstrap_items, judge_check_plan, register, shards, single,
+    judge_bootstrap_items, judge_check_plan, judge_data_errors, register, shards, single,
 )
 from services.methods.jobs import gold_examples, pairwise_job, sft_from_base_job
 
@@ -149,9 +149,7 @@ def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]])
 def check_data(check: DataCheck) -> list[dict]:
     """The config's prompt sets (judge training data) and judge version must be the workspace's."""
     cfg = check.config
-    judge = [cfg.judge_version_id] if cfg.judge_version_id is not None else []
-    errors = (check.missing("prompt_set", cfg.eft_prompt_set_ids, ["config", "eft_prompt_set_ids"])
-              + [{**e, "loc": e["loc"][:-1]} for e in check.missing("model_version", judge, ["config", "judge_version_id"])])
+    errors = check.missing("prompt_set", cfg.eft_prompt_set_ids, ["config", "eft_prompt_set_ids"]) + judge_data_errors(check)
     if not errors:  # EFT items teach the judge its output format: each reference must end in `Score: N`
         from services.judging.rubric import parse_score
 
@@ -183,7 +181,7 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
 def training_job(data, cfg: SelfRewardConfig, role: str):
     if role == "bootstrap":  # M1: SFT of the base on instruction (IFT) and evaluation (EFT) data
         items = gold_examples(data, data.prompt_set_ids + list(cfg.eft_prompt_set_ids))
-        judge_items, stats = judge_bootstrap_items(data, cfg, ("rubric",), "bootstrap")
+        judge_items, stats = judge_bootstrap_items(data, cfg, ("rubric",), ("bootstrap",))
         return sft_from_base_job(data, items + judge_items, cfg.bootstrap_config(),
                                  {"sft_examples": len(items) + len(judge_items), **stats},
                                  key_round=0, sets_policy=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from services.methods.base import (
     JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, judge_bootstrap_items,
-    judge_check_plan, register, shard_prompts, shards, single, trainer_config,
+    judge_check_plan, judge_data_errors, register, shard_prompts, shards, single, trainer_config,
 )
 from services.methods.jobs import pairwise_job
 from services.training.job import TrainJob
@@ -169,7 +169,7 @@ def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
 def judge_bootstrap_job(data, cfg: SPaRConfig) -> TrainJob:
     """Round 1: the refiner (version round 0) from θ0, on verifier-written judgments of the actor's
     samples and on programmatic fixes of the failing ones."""
-    items, stats = judge_bootstrap_items(data, cfg, ("refiner", "refinement"), "policy")
+    items, stats = judge_bootstrap_items(data, cfg, ("refiner", "refinement"), ("policy", "bootstrap"))
     return TrainJob(kind="sft", items=items, tcfg=cfg.judge_bootstrap_config(), key_round=0, role="refiner",
                     parent_id=data.base_version_id, stats=stats, label="bootstrap_judge")
 
@@ -194,10 +194,23 @@ def _judge_plan(inp: PlanInput) -> list[dict]:
                   judge=cfg.judge_mode(inp.data))
 
 
-def _judge_bootstrap_plan(inp: PlanInput) -> list[dict]:
+def _wants_bootstrap(inp: PlanInput) -> bool:
     cfg = inp.config
-    wanted = inp.round_number == 1 and cfg.bootstrap_judge and cfg.judge != "verifier"
-    return [{"role": "judge_bootstrap"}] if wanted and cfg.constrained_split(inp.data)[0] else []
+    return inp.round_number == 1 and cfg.bootstrap_judge and cfg.judge != "verifier"
+
+
+def _judge_bootstrap_plan(inp: PlanInput) -> list[dict]:
+    return [{"role": "judge_bootstrap"}] if _wants_bootstrap(inp) and inp.config.constrained_split(inp.data)[0] else []
+
+
+def _bootstrap_samples_plan(inp: PlanInput) -> list[dict]:
+    """Round 1: the actor's answers to the bootstrap prompts of `judge_prompt_set_ids` (the run's
+    own prompts already have the round's samples), role "bootstrap": they teach only the refiner."""
+    if not _wants_bootstrap(inp) or not inp.config.judge_prompt_set_ids:
+        return []
+    own = set(inp.prompt_ids)
+    extra = [i for i in inp.config.constrained_split(inp.data)[0] if i not in own]
+    return shards(extra, inp.shard_size, role="bootstrap", n=inp.config.samples_per_prompt)
 
 
 def _refine_plan(inp: PlanInput) -> list[dict]:
@@ -217,6 +230,7 @@ def _refiner_train_plan(inp: PlanInput) -> list[dict]:
 def _stages(cfg: SPaRConfig, has_eval: bool) -> list[Stage]:
     return [
         Stage("generate", "generation.generate_shard", shard_prompts(role="policy")),
+        Stage("bootstrap_samples", "generation.generate_shard", _bootstrap_samples_plan),
         Stage("bootstrap_judge", "training.train_round", _judge_bootstrap_plan),
         Stage("judge_check", "judging.judge_check", judge_check_plan("refiner", _judge_model(cfg), "judge_votes")),
         Stage("judge", "judging.refiner_shard", _judge_plan),
@@ -227,5 +241,5 @@ def _stages(cfg: SPaRConfig, has_eval: bool) -> list[Stage]:
     ] + evaluation_stages(has_eval)
 
 
-RECIPE = register(Recipe(method="spar", config_cls=SPaRConfig, stages=_stages, pairs=round_pairs,
-                         training_job=training_job))
+RECIPE = register(Recipe(method="spar", config_cls=SPaRConfig, stages=_stages, check_data=judge_data_errors,
+                         pairs=round_pairs, training_job=training_job))

@@ -56,3 +56,30 @@ def test_a_weak_judge_hands_the_round_to_the_verifier(api, workers, tiny_model):
                                                            Judgment.kind == "refiner")).all()
         assert len(votes) == 16 and all(v.rationale.startswith("Instructions in the request:") for v in votes)
         assert all(v.passed == ("," not in s.get(Sample, v.sample_id).text) for v in votes)
+
+
+def test_a_judge_prompt_set_teaches_the_judge_of_a_run_without_constraints(api, workers, tiny_model):
+    """The run's own prompts have no constraints, so only the judge set can teach and probe the
+    refiner: round 1 samples the set's bootstrap prompts (role "bootstrap"), trains the refiner on
+    them and probes it on the set's last prompts; the actor never trains on the set."""
+    client, a, _ = api
+    workers.tiny_model = tiny_model
+    train = upload(client, a, [{"prompt": f"tell a story about stone {i}"} for i in range(4)], name="plain")
+    judge_set = upload(client, a, PROMPTS, name="judge-set")
+    r = client.post("/v1/runs", headers=a, json={"method": "spar", "base_model": tiny_model,
+                                                 "prompt_set_ids": [train], "rounds": 1,
+                                                 "config": {**CONFIG, "judge_prompt_set_ids": [judge_set]}})
+    assert r.status_code == 201, r.text
+    run = wait_finished(client, a, r.json()["id"], workers)
+    assert run["status"] == "succeeded", run["error"]
+    rnd = run["round_details"][0]
+    status = stage_status(rnd)
+    assert status["bootstrap_samples"] == "succeeded" and status["bootstrap_judge"] == "succeeded"
+    assert rnd["metrics"]["bootstrap_judge"]["labelled_samples"] == 10  # 5 bootstrap prompts x 2 samples
+    assert rnd["metrics"]["judge_check"]["probe_prompts"] == 3
+    with session_scope() as s:
+        row = s.exec(select(Round).where(Round.run_id == run["id"])).one()
+        samples = s.exec(select(Sample).where(Sample.round_id == row.id)).all()
+        judge_ids = {x.prompt_id for x in samples if x.role == "bootstrap"}
+        policy_ids = {x.prompt_id for x in samples if x.role == "policy"}
+        assert len(judge_ids) == 5 and not judge_ids & policy_ids and len(policy_ids) == 4

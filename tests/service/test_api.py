@@ -140,6 +140,29 @@ def test_spin_refuses_prompts_without_reference(api):
     assert r.status_code == 422 and "reference" in r.json()["detail"][0]["msg"]
 
 
+def test_judge_prompt_sets_are_checked(api):
+    client, a, _ = api
+    train = _create_set(client, a)["id"]
+    plain = _create_set(client, a, name="plain")["id"]
+    lower = [{"prompt": "Lowercase.", "reference": "ok.", "constraints": [{"id": "change_case:english_lowercase",
+                                                                          "kwargs": {}}]}]
+    verifiable = _create_set(client, a, items=lower, name="verifiable")["id"]
+    held = _create_set(client, a, items=lower, name="held")["id"]
+
+    def post(judge_sets, eval_sets=()):
+        return client.post("/v1/runs", headers=a, json={
+            "method": "spar", "base_model": "gemma", "prompt_set_ids": [train], "eval_prompt_set_ids": list(eval_sets),
+            "config": {"judge_prompt_set_ids": judge_sets}})
+
+    for judge_sets, eval_sets, words in [([99999999], [], "99999999"), ([plain], [], "none of these prompt sets has a prompt with constraints"),
+                                         ([held], [held], "held-out sets of this run")]:
+        r = post(judge_sets, eval_sets)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert detail[0]["loc"][:2] == ["config", "judge_prompt_set_ids"] and words in str(detail), detail
+    assert post([verifiable], [held]).status_code == 201
+
+
 def test_held_out_sets_cannot_be_trained_on(api):
     client, a, _ = api
     ps = _create_set(client, a, items=ITEMS + [{"prompt": "Lowercase.", "reference": "ok.",

@@ -38,14 +38,21 @@ def test_judge_fields_are_validated(cls, data, field):
     assert cfg is None and errors[0]["loc"] == ["config", field]
 
 
+NO_COMMA = [{"id": "punctuation:no_comma"}]
+
+
 class Data:
-    def __init__(self, n_constrained, n_plain=3, metrics=None):
+    def __init__(self, n_constrained, n_plain=3, metrics=None, judge_sets=None):
         self.metrics = metrics or {}
-        self._prompts = [{"id": i, "constraints": [{"id": "punctuation:no_comma"}]} for i in range(n_constrained)]
+        self._prompts = [{"id": i, "constraints": NO_COMMA} for i in range(n_constrained)]
         self._prompts += [{"id": 100 + i, "constraints": None} for i in range(n_plain)]
+        self._sets = judge_sets or {}  # set id -> prompts
 
     def run_prompts(self):
         return self._prompts
+
+    def prompts_of_sets(self, ids):
+        return [p for i in ids for p in self._sets.get(i, [])]
 
 
 def test_probe_prompts_are_kept_out_of_the_judge_bootstrap():
@@ -54,6 +61,43 @@ def test_probe_prompts_are_kept_out_of_the_judge_bootstrap():
     assert probe == [6, 7, 8, 9] and boot == [0, 1, 2, 3, 4, 5]
     assert cfg.constrained_split(Data(4)) == ([0, 1], [2, 3])  # at most half goes to the probe
     assert SPaRConfig(judge_check_prompts=0).constrained_split(Data(4)) == ([0, 1, 2, 3], [])
+
+
+def test_judge_prompt_sets_feed_the_bootstrap_and_the_probe():
+    judge_set = [{"id": 200 + i, "constraints": NO_COMMA} for i in range(6)] + [{"id": 300, "constraints": None}]
+    data = Data(2, judge_sets={7: judge_set + [{"id": 1, "constraints": NO_COMMA}]})
+    boot, probe = SPaRConfig(judge_check_prompts=3, judge_prompt_set_ids=[7]).constrained_split(data)
+    # the run's own constrained prompts first, then the set's (a prompt in both counts once, the
+    # unconstrained one not at all); the probe comes from the end
+    assert boot == [0, 1, 200, 201, 202] and probe == [203, 204, 205]
+    # a run whose own prompts have no constraints is taught by the judge set alone
+    assert SPaRConfig(judge_check_prompts=2, judge_prompt_set_ids=[7]).constrained_split(
+        Data(0, judge_sets={7: judge_set})) == ([200, 201, 202, 203], [204, 205])
+
+
+def test_spar_samples_the_judge_set_prompts_in_round_one_only():
+    from services.methods.base import PlanInput
+    from services.methods.spar import _bootstrap_samples_plan
+
+    judge_set = [{"id": 200 + i, "constraints": NO_COMMA} for i in range(5)]
+    cfg = SPaRConfig(judge_check_prompts=2, judge_prompt_set_ids=[7], samples_per_prompt=2)
+    data = Data(2, judge_sets={7: judge_set})
+
+    def plan(round_number, config=cfg):
+        return _bootstrap_samples_plan(PlanInput(prompt_ids=[0, 1, 100, 101, 102], eval_prompt_ids=[],
+                                                 round_number=round_number, total_rounds=2, shard_size=2,
+                                                 config=config, data=data))
+
+    # the run's own prompts are sampled by the round's generate stage; the probe is never sampled
+    assert plan(1) == [{"prompt_ids": [200, 201], "role": "bootstrap", "n": 2}, {"prompt_ids": [202], "role": "bootstrap", "n": 2}]
+    assert plan(2) == [] and plan(1, SPaRConfig(judge="verifier", judge_prompt_set_ids=[7])) == []
+    assert plan(1, SPaRConfig(judge_check_prompts=2)) == []  # no judge sets: nothing extra to sample
+
+
+@pytest.mark.parametrize("cls", [SPaRConfig, SelfRewardConfig])
+def test_judge_prompt_set_ids_must_be_ids(cls):
+    cfg, errors = parse_config(cls, {"judge_prompt_set_ids": ["a"]})
+    assert cfg is None and errors[0]["loc"] == ["config", "judge_prompt_set_ids"]
 
 
 def test_judge_mode_follows_the_choice_and_the_check():
