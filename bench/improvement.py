@@ -50,6 +50,9 @@ def main() -> None:
     # answers cut at the limit; with 200 its first round gained (docs/results.md).
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--n-eval", type=int, default=160)
+    ap.add_argument("--judge-prompts", type=int, default=0,
+                    help="Self-Rewarding and SPaR: this many more curriculum training prompts (after the run's) "
+                         "as judge_prompt_set_ids, to teach and probe the judge")
     ap.add_argument("--new-tokens", type=int, default=160)
     ap.add_argument("--skip-base", action="store_true", help="do not evaluate the raw pretrained base")
     ap.add_argument("--skip-start", action="store_true",
@@ -78,11 +81,13 @@ def main() -> None:
     # The shipped file holds the curriculum's first 200 training prompts; more come from the same
     # deterministic draw (build_curriculum's first 200 are the file's), topics still disjoint from held-out.
     all_train = read_jsonl(EX / "curriculum_train.jsonl")
-    if args.n_train + 16 > len(all_train):
+    extra = max(16, args.judge_prompts)
+    if args.n_train + extra > len(all_train):
         from services.curriculum.generator import build_curriculum
 
-        all_train = build_curriculum(seed=0, n_train=args.n_train + 16, n_heldout=0, n_eft=0)["train"]
+        all_train = build_curriculum(seed=0, n_train=args.n_train + extra, n_heldout=0, n_eft=0)["train"]
     train_items = all_train[:args.n_train]
+    judge_set = write_jsonl(all_train[args.n_train:args.n_train + args.judge_prompts], work / "judge.jsonl")
     held_items = [it for it in read_jsonl(EX / "curriculum_heldout.jsonl") if it["constraints"]][:args.n_eval]
     train = write_jsonl(train_items, work / "train.jsonl")
     heldout = write_jsonl(held_items, work / "heldout.jsonl")
@@ -105,7 +110,9 @@ def main() -> None:
     for method in args.methods.split(","):
         t1 = time.monotonic()
         cfg = {**DEMO_CONFIGS[method], "max_new_tokens": min(args.new_tokens, DEMO_CONFIGS[method]["max_new_tokens"])}
-        sets = {"eft_prompt_set_ids": eft} if method == "self_reward" else None
+        sets = {"eft_prompt_set_ids": eft} if method == "self_reward" else {}
+        if args.judge_prompts and method in ("self_reward", "spar"):
+            sets["judge_prompt_set_ids"] = judge_set
         run_id = embedded.create_run(method=method, prompts=train, model=args.model, rounds=args.rounds,
                                      config=cfg, eval_prompts=heldout, config_sets=sets)
         embedded.drive(run_id, show_progress=False)
