@@ -98,5 +98,5 @@ def test_stage_lists():
     assert names("rest_em", RestEMConfig()) == ["generate", "verify", "train"]
     assert names("self_reward", SelfRewardConfig()) == ["bootstrap_samples", "bootstrap", "judge_check", "self_instruct",
                                                         "generate", "judge", "pairs", "train"]
-    assert names("spar", SPaRConfig()) == ["generate", "bootstrap_judge", "judge_check", "judge", "refine", "pairs",
-                                           "train", "train_refiner"]
+    assert names("spar", SPaRConfig()) == ["generate", "bootstrap_samples", "bootstrap_judge", "judge_check", "judge",
+                                           "refine", "pairs", "train", "train_refiner"]
