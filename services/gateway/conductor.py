@@ -45,15 +45,19 @@ def _plan_input(session: Session, run: Run, rnd: Round, config) -> PlanInput:
                      round_id=rnd.id, data=RoundData(session, round_id=rnd.id))
 
 
-def _policy_eval(session: Session, run: Run, rnd: Round) -> dict | None:
+def _start_eval(rounds: list[Round]) -> dict | None:
+    """The held-out evaluation of the run's start, made in round 1; rounds: the run's, in order."""
+    return rounds[0].metrics.get("eval_base") if rounds else None
+
+
+def _policy_eval(rounds: list[Round], rnd: Round) -> dict | None:
     """The held-out evaluation of the policy this round started from: the round that produced it,
-    or the base's evaluation when it is the base (or a bootstrap of it with no evaluation of its own:
+    or the start's evaluation when it is the base (or a bootstrap of it with no evaluation of its own:
     Self-Rewarding's M1)."""
-    for r in crud.rounds_of_run(session, run_id=run.id):
+    for r in rounds:
         if r.number < rnd.number and r.produced_version_id == rnd.policy_version_id and r.metrics.get("eval"):
             return r.metrics["eval"]
-    first = next(iter(crud.rounds_of_run(session, run_id=run.id)), None)
-    return first.metrics.get("eval_base") if first is not None else None
+    return _start_eval(rounds)
 
 
 def _gate(session: Session, run: Run, rnd: Round, config) -> dict | None:
@@ -62,9 +66,8 @@ def _gate(session: Session, run: Run, rnd: Round, config) -> dict | None:
     after = rnd.metrics.get("eval")
     if not after or not rnd.produced_version_id:
         return None
-    first = next(iter(crud.rounds_of_run(session, run_id=run.id)), None)
-    verdict = regression_verdict(_policy_eval(session, run, rnd), after,
-                                 start=first.metrics.get("eval_base") if first is not None else None,
+    rounds = crud.rounds_of_run(session, run_id=run.id)
+    verdict = regression_verdict(_policy_eval(rounds, rnd), after, start=_start_eval(rounds),
                                  max_degenerate_rate=config.max_degenerate_rate,
                                  max_limit_rate_rise=config.max_limit_rate_rise)
     paired = (verdict["paired"] or {}).get("prompt_strict_acc")
@@ -131,8 +134,9 @@ def _promote_best(session: Session, run: Run) -> None:
     rounds = crud.rounds_of_run(session, run_id=run.id)
     candidates = [(r.metrics.get("eval", {}).get("prompt_strict_acc"), r.number, r.produced_version_id)
                   for r in rounds if r.produced_version_id and r.metrics.get("gate", {}).get("adopted", True)]
-    if rounds and run.base_version_id and rounds[0].metrics.get("eval_base"):
-        candidates.append((rounds[0].metrics["eval_base"].get("prompt_strict_acc"), 0, run.base_version_id))
+    start = _start_eval(rounds)
+    if run.base_version_id and start:
+        candidates.append((start.get("prompt_strict_acc"), 0, run.base_version_id))
     if not candidates:
         return
 

@@ -345,12 +345,12 @@ def judge_data_errors(check: DataCheck) -> list[dict]:
     judge = [cfg.judge_version_id] if cfg.judge_version_id is not None else []
     errors = [{**e, "loc": e["loc"][:-1]} for e in check.missing("model_version", judge, ["config", "judge_version_id"])]
     sets = list(cfg.judge_prompt_set_ids)
-    missing = check.missing("prompt_set", sets, ["config", "judge_prompt_set_ids"])
-    if not missing and sets and not any(p["constraints"] for p in check.read_sets(sets)):
-        missing = [{"loc": ["config", "judge_prompt_set_ids"], "msg": (
+    set_errors = check.missing("prompt_set", sets, ["config", "judge_prompt_set_ids"])
+    if not set_errors and sets and not any(p["constraints"] for p in check.read_sets(sets)):
+        set_errors = [{"loc": ["config", "judge_prompt_set_ids"], "msg": (
             "none of these prompt sets has a prompt with constraints; judge prompt sets teach the judge "
             "through the verifier, which needs IFEval-style constraints (see `autodidact curriculum`)")}]
-    return errors + missing
+    return errors + set_errors
 
 
 TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields)
