@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0,
                     help="the runs' seed (sampling, shuffling, LoRA init): a second seed sizes the training "
                          "run's own variance, which the held-out interval does not cover")
+    ap.add_argument("--config", type=json.loads, default={},
+                    help='JSON object merged into every method\'s DEMO_CONFIGS entry, e.g. \'{"judge": "hybrid"}\'')
     ap.add_argument("--skip-base", action="store_true", help="do not evaluate the raw pretrained base")
     ap.add_argument("--skip-start", action="store_true",
                     help="no separate evaluation and judge check of the start: each run's round 1 evaluates "
@@ -113,7 +115,7 @@ def main() -> None:
     for method in args.methods.split(","):
         t1 = time.monotonic()
         cfg = {**DEMO_CONFIGS[method], "max_new_tokens": min(args.new_tokens, DEMO_CONFIGS[method]["max_new_tokens"]),
-               "seed": args.seed}
+               "seed": args.seed, **args.config}
         sets = {"eft_prompt_set_ids": eft} if method == "self_reward" else {}
         if args.judge_prompts and method in ("self_reward", "spar"):
             sets["judge_prompt_set_ids"] = judge_set

@@ -366,7 +366,7 @@ DEMO_CONFIGS = {
     "rest_em": {"samples_per_prompt": 4, "max_correct_per_prompt": 2, "max_new_tokens": 96,
                 "learning_rate": 1e-4, "epochs": 2, "batch_size": 4},
     "self_reward": {"new_prompts_per_round": 8, "few_shot": 4, "samples_per_prompt": 3, "judge_samples": 2,
-                    "max_new_tokens": 96, "judge_max_new_tokens": 128, "bootstrap_learning_rate": 1e-4,
+                    "max_new_tokens": 96, "judge_max_new_tokens": 160, "bootstrap_learning_rate": 1e-4,
                     "learning_rate": 2e-5, "batch_size": 4},
     "spar": {"samples_per_prompt": 2, "judge_votes": 3, "max_new_tokens": 96, "judge_max_new_tokens": 160,
              "branching": 2, "keep": 1, "max_depth": 2, "search_budget": 4, "max_failed_per_round": 12,

@@ -7,8 +7,9 @@ and untrained it writes no parseable judgment at all. Here the model's own sampl
 prompts (never held-out ones) are labelled by the IFEval verifier, and the labels are written out
 in exactly the formats the judges are parsed with:
 
-- refiner judgments (SPaR): the request's instructions listed, each checked as followed or broken,
-  then `Verdict: yes|no` — the verdict follows from the checks. Yes and no examples are balanced
+- refiner judgments (SPaR): the request's instructions listed, each checked (what the response
+  shows about it, then followed or broken), then `Verdict: yes|no` — the verdict follows from the
+  checks. Yes and no examples are balanced
   (the majority class is subsampled), so the judge cannot score well by always saying one thing.
 - refinements (SPaR): a failing response, its judgment, and a minimal programmatic edit that fixes
   it (refinements.py), kept only when the verifier passes the edit.
@@ -26,6 +27,7 @@ import random
 from services.curriculum.refinements import refine
 from services.judging.refiner import REFINED_MARK, judge_messages, refine_messages
 from services.judging.rubric import rubric_messages
+from services.judging.verifier_judge import Check
 from services.judging.verifier_judge import checks as _checks
 from services.judging.verifier_judge import judgment_text, rubric_judgment
 from services.judging.verifier_judge import rubric_score as _rubric_score
@@ -39,12 +41,12 @@ def _prompt_text(sample: dict) -> str:
     return sample.get("prompt") or _chat(sample)[-1]["content"]
 
 
-def checks(sample: dict) -> list[tuple[str, bool]]:
-    """(instruction in words, followed) per constraint of the sample, by the strict verifier."""
+def checks(sample: dict) -> list[Check]:
+    """One check per constraint of the sample, by the strict verifier."""
     return _checks(sample["response"], sample["constraints"], _prompt_text(sample))
 
 
-def rubric_score(sample: dict, found: list[tuple[str, bool]]) -> int:
+def rubric_score(sample: dict, found: list[Check]) -> int:
     return _rubric_score(sample["response"], found, _prompt_text(sample), sample["constraints"],
                          sample.get("finish_reason"))
 
@@ -55,7 +57,7 @@ def refiner_judgments(samples: list[dict], seed: int = 0) -> list[dict]:
     for s in samples:
         found = checks(s)
         ex = {"messages": judge_messages(_chat(s), s["response"]), "response": judgment_text(found)}
-        (yes if all(ok for _, ok in found) else no).append(ex)
+        (yes if all(c.ok for c in found) else no).append(ex)
     rng = random.Random(seed)
     k = min(len(yes), len(no))
     out = rng.sample(yes, k) + rng.sample(no, k)
@@ -68,7 +70,7 @@ def refinement_examples(samples: list[dict]) -> list[dict]:
     out = []
     for s in samples:
         found = checks(s)
-        if all(ok for _, ok in found):
+        if all(c.ok for c in found):
             continue
         fixed = refine(s["response"], s["constraints"], _prompt_text(s))
         if fixed is None:

@@ -54,7 +54,7 @@ def test_a_weak_judge_hands_the_round_to_the_verifier(api, workers, tiny_model):
         row = s.exec(select(Round).where(Round.run_id == run["id"])).one()
         votes = s.exec(select(Judgment).join(Sample).where(Sample.round_id == row.id,
                                                            Judgment.kind == "refiner")).all()
-        assert len(votes) == 16 and all(v.rationale.startswith("Instructions in the request:") for v in votes)
+        assert len(votes) == 16 and all(v.rationale.startswith("Checks of the instructions in the request:") for v in votes)
         assert all(v.passed == ("," not in s.get(Sample, v.sample_id).text) for v in votes)
 
 
