@@ -101,7 +101,7 @@ def _postscript(r: str, kw: dict) -> str:
     marker = str(kw.get("postscript_marker", "P.S."))
     hit = re.search(_postscript_pattern(marker), r.lower(), flags=re.MULTILINE)
     if not hit:
-        return f"no line starts with '{marker}'"
+        return f"no postscript marked '{marker}'"
     line = r[hit.start():hit.end()].strip()
     return f"a postscript: {_quote(line)}"
 
