@@ -7,10 +7,10 @@ and untrained it writes no parseable judgment at all. Here the model's own sampl
 prompts (never held-out ones) are labelled by the IFEval verifier, and the labels are written out
 in exactly the formats the judges are parsed with:
 
-- refiner judgments (SPaR): the request's instructions listed, each checked (what the response
+- refiner judgments (SPaR): each instruction of the request checked in turn (what the response
   shows about it, then followed or broken), then `Verdict: yes|no` — the verdict follows from the
-  checks. Yes and no examples are balanced
-  (the majority class is subsampled), so the judge cannot score well by always saying one thing.
+  checks. Yes and no examples are balanced (the majority class is subsampled), so the judge cannot
+  score well by always saying one thing.
 - refinements (SPaR): a failing response, its judgment, and a minimal programmatic edit that fixes
   it (refinements.py), kept only when the verifier passes the edit.
 - rubric judgments (Self-Rewarding's EFT): the checks as a justification, then `Score: N` where N

@@ -35,8 +35,8 @@ def _quote(text: str, words: int = QUOTE_WORDS, tail: bool = False) -> str:
     return f"'{body}'"
 
 
-def _n(count: int, what: str, plural: str | None = None) -> str:
-    return f"{count} {what if count == 1 else (plural or what + 's')}"
+def _n(count: int, what: str) -> str:
+    return f"{count} {what if count == 1 else what + 's'}"
 
 
 def _listing(items: list[str], limit: int = 3) -> str:
@@ -190,7 +190,7 @@ def _commas(r: str, kw: dict) -> str:
 
 
 def _ending(r: str, kw: dict) -> str:
-    return f"it ends with {_quote(r.strip(), QUOTE_WORDS, tail=True)}"
+    return f"it ends with {_quote(r.strip(), tail=True)}"
 
 
 def _quotation(r: str, kw: dict) -> str:
@@ -235,7 +235,7 @@ def observe(response: str, constraint: dict) -> str | None:
     fn = OBSERVERS.get(constraint["id"])
     if fn is None:
         return None
-    text = (response or "")
+    text = response or ""
     if not text.strip():
         return "the response is empty"
     return fn(text, {k: v for k, v in (constraint.get("kwargs") or {}).items() if v is not None})

@@ -51,10 +51,14 @@ def checks(response: str, constraints: list[dict], prompt_text: str = "") -> lis
     return [Check(describe(c), ok, observe(response, c)) for c, ok in zip(constraints, v.strict_per_instruction)]
 
 
+def numbered(found: list[Check]) -> list[str]:
+    """"1. <check>", "2. <check>", ...: the check lines of a refiner or rubric judgment."""
+    return [f"{i}. {c.line()}" for i, c in enumerate(found, 1)]
+
+
 def judgment_text(found: list[Check]) -> str:
     """Each instruction of the request checked in turn, then the verdict that follows."""
-    lines = ["Checks of the instructions in the request:"]
-    lines += [f"{i}. {c.line()}" for i, c in enumerate(found, 1)]
+    lines = ["Checks of the instructions in the request:", *numbered(found)]
     passed = all(c.ok for c in found)
     lines.append("All instructions are followed." if passed else
                  f"{sum(not c.ok for c in found)} instruction(s) broken, so the response fails.")
@@ -91,5 +95,5 @@ def rubric_judgment(response: str, constraints: list[dict], prompt_text: str = "
         why = (f"The response is relevant, but it breaks {len(broken)} of {len(found)} instructions: "
                + "; ".join(broken) + ".")
     if score and found:  # the checks the score follows from, observation first
-        why = "Checks: " + " ".join(f"{i}. {c.line()}" for i, c in enumerate(found, 1)) + "\n" + why
+        why = "Checks: " + " ".join(numbered(found)) + "\n" + why
     return score, eft_target(why, score)

@@ -2,6 +2,7 @@
 taught "3 commas, so it is broken" must never be shown "0 commas, so it is broken"."""
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
@@ -38,14 +39,19 @@ def variants(text: str) -> list[str]:
             "**" + text + "**", '"' + text.strip().strip('"') + '"', text.replace("***", "")]
 
 
+@functools.cache
+def curriculum() -> list[dict]:
+    return build_curriculum(n_train=400, n_heldout=0, n_eft=0)["train"]
+
+
 def corpus():
-    for it in build_curriculum(n_train=400, n_heldout=0, n_eft=0)["train"]:
+    for it in curriculum():
         for resp in variants(it["reference"]):
             yield it, resp
 
 
 def test_every_curriculum_instruction_type_has_an_observer():
-    kinds = {c["id"] for it in build_curriculum(n_train=400, n_heldout=0, n_eft=0)["train"] for c in it["constraints"]}
+    kinds = {c["id"] for it in curriculum() for c in it["constraints"]}
     assert kinds <= set(OBSERVERS), kinds - set(OBSERVERS)
 
 
@@ -80,21 +86,17 @@ def test_other_observations_differ_between_followed_and_broken():
     assert len({kind for kind, _ in by_type}) >= 10
 
 
-@pytest.mark.parametrize("response,expected", [
-    ("one, two, three", "2 commas"),
-    ("<<Bees>>\nThey hum.", "the title <<Bees>>"),
-    ("They hum.", "no title in double angular brackets"),
-    ("Hi *there* and *you*", "2 highlighted sections: *there*, *you*"),
-    ('"quoted"', "it starts and ends with a double quotation mark"),
-    ("   ", "the response is empty"),
+@pytest.mark.parametrize("ident,kwargs,response,expected", [
+    ("punctuation:no_comma", {}, "one, two, three", "2 commas"),
+    ("detectable_format:title", {}, "<<Bees>>\nThey hum.", "the title <<Bees>>"),
+    ("detectable_format:title", {}, "They hum.", "no title in double angular brackets"),
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "Hi *there* and *you*",
+     "2 highlighted sections: *there*, *you*"),
+    ("startend:quotation", {}, '"quoted"', "it starts and ends with a double quotation mark"),
+    ("punctuation:no_comma", {}, "   ", "the response is empty"),
 ])
-def test_observation_wording(response, expected):
-    kinds = {"2 commas": ("punctuation:no_comma", {}), "title": ("detectable_format:title", {}),
-             "highlighted": ("detectable_format:number_highlighted_sections", {"num_highlights": 2}),
-             "quotation": ("startend:quotation", {})}
-    key = next((k for k in kinds if k in expected), "2 commas")
-    ident, kw = kinds[key]
-    assert observe(response, {"id": ident, "kwargs": kw}) == expected
+def test_observation_wording(ident, kwargs, response, expected):
+    assert observe(response, {"id": ident, "kwargs": kwargs}) == expected
 
 
 def test_a_judgment_says_what_it_saw_before_it_decides():
