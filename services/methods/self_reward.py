@@ -6,6 +6,8 @@ data (EFT: judge requests answered with a justification and `Score: N`), done in
 prompts from the seed prompts, deduplicated), N candidates per new prompt from θ(t-1), the rubric
 judge (θ(t-1) itself unless `judge_version_id` names another version) sampled k times and averaged,
 pairs of highest vs lowest mean score with ties dropped, and DPO from θ(t-1) with reference θ(t-1).
+Where several candidates share the highest or lowest score, the pair closest in length is taken
+(`length_control`); an NLL term on the chosen answer can be added (`sft_weight`, 0 by default).
 
 A judge it can trust (JudgeFields in base.py): when training prompts carry verifiable constraints,
 round 1 first samples θ0 on them and adds verifier-written rubric judgments of those samples to M1's
@@ -49,7 +51,14 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     judge_samples: int = 3  # k [3]
     judge_temperature: float = 0.7
     judge_max_new_tokens: int = 256
+    # Where several candidates share the best (or worst) score, pair those closest in length
+    # (best_worst_pairs); the paper does not say which of tied candidates it takes.
+    length_control: bool = True
     beta: float = 0.1  # [0.1]
+    # Weight of an NLL term on the chosen answer beside DPO (0 = the paper's pure DPO). Pang et al.
+    # (2024, Iterative Reasoning Preference Optimization) found such a term, weight 1, needed for
+    # iterated DPO on the model's own answers not to push the chosen ones down with the rejected.
+    sft_weight: float = 0.0
     learning_rate: float = 1e-5  # [1e-6 → 1e-7 over training, full fine-tuning]; LoRA: 10x
     final_lr_ratio: float = 0.1  # the decay's floor as a share of learning_rate: 1e-6 → 1e-7
     SAMPLES_RANGE = (2, 64)
@@ -70,6 +79,8 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(1 <= self.judge_samples <= 16, "judge_samples", "must be in 1..16")
         check(self.judge_temperature > 0, "judge_temperature", "must be > 0 (votes are sampled)")
         check(self.beta > 0, "beta", "must be > 0")
+        check(isinstance(self.length_control, bool), "length_control", "must be true or false")
+        check(0 <= self.sft_weight <= 100, "sft_weight", "must be in [0, 100]")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
         self.train_config(1, 1)
 
@@ -78,7 +89,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
 
         # the paper decays the learning rate from 1e-6 to 1e-7, not to 0
         return trainer_config(self, loss="sigmoid", beta=self.beta, learning_rate=self.learning_rate,
-                              final_lr_ratio=self.final_lr_ratio)
+                              final_lr_ratio=self.final_lr_ratio, sft_weight=self.sft_weight)
 
     def bootstrap_config(self):
         from services.methods.base import trainer_config
@@ -123,26 +134,44 @@ def dedupe(candidates: list[str], existing: list[str], threshold: float) -> list
 
 
 # ---------------------------------------------------------------- pairs
-def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]]) -> tuple[list[dict], dict]:
+def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]], *,
+                     length_control: bool = True) -> tuple[list[dict], dict]:
     """Per prompt: chosen = highest mean judge score, rejected = lowest; prompts whose extremes tie,
     or with fewer than two scored candidates, give no pair.
 
-    candidates: {prompt_id: [(index, text, mean score or None)]}.
+    When several answers share the highest (or the lowest) score, the paper leaves open which one is
+    taken. With `length_control` the pair whose word counts differ least is taken (then the lowest
+    indices), so that where the scores leave a choice, length does not tell chosen from rejected:
+    DPO otherwise learns "shorter" (or "longer") faster than what the judge rewarded. Without it,
+    the first of each.
+
+    candidates: {prompt_id: [(index, text, mean score or None)]}. The counts report how many pairs
+    have the longer answer rejected and the mean word counts, which is how a length drift shows.
     """
     pairs, ties, unscored = [], 0, 0
     for pid, cands in sorted(candidates.items()):
-        scored = [(s, i, t) for i, t, s in cands if s is not None]
+        scored = sorted((i, t, s) for i, t, s in cands if s is not None)
         if len(scored) < 2:
             unscored += 1
             continue
-        best = max(scored, key=lambda x: (x[0], -x[1]))
-        worst = min(scored, key=lambda x: (x[0], x[1]))
-        if best[0] == worst[0]:
+        hi, lo = max(s for _, _, s in scored), min(s for _, _, s in scored)
+        if hi == lo:
             ties += 1
             continue
-        pairs.append({"prompt_id": pid, "index": 0, "source": "judge_best_worst", "chosen": best[2],
-                      "rejected": worst[2], "margin": best[0] - worst[0]})
-    return pairs, {"pairs": len(pairs), "ties_dropped": ties, "unscored_prompts": unscored}
+        tops = [c for c in scored if c[2] == hi]
+        bottoms = [c for c in scored if c[2] == lo]
+        if length_control:
+            best, worst = min(((b, w) for b in tops for w in bottoms), key=lambda bw: (
+                abs(len(bw[0][1].split()) - len(bw[1][1].split())), bw[0][0], bw[1][0]))
+        else:
+            best, worst = tops[0], bottoms[0]
+        pairs.append({"prompt_id": pid, "index": 0, "source": "judge_best_worst", "chosen": best[1],
+                      "rejected": worst[1], "margin": hi - lo})
+    words = [(len(p["chosen"].split()), len(p["rejected"].split())) for p in pairs]
+    return pairs, {"pairs": len(pairs), "ties_dropped": ties, "unscored_prompts": unscored,
+                   "rejected_longer": sum(r > c for c, r in words),
+                   "chosen_words_mean": round(sum(c for c, _ in words) / len(words), 1) if words else None,
+                   "rejected_words_mean": round(sum(r for _, r in words) / len(words), 1) if words else None}
 
 
 # ---------------------------------------------------------------- hooks
@@ -173,7 +202,7 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
     cands: dict[int, list] = {}
     for x in samples:
         cands.setdefault(x["prompt_id"], []).append((x["index"], x["text"], mean_score(scores.get(x["id"], []))))
-    pairs, counts = best_worst_pairs(cands)
+    pairs, counts = best_worst_pairs(cands, length_control=cfg.length_control)
     unparsed = sum(v is None for vs in scores.values() for v in vs)
     return pairs, {**counts, "samples": len(samples), "judgments_unparsed": unparsed}
 

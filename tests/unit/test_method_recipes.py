@@ -41,7 +41,33 @@ def test_select_correct_drops_answers_cut_at_the_token_limit():
 def test_best_worst_pairs_drop_ties_and_unscored(cands, expected, stats):
     pairs, counts = best_worst_pairs(cands)
     assert [(p["chosen"], p["rejected"], p["margin"]) for p in pairs] == expected
-    assert counts == stats
+    assert {k: counts[k] for k in stats} == stats
+
+
+def test_best_worst_pairs_take_the_tied_extremes_closest_in_length():
+    # two answers share the top score, two the bottom one: the first-of-each pair would reject the
+    # long answer in favour of the short one; length control pairs the two of equal length instead
+    cands = {7: [(0, "short", 5.0), (1, "a b c d e f", 5.0), (2, "u v w x y z q", 1.0), (3, "one two three four five six", 1.0),
+                 (4, "mid mid", 3.0)]}
+    pairs, counts = best_worst_pairs(cands)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a b c d e f", "one two three four five six")]
+    assert counts["rejected_longer"] == 0 and counts["chosen_words_mean"] == counts["rejected_words_mean"] == 6
+    pairs, counts = best_worst_pairs(cands, length_control=False)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("short", "u v w x y z q")]
+    assert counts["rejected_longer"] == 1 and (counts["chosen_words_mean"], counts["rejected_words_mean"]) == (1, 7)
+    # equal length differences: the lowest indices win, so the choice is deterministic
+    pairs, _ = best_worst_pairs({1: [(3, "b b", 2.0), (1, "a a", 2.0), (2, "z", 0.0), (0, "y", 0.0)]})
+    assert (pairs[0]["chosen"], pairs[0]["rejected"]) == ("a a", "y")
+    assert best_worst_pairs({})[1]["chosen_words_mean"] is None
+
+
+def test_self_reward_sft_weight_reaches_the_trainer_and_is_checked():
+    assert SelfRewardConfig().train_config(1, 3).sft_weight == 0.0  # the paper: pure DPO
+    assert SelfRewardConfig(sft_weight=1.0).train_config(1, 3).sft_weight == 1.0
+    with pytest.raises(ValueError, match="sft_weight"):
+        SelfRewardConfig(sft_weight=-1)
+    with pytest.raises(ValueError, match="length_control"):
+        SelfRewardConfig(length_control="yes")
 
 
 def test_self_instruction_prompt_parse_and_dedupe():
