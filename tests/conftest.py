@@ -163,17 +163,22 @@ class Workers:
     @classmethod
     @contextmanager
     def paused_beats(cls):
-        """No beat of this session's workers runs inside the block. Tests that run tasks in-process
-        share the database with them, and a sweep would take a slow in-process task for a lost
-        message and hand it to a real worker (seen under load: the run then ends over there)."""
-        paused = [w for w in cls.live if "beat" in w.procs]
-        for w in paused:
-            w.kill("beat")
+        """No beat of this session's workers runs inside the block, and no conductor worker either.
+        Tests that run tasks in-process share the database with them, and a sweep would take a slow
+        in-process task for a lost message and hand it to a real worker (seen under load: the run
+        then ends over there). Killing beat alone is not enough: a sweep it sent before it died can
+        still wait in the conductor's queue and run inside the block (seen under load: it resent the
+        task the test's own sweep was to resend)."""
+        paused = [(w, [q for q in ("beat", "conductor") if q in w.procs]) for w in cls.live]
+        for w, names in paused:
+            for q in names:
+                w.kill(q)
         try:
             yield
         finally:
-            for w in paused:
-                w.start("beat")
+            for w, names in paused:
+                for q in names:
+                    w.start(q)
 
     def start(self, queue: str, argv: list[str] | None = None) -> None:
         """Start the worker of `queue`, beat ("beat"), or any `autodidact` command (`argv`)."""
