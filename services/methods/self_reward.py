@@ -7,7 +7,8 @@ prompts from the seed prompts, deduplicated), N candidates per new prompt from �
 judge (θ(t-1) itself unless `judge_version_id` names another version) sampled k times and averaged,
 pairs of highest vs lowest mean score with ties dropped, and DPO from θ(t-1) with reference θ(t-1).
 Where several candidates share the highest or lowest score, the pair closest in length is taken
-(`length_control`); an NLL term on the chosen answer can be added (`sft_weight`, 0 by default).
+(`length_control`), an answer cut at the token limit is never chosen (`chosen_must_end`), and an
+NLL term on the chosen answer can be added (`sft_weight`, 0 by default).
 
 A judge it can trust (JudgeFields in base.py): when training prompts carry verifiable constraints,
 round 1 first samples θ0 on them and adds verifier-written rubric judgments of those samples to M1's
@@ -54,6 +55,8 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     # Where several candidates share the best (or worst) score, pair those closest in length
     # (best_worst_pairs); the paper does not say which of tied candidates it takes.
     length_control: bool = True
+    # An answer cut at max_new_tokens is never chosen (it may be rejected); see best_worst_pairs.
+    chosen_must_end: bool = True
     beta: float = 0.1  # [0.1]
     # Weight of an NLL term on the chosen answer beside DPO (0 = the paper's pure DPO). Pang et al.
     # (2024, Iterative Reasoning Preference Optimization) found such a term, weight 1, needed for
@@ -80,6 +83,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(self.judge_temperature > 0, "judge_temperature", "must be > 0 (votes are sampled)")
         check(self.beta > 0, "beta", "must be > 0")
         check(isinstance(self.length_control, bool), "length_control", "must be true or false")
+        check(isinstance(self.chosen_must_end, bool), "chosen_must_end", "must be true or false")
         check(0 <= self.sft_weight <= 100, "sft_weight", "must be in [0, 100]")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
         self.train_config(1, 1)
@@ -135,7 +139,7 @@ def dedupe(candidates: list[str], existing: list[str], threshold: float) -> list
 
 # ---------------------------------------------------------------- pairs
 def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]], *,
-                     length_control: bool = True) -> tuple[list[dict], dict]:
+                     length_control: bool = True, cut: frozenset = frozenset()) -> tuple[list[dict], dict]:
     """Per prompt: chosen = highest mean judge score, rejected = lowest; prompts whose extremes tie,
     or with fewer than two scored candidates, give no pair.
 
@@ -145,20 +149,29 @@ def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]],
     DPO otherwise learns "shorter" (or "longer") faster than what the judge rewarded. Without it,
     the first of each.
 
+    An answer in `cut` ((prompt_id, index) of answers that ran into the token limit) may be
+    rejected but is never chosen: a judge scores the part it sees, so a cut answer can score as well
+    as a whole one, and preferring it teaches the policy not to end (the next best answer that ended
+    is chosen instead, if it still scores above the worst).
+
     candidates: {prompt_id: [(index, text, mean score or None)]}. The counts report how many pairs
-    have the longer answer rejected and the mean word counts, which is how a length drift shows.
+    have the longer answer rejected and the mean word counts, which is how a length drift shows, and
+    on how many prompts a cut answer had the best score (`cut_best_passed_over`).
     """
-    pairs, ties, unscored = [], 0, 0
+    pairs, ties, unscored, passed_over = [], 0, 0, 0
     for pid, cands in sorted(candidates.items()):
         scored = sorted((i, t, s) for i, t, s in cands if s is not None)
         if len(scored) < 2:
             unscored += 1
             continue
-        hi, lo = max(s for _, _, s in scored), min(s for _, _, s in scored)
+        ended = [c for c in scored if (pid, c[0]) not in cut]
+        lo = min(s for _, _, s in scored)
+        hi = max((s for _, _, s in ended), default=lo)
+        passed_over += any(s > hi for _, _, s in scored)
         if hi == lo:
             ties += 1
             continue
-        tops = [c for c in scored if c[2] == hi]
+        tops = [c for c in ended if c[2] == hi]
         bottoms = [c for c in scored if c[2] == lo]
         if length_control:
             best, worst = min(((b, w) for b in tops for w in bottoms), key=lambda bw: (
@@ -169,7 +182,7 @@ def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]],
                       "rejected": worst[1], "margin": hi - lo})
     words = [(len(p["chosen"].split()), len(p["rejected"].split())) for p in pairs]
     return pairs, {"pairs": len(pairs), "ties_dropped": ties, "unscored_prompts": unscored,
-                   "rejected_longer": sum(r > c for c, r in words),
+                   "cut_best_passed_over": passed_over, "rejected_longer": sum(r > c for c, r in words),
                    "chosen_words_mean": round(sum(c for c, _ in words) / len(words), 1) if words else None,
                    "rejected_words_mean": round(sum(r for _, r in words) / len(words), 1) if words else None}
 
@@ -202,7 +215,9 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
     cands: dict[int, list] = {}
     for x in samples:
         cands.setdefault(x["prompt_id"], []).append((x["index"], x["text"], mean_score(scores.get(x["id"], []))))
-    pairs, counts = best_worst_pairs(cands, length_control=cfg.length_control)
+    cut = frozenset((x["prompt_id"], x["index"]) for x in samples if x["finish_reason"] == "length") \
+        if cfg.chosen_must_end else frozenset()
+    pairs, counts = best_worst_pairs(cands, length_control=cfg.length_control, cut=cut)
     unparsed = sum(v is None for vs in scores.values() for v in vs)
     return pairs, {**counts, "samples": len(samples), "judgments_unparsed": unparsed}
 

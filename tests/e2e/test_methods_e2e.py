@@ -66,8 +66,11 @@ def test_self_rewarding_bootstraps_m1_and_drops_ties(api, workers, tiny_model):
     eft = upload(client, a, [{"prompt": "judge: is 'hi' a greeting?", "reference": "It is relevant.\nScore: 4"}],
                  name="eft")
     run_id = submit(client, a, method="self_reward", base_model=tiny_model, prompt_set_ids=[seeds], rounds=2,
+                    # the tiny random model never ends an answer: every candidate is cut at the
+                    # limit, so the rule that never chooses a cut answer is turned off here
                     config={"eft_prompt_set_ids": [eft], "new_prompts_per_round": 6, "few_shot": 3,
                             "samples_per_prompt": 4, "max_new_tokens": 12, "judge_samples": 3,
+                            "chosen_must_end": False,
                             "bootstrap_learning_rate": 1e-3, **TRAIN})
     run = wait_run(client, a, run_id, workers)
     r1, r2 = run["round_details"]

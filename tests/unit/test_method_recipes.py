@@ -61,6 +61,38 @@ def test_best_worst_pairs_take_the_tied_extremes_closest_in_length():
     assert best_worst_pairs({})[1]["chosen_words_mean"] is None
 
 
+def test_best_worst_pairs_never_choose_an_answer_cut_at_the_limit():
+    cands = {1: [(0, "cut but scored best", 5.0), (1, "ended", 3.0), (2, "worst", 1.0)],
+             2: [(0, "cut", 4.0), (1, "ended low", 1.0), (2, "also low", 1.0)],
+             3: [(0, "ended best", 4.0), (1, "cut worst", 0.0)]}
+    cut = frozenset({(1, 0), (2, 0), (3, 1)})
+    pairs, counts = best_worst_pairs(cands, cut=cut)
+    # prompt 1: the next best answer that ended is chosen; prompt 2: nothing that ended beats the
+    # worst, so no pair; prompt 3: a cut answer may still be rejected
+    assert [(p["prompt_id"], p["chosen"], p["rejected"], p["margin"]) for p in pairs] == [
+        (1, "ended", "worst", 2.0), (3, "ended best", "cut worst", 4.0)]
+    assert counts["cut_best_passed_over"] == 2 and counts["ties_dropped"] == 1
+    assert [p["chosen"] for p in best_worst_pairs(cands)[0]] == ["cut but scored best", "cut", "ended best"]
+
+
+def test_self_reward_round_pairs_read_the_cut_answers_from_finish_reason():
+    from services.methods.self_reward import round_pairs
+
+    class Data:  # the two RoundData reads round_pairs makes
+        def samples(self, role):
+            return [{"id": 10 + i, "prompt_id": 1, "index": i, "text": t, "finish_reason": f}
+                    for i, (t, f) in enumerate([("long cut", "length"), ("ended", "stop"), ("bad", "stop")])]
+
+        def judgments(self, kind, role=None):
+            return [{"sample_id": sid, "score": s} for sid, s in ((10, 5), (10, 5), (11, 3), (12, 1), (12, None))]
+
+    pairs, counts = round_pairs(Data(), SelfRewardConfig())
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("ended", "bad")]
+    assert counts["cut_best_passed_over"] == 1 and counts["judgments_unparsed"] == 1
+    pairs, _ = round_pairs(Data(), SelfRewardConfig(chosen_must_end=False))
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("long cut", "bad")]
+
+
 def test_self_reward_sft_weight_reaches_the_trainer_and_is_checked():
     assert SelfRewardConfig().train_config(1, 3).sft_weight == 0.0  # the paper: pure DPO
     assert SelfRewardConfig(sft_weight=1.0).train_config(1, 3).sft_weight == 1.0
@@ -68,6 +100,8 @@ def test_self_reward_sft_weight_reaches_the_trainer_and_is_checked():
         SelfRewardConfig(sft_weight=-1)
     with pytest.raises(ValueError, match="length_control"):
         SelfRewardConfig(length_control="yes")
+    with pytest.raises(ValueError, match="chosen_must_end"):
+        SelfRewardConfig(chosen_must_end=1)
 
 
 def test_self_instruction_prompt_parse_and_dedupe():
