@@ -28,7 +28,7 @@ MIN_PAIRED = 30
 
 
 def regression_verdict(before: dict | None, after: dict | None, *, start: dict | None = None,
-                       max_degenerate_rate: float = 0.2, max_limit_rate_rise: float = 0.25) -> dict:
+                       max_degenerate_rate: float = 0.2, max_limit_rate_rise: float = 0.10) -> dict:
     """{"regressed": bool, "reasons": [str], "paired": compare(before, after) or None,
     "paired_start": compare(start, after) or None}. `start`: the run's start, checked too when it
     is not `before`. Without both evaluations there is nothing to compare: not a regression."""
