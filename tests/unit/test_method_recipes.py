@@ -32,16 +32,22 @@ def test_select_correct_drops_answers_cut_at_the_token_limit():
     assert len(kept) == 3 and counts["truncated"] == 0
 
 
+ONE_PAIR = {"pairs": 1, "cut_best_passed_over": 0, "rejected_longer": 0, "chosen_words_mean": 1.0,
+            "rejected_words_mean": 1.0}
+NO_PAIR = {"pairs": 0, "cut_best_passed_over": 0, "rejected_longer": 0, "chosen_words_mean": None,
+           "rejected_words_mean": None}
+
+
 @pytest.mark.parametrize("cands,expected,stats", [
-    ({1: [(0, "x", 4.0), (1, "y", 1.0), (2, "w", 2.5)]}, [("x", "y", 3.0)], {"pairs": 1, "ties_dropped": 0, "unscored_prompts": 0}),
-    ({1: [(0, "x", 3.0), (1, "y", 3.0)]}, [], {"pairs": 0, "ties_dropped": 1, "unscored_prompts": 0}),
-    ({1: [(0, "x", None), (1, "y", 2.0)]}, [], {"pairs": 0, "ties_dropped": 0, "unscored_prompts": 1}),
-    ({1: [(0, "x", 5.0), (1, "y", None), (2, "v", 0.0)]}, [("x", "v", 5.0)], {"pairs": 1, "ties_dropped": 0, "unscored_prompts": 0}),
+    ({1: [(0, "x", 4.0), (1, "y", 1.0), (2, "w", 2.5)]}, [("x", "y", 3.0)], {**ONE_PAIR, "ties_dropped": 0, "unscored_prompts": 0}),
+    ({1: [(0, "x", 3.0), (1, "y", 3.0)]}, [], {**NO_PAIR, "ties_dropped": 1, "unscored_prompts": 0}),
+    ({1: [(0, "x", None), (1, "y", 2.0)]}, [], {**NO_PAIR, "ties_dropped": 0, "unscored_prompts": 1}),
+    ({1: [(0, "x", 5.0), (1, "y", None), (2, "v", 0.0)]}, [("x", "v", 5.0)], {**ONE_PAIR, "ties_dropped": 0, "unscored_prompts": 0}),
 ])
 def test_best_worst_pairs_drop_ties_and_unscored(cands, expected, stats):
     pairs, counts = best_worst_pairs(cands)
     assert [(p["chosen"], p["rejected"], p["margin"]) for p in pairs] == expected
-    assert {k: counts[k] for k in stats} == stats
+    assert counts == stats
 
 
 def test_best_worst_pairs_take_the_tied_extremes_closest_in_length():

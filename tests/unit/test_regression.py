@@ -45,29 +45,33 @@ def test_too_few_prompts_cannot_show_an_accuracy_regression():
     assert regression_verdict(evaluation(30, n=30), evaluation(0, n=30))["regressed"]
 
 
+def cut_at_limit(k: int, n: int) -> dict:
+    """An evaluation of n passing answers of which the first k ran into the token limit."""
+    return aggregate([{"prompt_id": i, "prompt": "write in lowercase about bees", "response": "all lower",
+                       "constraints": LOWER, "finish_reason": "length" if i < k else "stop"} for i in range(n)])
+
+
 def test_a_slow_drift_is_caught_against_the_start():
     # each round adds 4 points of answers cut at the limit: no single step passes the 10-point
     # ceiling, the third round is 12 points past the start
-    def cut(k: int) -> dict:
-        return aggregate([{"prompt_id": i, "prompt": "write in lowercase about bees", "response": "all lower",
-                           "constraints": LOWER, "finish_reason": "length" if i < k else "stop"} for i in range(100)])
-
-    start, r1, r2, r3 = cut(0), cut(4), cut(8), cut(12)
+    start, r1, r2, r3 = (cut_at_limit(k, 100) for k in (0, 4, 8, 12))
     assert not regression_verdict(start, r1, start=start)["regressed"]
     assert not regression_verdict(r1, r2, start=start)["regressed"]
     v = regression_verdict(r2, r3, start=start)
     assert v["regressed"] and v["reasons"] == ["since the run's start: answers cut at the token limit rose from 0% to 12%"]
     assert v["paired_start"]["n_paired"] == 100
+    assert not regression_verdict(r2, r3)["regressed"]  # without the start, the step alone passes
+
+
+def test_the_start_is_not_counted_twice():
+    v = regression_verdict(evaluation(80), evaluation(50), start=evaluation(80))
+    assert len(v["reasons"]) == 1 and v["paired_start"] is None
 
 
 def test_the_default_ceiling_catches_the_drift_a_self_rewarding_run_passed():
     # docs/results.md: answers cut at the limit 17 % at the start, 32 % after round 3, with accuracy
     # level; the earlier 25-point ceiling adopted that round
-    def cut(k: int) -> dict:
-        return aggregate([{"prompt_id": i, "prompt": "write in lowercase about bees", "response": "all lower",
-                           "constraints": LOWER, "finish_reason": "length" if i < k else "stop"} for i in range(200)])
-
-    start, r2, r3 = cut(34), cut(42), cut(64)
+    start, r2, r3 = (cut_at_limit(k, 200) for k in (34, 42, 64))
     assert not regression_verdict(start, r2)["regressed"]
     assert regression_verdict(r2, r3, start=start)["reasons"] == [
         "answers cut at the token limit rose from 21% to 32%",
