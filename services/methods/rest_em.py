@@ -57,13 +57,15 @@ def select_correct(samples: list[dict], k: int, keep_truncated: bool = False) ->
     "length") is not kept unless `keep_truncated`. Returns (kept samples, counts) — counts of
     correct, kept, prompts with any kept sample, and correct responses dropped as truncated.
     """
+    from services.judging.degeneration import hit_limit
+
     kept, seen = [], {}
     correct = truncated = 0
     for s in sorted(samples, key=lambda s: (s["prompt_id"], s["index"])):
         if s.get("reward") != 1.0:
             continue
         correct += 1
-        if s.get("finish_reason") == "length" and not keep_truncated:
+        if hit_limit(s.get("finish_reason")) and not keep_truncated:
             truncated += 1
             continue
         texts = seen.setdefault(s["prompt_id"], set())

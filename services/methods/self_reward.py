@@ -206,6 +206,7 @@ def check_data(check: DataCheck) -> list[dict]:
 
 
 def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
+    from services.judging.degeneration import hit_limit
     from services.judging.rubric import mean_score
 
     samples = data.samples("candidate")
@@ -215,7 +216,7 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
     cands: dict[int, list] = {}
     for x in samples:
         cands.setdefault(x["prompt_id"], []).append((x["index"], x["text"], mean_score(scores.get(x["id"], []))))
-    cut = frozenset((x["prompt_id"], x["index"]) for x in samples if x["finish_reason"] == "length") \
+    cut = frozenset((x["prompt_id"], x["index"]) for x in samples if hit_limit(x["finish_reason"])) \
         if cfg.chosen_must_end else frozenset()
     pairs, counts = best_worst_pairs(cands, length_control=cfg.length_control, cut=cut)
     unparsed = sum(v is None for vs in scores.values() for v in vs)
