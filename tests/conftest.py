@@ -151,7 +151,7 @@ class Workers:
     """Real `autodidact worker` subprocesses, one per queue, and `autodidact beat` (name "beat");
     can kill and restart any of them."""
 
-    live: list["Workers"] = []  # every set made in this session, for `paused_beats`
+    live: list["Workers"] = []  # every set made in this session, for `paused_sweeps`
 
     def __init__(self, env: dict, log_dir: Path):
         self.env = {**os.environ, **env}
@@ -162,7 +162,7 @@ class Workers:
 
     @classmethod
     @contextmanager
-    def paused_beats(cls):
+    def paused_sweeps(cls):
         """No beat of this session's workers runs inside the block, and no conductor worker either.
         Tests that run tasks in-process share the database with them, and a sweep would take a slow
         in-process task for a lost message and hand it to a real worker (seen under load: the run

@@ -20,7 +20,7 @@ def inline(services_env, monkeypatch):
     monkeypatch.setenv("AUTODIDACT_RESEND_AFTER_SECONDS", "0")
     get_settings.cache_clear()
     queue._inline_queue.clear()
-    with Workers.paused_beats():
+    with Workers.paused_sweeps():
         yield queue
     queue._inline_queue.clear()
     get_settings.cache_clear()
