@@ -7,8 +7,9 @@ prompts from the seed prompts, deduplicated), N candidates per new prompt from �
 judge (θ(t-1) itself unless `judge_version_id` names another version) sampled k times and averaged,
 pairs of highest vs lowest mean score with ties dropped, and DPO from θ(t-1) with reference θ(t-1).
 Where several candidates share the highest or lowest score, the pair closest in length is taken
-(`length_control`), an answer cut at the token limit is never chosen (`chosen_must_end`), and an
-NLL term on the chosen answer can be added (`sft_weight`, 0 by default).
+(`length_control`), an answer cut at the token limit is never chosen (`chosen_must_end`), the
+round's pairs can be balanced so that length alone does not predict which answer is chosen
+(`length_balance`), and an NLL term on the chosen answer can be added (`sft_weight`, 0 by default).
 
 A judge it can trust (JudgeFields in base.py): when training prompts carry verifiable constraints,
 round 1 first samples θ0 on them and adds verifier-written rubric judgments of those samples to M1's
@@ -57,6 +58,10 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     length_control: bool = True
     # An answer cut at max_new_tokens is never chosen (it may be rejected); see best_worst_pairs.
     chosen_must_end: bool = True
+    # The largest share of a round's pairs in which one side (chosen or rejected) is the longer
+    # answer; above it, the pairs of the majority side with the largest word-count gap are dropped
+    # (balance_lengths). 1.0 keeps every pair (the paper); 0.5 asks for as many of each.
+    length_balance: float = 1.0
     beta: float = 0.1  # [0.1]
     # Weight of an NLL term on the chosen answer beside DPO (0 = the paper's pure DPO). Pang et al.
     # (2024, Iterative Reasoning Preference Optimization) found such a term, weight 1, needed for
@@ -84,6 +89,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(self.beta > 0, "beta", "must be > 0")
         check(isinstance(self.length_control, bool), "length_control", "must be true or false")
         check(isinstance(self.chosen_must_end, bool), "chosen_must_end", "must be true or false")
+        check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
         check(0 <= self.sft_weight <= 100, "sft_weight", "must be in [0, 100]")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
         self.train_config(1, 1)
@@ -180,11 +186,39 @@ def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]],
             best, worst = tops[0], bottoms[0]
         pairs.append({"prompt_id": pid, "index": 0, "source": "judge_best_worst", "chosen": best[1],
                       "rejected": worst[1], "margin": hi - lo})
-    words = [(len(p["chosen"].split()), len(p["rejected"].split())) for p in pairs]
     return pairs, {"pairs": len(pairs), "ties_dropped": ties, "unscored_prompts": unscored,
-                   "cut_best_passed_over": passed_over, "rejected_longer": sum(r > c for c, r in words),
-                   "chosen_words_mean": round(sum(c for c, _ in words) / len(words), 1) if words else None,
-                   "rejected_words_mean": round(sum(r for _, r in words) / len(words), 1) if words else None}
+                   "cut_best_passed_over": passed_over, **_length_counts(pairs)}
+
+
+def _length_counts(pairs: list[dict]) -> dict:
+    words = [(len(p["chosen"].split()), len(p["rejected"].split())) for p in pairs]
+    return {"rejected_longer": sum(r > c for c, r in words),
+            "chosen_words_mean": round(sum(c for c, _ in words) / len(words), 1) if words else None,
+            "rejected_words_mean": round(sum(r for _, r in words) / len(words), 1) if words else None}
+
+
+def balance_lengths(pairs: list[dict], max_share: float) -> tuple[list[dict], dict]:
+    """Keep at most `max_share` of the pairs (among those whose answers differ in word count) on the
+    side where the rejected answer is the longer, or where the chosen one is; from the side over the
+    share, the pairs with the largest word-count gap go first (the pairs where length most likely
+    decided the verdict). The order of the kept pairs is unchanged.
+
+    When failing answers are the long ones (they ramble or run to the limit), nearly every pair
+    rejects the longer answer and DPO learns "shorter" however the ties were broken; answers then
+    shrink and drop what an instruction asks for at their end. 1.0 keeps every pair.
+    """
+    def gap(p: dict) -> int:
+        return len(p["rejected"].split()) - len(p["chosen"].split())
+
+    rej_longer = [i for i, p in enumerate(pairs) if gap(p) > 0]
+    cho_longer = [i for i, p in enumerate(pairs) if gap(p) < 0]
+    major, minor = (rej_longer, cho_longer) if len(rej_longer) >= len(cho_longer) else (cho_longer, rej_longer)
+    if max_share >= 1 or not major:
+        return pairs, {"dropped_for_length": 0}
+    # m / (m + k) <= share  <=>  m <= share * k / (1 - share)
+    allowed = int(max_share * len(minor) / (1 - max_share) + 1e-9)
+    drop = set(sorted(major, key=lambda i: (-abs(gap(pairs[i])), i))[:max(0, len(major) - allowed)])
+    return [p for i, p in enumerate(pairs) if i not in drop], {"dropped_for_length": len(drop)}
 
 
 # ---------------------------------------------------------------- hooks
@@ -219,8 +253,11 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
     cut = frozenset((x["prompt_id"], x["index"]) for x in samples if hit_limit(x["finish_reason"])) \
         if cfg.chosen_must_end else frozenset()
     pairs, counts = best_worst_pairs(cands, length_control=cfg.length_control, cut=cut)
+    pairs, dropped = balance_lengths(pairs, cfg.length_balance)
+    if dropped["dropped_for_length"]:  # the length counts describe the pairs that train
+        counts = {**counts, **_length_counts(pairs), "pairs": len(pairs)}
     unparsed = sum(v is None for vs in scores.values() for v in vs)
-    return pairs, {**counts, "samples": len(samples), "judgments_unparsed": unparsed}
+    return pairs, {**counts, **dropped, "samples": len(samples), "judgments_unparsed": unparsed}
 
 
 def training_job(data, cfg: SelfRewardConfig, role: str):

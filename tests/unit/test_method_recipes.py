@@ -8,7 +8,7 @@ import pytest
 from services.methods import get_recipe, parse_config
 from services.methods.rest_em import RestEMConfig, select_correct
 from services.methods.self_reward import (
-    SelfRewardConfig, best_worst_pairs, dedupe, instruct_messages, parse_new_prompt,
+    SelfRewardConfig, balance_lengths, best_worst_pairs, dedupe, instruct_messages, parse_new_prompt,
 )
 from services.methods.spar import SPaRConfig, refined_pairs
 
@@ -99,6 +99,57 @@ def test_self_reward_round_pairs_read_the_cut_answers_from_finish_reason():
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("long cut", "bad")]
 
 
+def _pair(pid: int, chosen_words: int, rejected_words: int) -> dict:
+    return {"prompt_id": pid, "chosen": "c " * chosen_words, "rejected": "r " * rejected_words}
+
+
+@pytest.mark.parametrize("share,kept", [
+    # 4 pairs reject the longer answer (gaps 1, 5, 9, 2), 1 chooses it, 1 is level
+    (1.0, [1, 2, 3, 4, 5, 6]),
+    (0.8, [1, 2, 3, 4, 5, 6]),         # 4 of 5 is exactly the share
+    (0.75, [1, 2, 4, 5, 6]),           # 3 of 4: the gap of 9 goes first
+    (0.7, [1, 4, 5, 6]),               # 2.33 allowed -> 2: the gap of 5 goes too
+    (0.6, [1, 5, 6]),                  # 1.5 allowed -> 1: only the smallest gap stays
+    (0.5, [1, 5, 6]),                  # as many of each: the pair with gap 1 stays
+])
+def test_balance_lengths_drops_the_widest_gaps_of_the_side_over_the_share(share, kept):
+    pairs = [_pair(1, 3, 4), _pair(2, 3, 8), _pair(3, 1, 10), _pair(4, 5, 7), _pair(5, 9, 2), _pair(6, 4, 4)]
+    out, counts = balance_lengths(pairs, share)
+    assert [p["prompt_id"] for p in out] == kept
+    assert counts == {"dropped_for_length": 6 - len(kept)}
+
+
+def test_balance_lengths_works_on_either_side_and_on_one_sided_rounds():
+    # chosen longer in three pairs, rejected longer in one: the chosen-longer side is trimmed
+    pairs = [_pair(1, 9, 1), _pair(2, 4, 3), _pair(3, 6, 2), _pair(4, 1, 2)]
+    assert [p["prompt_id"] for p in balance_lengths(pairs, 0.5)[0]] == [2, 4]
+    # every pair rejects the longer answer: nothing on the other side lets any stay
+    assert balance_lengths([_pair(1, 1, 2), _pair(2, 1, 3)], 0.6) == ([], {"dropped_for_length": 2})
+    assert balance_lengths([_pair(1, 2, 2)], 0.5)[0] == [_pair(1, 2, 2)]
+    assert balance_lengths([], 0.5) == ([], {"dropped_for_length": 0})
+
+
+def test_self_reward_round_pairs_report_the_counts_of_the_balanced_pairs():
+    from services.methods.self_reward import round_pairs
+
+    class Data:  # prompt 1: rejected longer (gap 4); 2: rejected longer (gap 1); 3: chosen longer
+        texts = {1: ("a b", "a b c d e f"), 2: ("a b", "a b c"), 3: ("a b c d", "a")}
+
+        def samples(self, role):
+            return [{"id": 10 * pid + i, "prompt_id": pid, "index": i, "text": t, "finish_reason": "stop"}
+                    for pid, pair in self.texts.items() for i, t in enumerate(pair)]
+
+        def judgments(self, kind, role=None):
+            return [{"sample_id": 10 * pid + i, "score": 5 - 4 * i} for pid in self.texts for i in (0, 1)]
+
+    pairs, counts = round_pairs(Data(), SelfRewardConfig())
+    assert len(pairs) == 3 and counts["rejected_longer"] == 2 and counts["dropped_for_length"] == 0
+    pairs, counts = round_pairs(Data(), SelfRewardConfig(length_balance=0.5))
+    assert [p["prompt_id"] for p in pairs] == [2, 3]
+    assert (counts["pairs"], counts["rejected_longer"], counts["dropped_for_length"]) == (2, 1, 1)
+    assert (counts["chosen_words_mean"], counts["rejected_words_mean"]) == (3.0, 2.0)
+
+
 def test_self_reward_sft_weight_reaches_the_trainer_and_is_checked():
     assert SelfRewardConfig().train_config(1, 3).sft_weight == 0.0  # the paper: pure DPO
     assert SelfRewardConfig(sft_weight=1.0).train_config(1, 3).sft_weight == 1.0
@@ -108,6 +159,9 @@ def test_self_reward_sft_weight_reaches_the_trainer_and_is_checked():
         SelfRewardConfig(length_control="yes")
     with pytest.raises(ValueError, match="chosen_must_end"):
         SelfRewardConfig(chosen_must_end=1)
+    for bad in (0.4, 1.5):
+        with pytest.raises(ValueError, match="length_balance"):
+            SelfRewardConfig(length_balance=bad)
 
 
 def test_self_instruction_prompt_parse_and_dedupe():
