@@ -272,14 +272,20 @@ def training_job(data, cfg: SelfRewardConfig, role: str):
 
 # ---------------------------------------------------------------- stages
 def _self_instruct_plan(inp: PlanInput) -> list[dict]:
+    """New prompts, unless the verifier alone judges this round (by choice, or after the judge
+    check fell below its floor): self-instructed prompts carry no constraints, so their candidates
+    could not be scored and would cost a generation stage for nothing."""
+    if inp.config.judge_mode(inp.data) == "verifier":
+        return []
     return [{"count": inp.config.new_prompts_per_round}]
 
 
 def _candidate_ids(inp: PlanInput) -> list[int]:
-    """The round's self-instructed prompts, plus the run's prompts with constraints when the
-    verifier judges (it can only score those)."""
-    ids = [p["id"] for p in inp.data.round_prompts()]
-    if inp.config.judge_mode(inp.data) != "llm":
+    """The round's self-instructed prompts (none when the verifier alone judges), plus the run's
+    prompts with constraints when the verifier judges (it can only score those)."""
+    mode = inp.config.judge_mode(inp.data)
+    ids = [p["id"] for p in inp.data.round_prompts()] if mode != "verifier" else []
+    if mode != "llm":
         ids += [p["id"] for p in inp.data.run_prompts() if p["constraints"]]
     return ids
 

@@ -124,3 +124,26 @@ def test_spin_last_round_beta_applies_whenever_the_last_round_is_known():
     assert SPINConfig().train_config(1, 1).beta == 5.0  # a one-round run is its own last round
     assert SPINConfig().train_config(1, 2).beta == 0.1
     assert SPINConfig().train_config(5, 0).beta == 0.1  # continuous: no known last round
+
+
+def test_self_reward_skips_self_instruction_when_the_verifier_alone_judges():
+    """Self-instructed prompts carry no constraints: when the verifier judges the whole round (by
+    choice, or after a weak judge check) they could not be scored, so none are written or sampled."""
+    from services.methods.base import PlanInput
+    from services.methods.self_reward import _candidate_ids, _self_instruct_plan
+
+    class RoundData(Data):
+        def round_prompts(self):
+            return [{"id": 500, "constraints": None}]
+
+    def inp(cfg, metrics=None):
+        return PlanInput(prompt_ids=[0, 1, 100], eval_prompt_ids=[], round_number=1, total_rounds=1, shard_size=8,
+                         config=cfg, data=RoundData(2, n_plain=1, metrics=metrics))
+
+    weak = {"judge_check": {"action": "verifier"}}
+    assert _self_instruct_plan(inp(SelfRewardConfig(new_prompts_per_round=5))) == [{"count": 5}]
+    assert _candidate_ids(inp(SelfRewardConfig())) == [500]  # the paper: only the new prompts
+    assert _candidate_ids(inp(SelfRewardConfig(judge="hybrid"))) == [500, 0, 1]
+    for cfg, metrics in ((SelfRewardConfig(judge="verifier"), None), (SelfRewardConfig(), weak),
+                         (SelfRewardConfig(judge="hybrid"), weak)):
+        assert _self_instruct_plan(inp(cfg, metrics)) == [] and _candidate_ids(inp(cfg, metrics)) == [0, 1]
