@@ -189,6 +189,7 @@ def test_refined_pairs_pair_each_solution_with_its_own_root():
     ("self_reward", {"samples_per_prompt": 1}, "samples_per_prompt"),
     ("self_reward", {"judge_samples": 0}, "judge_samples"),
     ("self_reward", {"eft_prompt_set_ids": 3}, "eft_prompt_set_ids"),
+    ("self_reward", {"length_balance": 0.2}, "length_balance"),
     ("spar", {"search": "astar"}, "search"),
     ("spar", {"judge_votes": 0}, "judge_votes"),
     ("spar", {"sft_weight": -1}, "sft_weight"),
