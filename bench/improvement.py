@@ -167,6 +167,12 @@ def main() -> None:
                 acc = "none" if jc["accuracy"] is None else f"{jc['accuracy']:.2f}"
                 print(f"{method} round {r['number']}: {jc['kind']} judge on {jc['probe_prompts']} training prompts: "
                       f"parseable {jc['parseable'] or 0:.2f}, accuracy {acc} -> {jc['action']}")
+            ps = r["metrics"].get("pair_stats") or {}
+            if "rejected_longer" in ps:  # Self-Rewarding: how length and cut answers shaped the pairs
+                print(f"{method} round {r['number']}: {ps['pairs']} pairs ({ps.get('ties_dropped', 0)} ties dropped, "
+                      f"{ps.get('dropped_for_length', 0)} dropped for length), rejected longer in "
+                      f"{ps['rejected_longer']}, words chosen / rejected {ps['chosen_words_mean']} / "
+                      f"{ps['rejected_words_mean']}, cut best passed over {ps.get('cut_best_passed_over', 0)}")
             if train.get("skipped"):
                 print(f"{method} round {r['number']}: training skipped ({train['skipped']})")
 
