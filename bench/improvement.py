@@ -49,7 +49,9 @@ def main() -> None:
     # All 200 curriculum training prompts: with 48, ReST-EM kept ~50 answers a round and drifted into
     # answers cut at the limit; with 200 its first round gained (docs/results.md).
     ap.add_argument("--n-train", type=int, default=200)
-    ap.add_argument("--n-eval", type=int, default=160)
+    ap.add_argument("--n-eval", type=int, default=160,
+                    help="held-out prompts (≥ 150 for any claim; above the shipped 200, more come from the same draw, "
+                         "about 350 in all)")
     ap.add_argument("--judge-prompts", type=int, default=0,
                     help="Self-Rewarding and SPaR: this many more curriculum training prompts (after the run's) "
                          "as judge_prompt_set_ids, to teach and probe the judge")
@@ -93,7 +95,20 @@ def main() -> None:
         all_train = build_curriculum(seed=0, n_train=args.n_train + extra, n_heldout=0, n_eft=0)["train"]
     train_items = all_train[:args.n_train]
     judge_set = write_jsonl(all_train[args.n_train:args.n_train + args.judge_prompts], work / "judge.jsonl")
-    held_items = [it for it in read_jsonl(EX / "curriculum_heldout.jsonl") if it["constraints"]][:args.n_eval]
+    held_all = read_jsonl(EX / "curriculum_heldout.jsonl")
+    if args.n_eval > len(held_all):
+        # More held-out prompts from the same draw (its first 200 are the shipped file's): the held-out
+        # topics give about 350 distinct prompts, which narrows a paired interval from about ±6 points
+        # (200 prompts) to about ±4.5.
+        from services.curriculum.generator import build_curriculum
+
+        drawn = build_curriculum(seed=0, n_train=200, n_heldout=args.n_eval, n_eft=0)["heldout"]
+        if drawn[:len(held_all)] != held_all:
+            raise SystemExit("the curriculum draw no longer starts with examples/curriculum_heldout.jsonl")
+        held_all = drawn
+    held_items = [it for it in held_all if it["constraints"]][:args.n_eval]
+    if len(held_items) < args.n_eval:
+        print(f"only {len(held_items)} held-out prompts exist (asked for {args.n_eval})", flush=True)
     train = write_jsonl(train_items, work / "train.jsonl")
     heldout = write_jsonl(held_items, work / "heldout.jsonl")
     eft = write_jsonl(read_jsonl(EX / "demo_eft.jsonl"), work / "eft.jsonl")
