@@ -180,6 +180,8 @@ def main() -> None:
             jc, train = r["metrics"].get("judge_check"), (r["metrics"].get("train") or {})
             if jc:
                 acc = "none" if jc["accuracy"] is None else f"{jc['accuracy']:.2f}"
+                if jc.get("accuracy_ci95"):
+                    acc += f" [{jc['accuracy_ci95'][0]:.2f}, {jc['accuracy_ci95'][1]:.2f}] on {jc.get('measured_on')}"
                 print(f"{method} round {r['number']}: {jc['kind']} judge on {jc['probe_prompts']} training prompts: "
                       f"parseable {jc['parseable'] or 0:.2f}, accuracy {acc} -> {jc['action']}")
             ps = r["metrics"].get("pair_stats") or {}

@@ -274,6 +274,11 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def _fmt_ci(value, ci) -> str:
+    """A judge accuracy with its 95 % interval over the probe's prompts."""
+    return _fmt(value) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if value is not None and ci else "")
+
+
 def _acc(ev: dict, key: str = "prompt_strict_acc") -> str:
     """Accuracy with its 95 % interval, e.g. 0.412 [0.335, 0.490] (n=160)."""
     if not ev or ev.get(key) is None:
@@ -342,9 +347,10 @@ def judge_agreement(model: str = typer.Option("gemma", help="'gemma' or a local 
     for col in ("judge", "parseable", "measure", "accuracy", "balanced accuracy", "decided"):
         table.add_column(col)
     r, f, ok = report["rubric"], report["refiner"], report["parseable"]
-    table.add_row("rubric", _fmt(ok["rubric"]), "pairwise (ties ½)", _fmt(r["accuracy"]), "", str(r["pairs"]))
-    table.add_row("refiner", _fmt(ok["refiner"]), "verdict", _fmt(f["accuracy"]), _fmt(f["balanced_accuracy"]),
-                  str(f["decided"]))
+    table.add_row("rubric", _fmt(ok["rubric"]), "pairwise (ties ½)", _fmt_ci(r["accuracy"], r.get("ci95")), "",
+                  str(r["pairs"]))
+    table.add_row("refiner", _fmt(ok["refiner"]), "verdict", _fmt(f["accuracy"]),
+                  _fmt_ci(f["balanced_accuracy"], f.get("balanced_ci95")), str(f["decided"]))
     console.print(table)
     types = Table(title="per instruction type")
     for col in ("instruction", "rubric pairwise", "refiner balanced"):

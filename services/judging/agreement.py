@@ -67,8 +67,32 @@ def judge_agreement(items: list[dict], *, backend, model, samples_per_prompt: in
         by_type[ident] = {
             "rubric": evaluation.rubric_pairwise_accuracy([g for i, g in groups.items() if i in has]),
             "refiner": evaluation.verdict_accuracy([(v, ok) for i, v, ok in verdicts if i in has])}
-    return {"rubric": evaluation.rubric_pairwise_accuracy(list(groups.values())),
-            "refiner": evaluation.verdict_accuracy([(v, ok) for _, v, ok in verdicts]),
+    rubric = evaluation.rubric_pairwise_accuracy(list(groups.values()))
+    refiner = evaluation.verdict_accuracy([(v, ok) for _, v, ok in verdicts])
+    return {"rubric": {**rubric, "ci95": _rubric_interval(groups)},
+            "refiner": {**refiner, "balanced_ci95": _verdict_interval(verdicts)},
             "responses": len(responses), "passing": sum(ok for _, _, ok in responses), "unparsed": unparsed,
             "parseable": {k: (1 - unparsed[k] / total[k]) if total[k] else None for k in total},
             "by_type": by_type}
+
+
+def _rubric_interval(groups: dict[int, list]) -> list | None:
+    """95 % interval of the pairwise accuracy, resampling prompts (a prompt's pairs share answers)."""
+    from services.judging.intervals import ratio_interval
+
+    per = [evaluation.rubric_pairwise_accuracy([g]) for g in groups.values()]
+    ci = ratio_interval([r["correct"] + 0.5 * r["ties"] for r in per], [r["pairs"] for r in per])
+    return None if ci["low"] is None else [round(ci["low"], 3), round(ci["high"], 3)]
+
+
+def _verdict_interval(verdicts: list[tuple[int, bool | None, bool]]) -> list | None:
+    """95 % interval of the refiner's balanced accuracy, resampling prompts."""
+    from services.judging.intervals import balanced_accuracy_interval
+
+    per: dict[int, list[int]] = {}
+    for i, verdict, truth in verdicts:
+        row = per.setdefault(i, [0, 0, 0, 0])  # tp, fn, tn, fp
+        if verdict is not None:
+            row[(0 if verdict else 1) if truth else (2 if not verdict else 3)] += 1
+    ci = balanced_accuracy_interval(list(per.values()))
+    return None if ci["low"] is None else [round(ci["low"], 3), round(ci["high"], 3)]

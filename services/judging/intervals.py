@@ -81,6 +81,28 @@ def paired_difference(before: Sequence[tuple[float, float]], after: Sequence[tup
             "n": int(len(bn)), "gained": int(np.nansum(ra > rb)), "lost": int(np.nansum(ra < rb))}
 
 
+def balanced_accuracy_interval(counts: Sequence[tuple[int, int, int, int]], *, n_boot: int = N_BOOT,
+                               level: float = LEVEL, seed: int = 0) -> dict:
+    """Balanced accuracy (mean of the true-positive and true-negative rates) of a yes/no judge, with
+    a percentile interval from resampling prompts. counts: per prompt (tp, fn, tn, fp). Resamples
+    with no positive or no negative case are left out. {"estimate", "low", "high", "n"}."""
+    c = np.asarray(counts, dtype=float).reshape(-1, 4)
+    if (c < 0).any():
+        raise ValueError("counts must be >= 0")
+    none = {"estimate": None, "low": None, "high": None, "n": int(len(c))}
+    tot = c.sum(axis=0)
+    if len(c) == 0 or tot[0] + tot[1] == 0 or tot[2] + tot[3] == 0:
+        return none
+    rng = np.random.default_rng(seed)
+    s = c[rng.integers(0, len(c), size=(n_boot, len(c)))].sum(axis=1)  # [n_boot, 4]
+    pos, neg = s[:, 0] + s[:, 1], s[:, 2] + s[:, 3]
+    ok = (pos > 0) & (neg > 0)
+    stats = (s[ok, 0] / pos[ok] + s[ok, 2] / neg[ok]) / 2
+    low, high = _bounds(stats, level)
+    return {"estimate": float((tot[0] / (tot[0] + tot[1]) + tot[2] / (tot[2] + tot[3])) / 2),
+            "low": low, "high": high, "n": int(len(c))}
+
+
 def significantly_worse(paired: dict) -> bool:
     """The whole interval of after − before lies below zero."""
     return paired.get("high") is not None and paired["high"] < 0

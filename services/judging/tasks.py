@@ -140,13 +140,22 @@ def judge_check_verdict(report: dict, kind: str, floor: dict) -> tuple[bool, lis
     its balanced verdict accuracy, the rubric judge by its pairwise accuracy."""
     why = []
     parseable = report["parseable"].get(kind)
-    accuracy = report["refiner"]["balanced_accuracy"] if kind == "refiner" else report["rubric"]["accuracy"]
+    accuracy, ci = _judge_accuracy(report, kind)
     if parseable is None or parseable < floor["parseable"]:
         why.append(f"parseable {0 if parseable is None else parseable:.2f} < {floor['parseable']:.2f}")
     if accuracy is None or accuracy < floor["accuracy"]:
         what = "balanced verdict accuracy" if kind == "refiner" else "pairwise accuracy"
-        why.append(f"{what} {'none' if accuracy is None else f'{accuracy:.2f}'} < {floor['accuracy']:.2f}")
+        shown = "none" if accuracy is None else f"{accuracy:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        why.append(f"{what} {shown} < {floor['accuracy']:.2f}")
     return not why, why
+
+
+def _judge_accuracy(report: dict, kind: str) -> tuple[float | None, list | None]:
+    """The accuracy a judge check decides on (refiner: balanced verdict accuracy; rubric: pairwise
+    accuracy) and its 95 % interval over the probe's prompts, when the report has one."""
+    if kind == "refiner":
+        return report["refiner"]["balanced_accuracy"], report["refiner"].get("balanced_ci95")
+    return report["rubric"]["accuracy"], report["rubric"].get("ci95")
 
 
 def _judge_check(ctx: StageContext) -> None:
@@ -171,7 +180,8 @@ def _judge_check(ctx: StageContext) -> None:
     summary = {"kind": kind, "probe_prompts": len(items), "responses": report["responses"],
                "parseable": report["parseable"][kind], "passed": ok, "why": why, "floor": p["floor"],
                "action": "trust" if ok else p["on_weak"],
-               "accuracy": report["refiner"]["balanced_accuracy"] if kind == "refiner" else report["rubric"]["accuracy"],
+               "accuracy": _judge_accuracy(report, kind)[0], "accuracy_ci95": _judge_accuracy(report, kind)[1],
+               "measured_on": report["refiner"]["decided"] if kind == "refiner" else report["rubric"]["pairs"],
                "by_type": {t: v[kind].get("balanced_accuracy" if kind == "refiner" else "accuracy")
                            for t, v in report["by_type"].items()}}
     with session_scope() as s:

@@ -56,3 +56,13 @@ def test_only_the_asked_judge_is_queried():
     report = judge_agreement(ITEMS, backend=FakeJudge("good"), model=ModelRef("m"), judges=("refiner",))
     assert report["parseable"]["rubric"] is None and report["refiner"]["balanced_accuracy"] == 1.0
     assert report["rubric"]["pairs"] == 0
+
+
+@pytest.mark.parametrize("mode,rubric_ci,refiner_ci", [
+    ("good", [1.0, 1.0], [1.0, 1.0]),   # right on every prompt: no resample can say otherwise
+    ("flat", [0.5, 0.5], [0.5, 0.5]),   # always the same answer: a coin on every resample
+    ("mute", None, None),               # nothing decided, nothing to put an interval on
+])
+def test_judge_accuracies_carry_an_interval_over_prompts(mode, rubric_ci, refiner_ci):
+    report = judge_agreement(ITEMS, backend=FakeJudge(mode), model=ModelRef("m"), samples_per_prompt=2, votes=3)
+    assert report["rubric"]["ci95"] == rubric_ci and report["refiner"]["balanced_ci95"] == refiner_ci

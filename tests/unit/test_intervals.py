@@ -7,7 +7,7 @@ import pytest
 
 from services.judging.evaluation import aggregate, compare
 from services.judging.intervals import (
-    mean_interval, paired_difference, ratio_interval, significantly_better, significantly_worse,
+    balanced_accuracy_interval, mean_interval, paired_difference, ratio_interval, significantly_better, significantly_worse,
 )
 
 
@@ -72,3 +72,20 @@ def test_aggregate_carries_intervals_outcomes_and_compare_pairs_them():
     assert diff["prompt_strict_acc"]["difference"] == pytest.approx(0.5)
     assert significantly_better(diff["prompt_strict_acc"])
     assert not math.isnan(diff["instruction_loose_acc"]["difference"])
+
+
+def test_balanced_accuracy_interval():
+    # per prompt (tp, fn, tn, fp): always right, always "yes", and a judge right on 3 of 4 prompts
+    assert balanced_accuracy_interval([(1, 0, 1, 0)] * 20) == {"estimate": 1.0, "low": 1.0, "high": 1.0, "n": 20}
+    always_yes = balanced_accuracy_interval([(1, 0, 0, 1)] * 20)
+    assert (always_yes["estimate"], always_yes["low"], always_yes["high"]) == (0.5, 0.5, 0.5)
+    mixed = balanced_accuracy_interval([(1, 0, 1, 0)] * 30 + [(0, 1, 0, 1)] * 10)
+    assert mixed["estimate"] == 0.75 and 0.6 < mixed["low"] < 0.75 < mixed["high"] < 0.9
+    # a tenth of the prompts: a much wider interval
+    wide = balanced_accuracy_interval([(1, 0, 1, 0)] * 3 + [(0, 1, 0, 1)] * 1)
+    assert wide["high"] - wide["low"] > 2 * (mixed["high"] - mixed["low"]) * 0.8
+    # no failing (or no passing) response anywhere: balanced accuracy is undefined
+    assert balanced_accuracy_interval([(2, 1, 0, 0)] * 5)["estimate"] is None
+    assert balanced_accuracy_interval([])["estimate"] is None
+    with pytest.raises(ValueError, match=">= 0"):
+        balanced_accuracy_interval([(1, -1, 0, 0)])

@@ -29,6 +29,12 @@ def test_judge_check_verdict(rep, kind, ok, words):
     assert judge_check_verdict(rep, kind, FLOOR) == (ok, words)
 
 
+def test_judge_check_verdict_shows_the_interval_of_a_failed_accuracy():
+    rep = report(0.95, 0.62, 0.5)
+    rep["refiner"]["balanced_ci95"] = [0.48, 0.77]
+    assert judge_check_verdict(rep, "refiner", FLOOR) == (False, ["balanced verdict accuracy 0.62 [0.48, 0.77] < 0.70"])
+
+
 @pytest.mark.parametrize("cls", [SPaRConfig, SelfRewardConfig])
 @pytest.mark.parametrize("data,field", [({"judge": "oracle"}, "judge"), ({"on_weak_judge": "ignore"}, "on_weak_judge"),
                                         ({"judge_floor_accuracy": 2}, "judge_floor_accuracy"),
