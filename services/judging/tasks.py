@@ -177,10 +177,11 @@ def _judge_check(ctx: StageContext) -> None:
                              max_new_tokens=int(p["max_new_tokens"]), judges=(kind,),
                              seed=shard_seed(ctx.config.get("seed", 0), ctx.round_number, 0, 13))
     ok, why = judge_check_verdict(report, kind, p["floor"])
+    accuracy, ci = _judge_accuracy(report, kind)
     summary = {"kind": kind, "probe_prompts": len(items), "responses": report["responses"],
                "parseable": report["parseable"][kind], "passed": ok, "why": why, "floor": p["floor"],
                "action": "trust" if ok else p["on_weak"],
-               "accuracy": _judge_accuracy(report, kind)[0], "accuracy_ci95": _judge_accuracy(report, kind)[1],
+               "accuracy": accuracy, "accuracy_ci95": ci,
                "measured_on": report["refiner"]["decided"] if kind == "refiner" else report["rubric"]["pairs"],
                "by_type": {t: v[kind].get("balanced_accuracy" if kind == "refiner" else "accuracy")
                            for t, v in report["by_type"].items()}}
