@@ -15,14 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_SETTINGS = [
-    {"length_control": False, "chosen_must_end": False},
-    {"length_control": True, "chosen_must_end": False},
-    {"length_control": True, "chosen_must_end": True},
+DEFAULT_SETTINGS = [  # each names all three, since a setting is merged into the run's own config
+    {"length_control": False, "chosen_must_end": False, "length_balance": 1.0},
+    {"length_control": True, "chosen_must_end": False, "length_balance": 1.0},
+    {"length_control": True, "chosen_must_end": True, "length_balance": 1.0},
     {"length_control": True, "chosen_must_end": True, "length_balance": 0.6},
     {"length_control": True, "chosen_must_end": True, "length_balance": 0.5},
 ]
-
 
 def replay(db: Path, run_id: int | None, settings: list[dict]) -> list[dict]:
     """Per round of the run (the latest Self-Rewarding run when `run_id` is None) and per setting:
