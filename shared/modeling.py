@@ -187,10 +187,12 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def response_ids(tokenizer, text: str) -> list[int]:
-    """Token ids of a response: its text, then the end-of-turn token."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return list(ids) + end_of_turn_ids(tokenizer)[:1]
+def response_ids(tokenizer, text: str, ended: bool = True) -> list[int]:
+    """Token ids of a response: its text, then the end-of-turn token, unless the response did not
+    end (it was cut at the token limit): the model never ended it there, and scoring an end-of-turn
+    that never came would teach a rejected answer's end as the thing to avoid."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids + end_of_turn_ids(tokenizer)[:1] if ended else ids
 
 
 def merge_adapter(base_model: str, adapter: str | Path, out_dir: str | Path) -> Path:

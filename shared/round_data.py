@@ -130,8 +130,16 @@ class RoundData:
         return list(trees.values())
 
     def pairs(self, round_ids) -> list[dict]:
-        """Stored preference pairs of these rounds as training items {"messages", "chosen", "rejected"}."""
+        """Stored preference pairs of these rounds as training items {"messages", "chosen", "rejected",
+        "chosen_ended", "rejected_ended"}: a side is not ended when it is the text of one of these
+        rounds' samples of its prompt that was cut at the token limit (finish_reason "length"), so the
+        trainer scores no end-of-turn the model never wrote."""
+        ids = list(round_ids)
         rows = self._s.exec(select(PreferencePair, Prompt).join(Prompt, Prompt.id == PreferencePair.prompt_id)
-                            .where(PreferencePair.round_id.in_(list(round_ids)))
+                            .where(PreferencePair.round_id.in_(ids))
                             .order_by(PreferencePair.round_id, PreferencePair.prompt_id, PreferencePair.index)).all()
-        return [{"messages": p.messages, "chosen": pp.chosen, "rejected": pp.rejected} for pp, p in rows]
+        cut = set(self._s.exec(select(Sample.prompt_id, Sample.text)
+                               .where(Sample.round_id.in_(ids), Sample.finish_reason == "length")).all())
+        return [{"messages": p.messages, "chosen": pp.chosen, "rejected": pp.rejected,
+                 "chosen_ended": (pp.prompt_id, pp.chosen) not in cut,
+                 "rejected_ended": (pp.prompt_id, pp.rejected) not in cut} for pp, p in rows]

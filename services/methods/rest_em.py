@@ -86,13 +86,17 @@ def check_data(check: DataCheck) -> list[dict]:
 
 def training_job(data, cfg: RestEMConfig, role: str):
     """M-step: SFT from the base on the verified samples of the round."""
+    from services.judging.degeneration import hit_limit
+
     if role != "policy":
         return None
     rewards = {j["sample_id"]: j["score"] for j in data.judgments("verifier", role="policy") if j["vote_index"] == 0}
     samples = [{**x, "reward": rewards.get(x["id"])} for x in data.samples("policy")]
     kept, stats = select_correct(samples, cfg.max_correct_per_prompt, cfg.keep_truncated)
     prompts = data.prompts(sorted({k["prompt_id"] for k in kept}))
-    items = [{"messages": prompts[k["prompt_id"]]["messages"], "response": k["text"]} for k in kept]
+    # with keep_truncated a cut answer trains as the prefix it is, without an end-of-turn it never wrote
+    items = [{"messages": prompts[k["prompt_id"]]["messages"], "response": k["text"],
+              "ended": not hit_limit(k.get("finish_reason"))} for k in kept]
     return sft_from_base_job(data, items, cfg.train_config(data.round_number, data.total_rounds),
                              {**stats, "samples": len(samples)})
 

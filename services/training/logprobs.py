@@ -37,10 +37,11 @@ from shared.modeling import prompt_ids, response_ids
 
 
 def encode(tokenizer, messages: list[dict], response: str, max_prompt: int,
-           max_response: int) -> tuple[list[int], list[int]]:
-    """(prompt ids keeping their end, response ids keeping their start, end-of-turn included)."""
+           max_response: int, ended: bool = True) -> tuple[list[int], list[int]]:
+    """(prompt ids keeping their end, response ids keeping their start, end-of-turn included unless
+    the response was cut at the generation limit: `ended` False)."""
     p = prompt_ids(tokenizer, messages)[-max_prompt:]
-    r = response_ids(tokenizer, response)[:max_response]
+    r = response_ids(tokenizer, response, ended)[:max_response]
     return p, r
 
 

@@ -179,12 +179,14 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     pad = tok.pad_token_id
     cut = (config.max_prompt_tokens, config.max_response_tokens)
     if kind == "pairs":
-        enc = [(encode(tok, p["messages"], p["chosen"], *cut), encode(tok, p["messages"], p["rejected"], *cut))
+        # a response cut at the generation limit is scored without an end-of-turn (it never ended)
+        enc = [(encode(tok, p["messages"], p["chosen"], *cut, ended=p.get("chosen_ended", True)),
+                encode(tok, p["messages"], p["rejected"], *cut, ended=p.get("rejected_ended", True)))
                for p in items]
         data = [(c[0], c[1], r[1]) for c, r in enc]  # (prompt, chosen, rejected)
         lengths = [2 * len(p) + len(c) + len(r) for p, c, r in data]
     else:
-        data = [encode(tok, e["messages"], e["response"], *cut) for e in items]
+        data = [encode(tok, e["messages"], e["response"], *cut, ended=e.get("ended", True)) for e in items]
         lengths = [len(p) + len(r) for p, r in data]
     fingerprint = hashlib.sha256(json.dumps(
         [kind, base_model, init_adapter, ref_adapter, data,

@@ -1,0 +1,80 @@
+"""A response cut at the generation limit never ended: the trainer scores it without an end-of-turn
+token. Scoring one would make a cut rejected answer's "end here" the thing DPO pushes down, which
+teaches the policy not to end (held-out answers cut at the limit rose after every Self-Rewarding
+round that trained on cut rejected answers, docs/results.md)."""
+from __future__ import annotations
+
+from sqlmodel import Session, SQLModel
+
+from services.training import trainer
+from services.training.config import TrainConfig
+from services.training.logprobs import encode
+from shared.db import make_engine
+from shared.modeling import end_of_turn_ids, load_tokenizer
+from shared.models import PreferencePair, Prompt, PromptSet, Round, Run, Sample, Workspace
+from shared.round_data import RoundData
+
+
+def test_encode_appends_the_end_of_turn_only_to_a_response_that_ended(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    msgs = [{"role": "user", "content": "say something"}]
+    _, ended = encode(tok, msgs, "a b c", 64, 64)
+    _, cut = encode(tok, msgs, "a b c", 64, 64, ended=False)
+    assert ended == cut + end_of_turn_ids(tok)[:1] and end_of_turn_ids(tok)[0] not in cut
+
+
+def test_round_pairs_mark_the_sides_that_were_cut(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as s:
+        ws = Workspace(name="w")
+        s.add(ws)
+        s.flush()
+        ps = PromptSet(workspace_id=ws.id, name="p")
+        s.add(ps)
+        s.flush()
+        p1, p2 = (Prompt(prompt_set_id=ps.id, position=i, messages=[{"role": "user", "content": f"q{i}"}])
+                  for i in range(2))
+        s.add_all([p1, p2])
+        s.flush()
+        run = Run(workspace_id=ws.id, method="self_reward", base_model="tiny", prompt_set_ids=[ps.id], config={})
+        s.add(run)
+        s.flush()
+        rnd = Round(run_id=run.id, number=1)
+        s.add(rnd)
+        s.flush()
+        # prompt 1: the rejected answer ran into the limit; prompt 2: the same text ended for p2, and
+        # a cut answer of p1 with the chosen text of p2 does not make p2's chosen cut
+        s.add_all([Sample(round_id=rnd.id, prompt_id=p1.id, index=0, role="candidate", text="good", finish_reason="stop"),
+                   Sample(round_id=rnd.id, prompt_id=p1.id, index=1, role="candidate", text="runs on and on",
+                          finish_reason="length"),
+                   Sample(round_id=rnd.id, prompt_id=p1.id, index=2, role="candidate", text="fine", finish_reason="length"),
+                   Sample(round_id=rnd.id, prompt_id=p2.id, index=0, role="candidate", text="fine", finish_reason="stop"),
+                   Sample(round_id=rnd.id, prompt_id=p2.id, index=1, role="candidate", text="bad", finish_reason="stop")])
+        s.add_all([PreferencePair(round_id=rnd.id, prompt_id=p1.id, source="judge_best_worst", chosen="good",
+                                  rejected="runs on and on"),
+                   PreferencePair(round_id=rnd.id, prompt_id=p2.id, source="judge_best_worst", chosen="fine",
+                                  rejected="bad"),
+                   PreferencePair(round_id=rnd.id, prompt_id=p2.id, source="gold_vs_generated", chosen="a gold answer",
+                                  rejected="bad")])
+        s.flush()
+        pairs = RoundData(s, round_id=rnd.id).pairs([rnd.id])
+    assert sorted((p["chosen"], p["chosen_ended"], p["rejected"], p["rejected_ended"]) for p in pairs) == [
+        ("a gold answer", True, "bad", True), ("fine", True, "bad", True), ("good", True, "runs on and on", False)]
+
+
+def test_the_trainer_encodes_each_side_as_it_ended(tiny_model, tmp_path, monkeypatch):
+    seen = []
+    real = trainer.encode
+
+    def spy(tok, messages, response, max_prompt, max_response, ended=True):
+        seen.append((response, ended))
+        return real(tok, messages, response, max_prompt, max_response, ended)
+
+    monkeypatch.setattr(trainer, "encode", spy)
+    msgs = [{"role": "user", "content": "q"}]
+    pairs = [{"messages": msgs, "chosen": "yes it is", "rejected": "no no no no", "rejected_ended": False},
+             {"messages": msgs, "chosen": "sure", "rejected": "never"}]
+    trainer.train_pairs(base_model=tiny_model, pairs=pairs, out_dir=tmp_path / "a",
+                        config=TrainConfig(epochs=1, batch_size=2, lora_r=2, lora_alpha=4))
+    assert seen[:4] == [("yes it is", True), ("no no no no", False), ("sure", True), ("never", True)]
