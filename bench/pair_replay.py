@@ -49,11 +49,11 @@ def replay(db: Path, run_id: int | None, settings: list[dict]) -> list[dict]:
             samples = data.samples("candidate")
             if not samples:
                 continue
-            cut = {x["text"] for x in samples if hit_limit(x["finish_reason"])}
+            cut = {(x["prompt_id"], x["text"]) for x in samples if hit_limit(x["finish_reason"])}
             for setting in settings:
                 cfg = SelfRewardConfig(**{**base, **setting})
                 pairs, counts = round_pairs(data, cfg)
-                rows.append({"round": rnd.number, "setting": setting, "chosen_cut": sum(p["chosen"] in cut for p in pairs),
+                rows.append({"round": rnd.number, "setting": setting, "chosen_cut": sum((p["prompt_id"], p["chosen"]) in cut for p in pairs),
                              **{k: counts.get(k) for k in ("pairs", "ties_dropped", "dropped_for_length",
                                                            "rejected_longer", "chosen_words_mean",
                                                            "rejected_words_mean", "cut_best_passed_over")}})

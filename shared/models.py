@@ -137,6 +137,10 @@ class StageTask(SQLModel, table=True):
     finished_at: Optional[datetime] = None
 
 
+# Sample.finish_reason of an answer cut at the generation limit (it never ended).
+FINISH_AT_LIMIT = "length"
+
+
 class Sample(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("round_id", "prompt_id", "index", "role"),)
     id: Optional[int] = Field(default=None, primary_key=True)
@@ -146,7 +150,7 @@ class Sample(SQLModel, table=True):
     role: str = "policy"  # policy | eval | candidate | judge ...
     text: str = Field(sa_column=Column(Text, nullable=False))
     token_count: int = 0
-    finish_reason: str = ""
+    finish_reason: str = ""  # "stop", or FINISH_AT_LIMIT for an answer that ran into max_new_tokens
     generator_version_id: Optional[int] = Field(default=None, foreign_key="modelversion.id")
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -11,7 +11,7 @@ from functools import cached_property
 from sqlmodel import Session, select
 
 from shared import crud
-from shared.models import Judgment, ModelVersion, PreferencePair, Prompt, PromptSet, RefinementNode, Round, Run, Sample
+from shared.models import FINISH_AT_LIMIT, Judgment, ModelVersion, PreferencePair, Prompt, PromptSet, RefinementNode, Round, Run, Sample
 from shared.versions import latest_role_version
 
 
@@ -139,7 +139,7 @@ class RoundData:
                             .where(PreferencePair.round_id.in_(ids))
                             .order_by(PreferencePair.round_id, PreferencePair.prompt_id, PreferencePair.index)).all()
         cut = set(self._s.exec(select(Sample.prompt_id, Sample.text)
-                               .where(Sample.round_id.in_(ids), Sample.finish_reason == "length")).all())
+                               .where(Sample.round_id.in_(ids), Sample.finish_reason == FINISH_AT_LIMIT)).all())
         return [{"messages": p.messages, "chosen": pp.chosen, "rejected": pp.rejected,
                  "chosen_ended": (pp.prompt_id, pp.chosen) not in cut,
                  "rejected_ended": (pp.prompt_id, pp.rejected) not in cut} for pp, p in rows]

@@ -89,10 +89,9 @@ def _verdict_interval(verdicts: list[tuple[int, bool | None, bool]]) -> list | N
     """95 % interval of the refiner's balanced accuracy, resampling prompts."""
     from services.judging.intervals import balanced_accuracy_interval
 
-    per: dict[int, list[int]] = {}
+    per: dict[int, list] = {}
     for i, verdict, truth in verdicts:
-        row = per.setdefault(i, [0, 0, 0, 0])  # tp, fn, tn, fp
-        if verdict is not None:
-            row[(0 if verdict else 1) if truth else (2 if not verdict else 3)] += 1
-    ci = balanced_accuracy_interval(list(per.values()))
+        per.setdefault(i, []).append((verdict, truth))
+    counts = [evaluation.verdict_accuracy(group) for group in per.values()]
+    ci = balanced_accuracy_interval([(c["tp"], c["fn"], c["tn"], c["fp"]) for c in counts])
     return None if ci["low"] is None else [round(ci["low"], 3), round(ci["high"], 3)]

@@ -23,6 +23,8 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 
+from shared.models import FINISH_AT_LIMIT
+
 ECHO_WORDS = 8  # an answer that starts with the prompt's first 8 words (or all of a shorter prompt)
 NGRAM = 4
 NGRAM_REPEATS = 4  # a word 4-gram seen this many times
@@ -51,7 +53,7 @@ def echoes_prompt(response: str, prompt: str, constraints: list[dict] | None = N
 
 
 def hit_limit(finish_reason: str | None) -> bool:
-    return finish_reason == "length"
+    return finish_reason == FINISH_AT_LIMIT
 
 
 def repetitive(text: str) -> bool:
