@@ -14,6 +14,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from shared.models import FINISH_AT_LIMIT  # noqa: F401  (re-exported for the backends)
+
 @dataclass
 class SamplingParams:
     """How to sample. `temperature=0` means greedy decoding (every one of the n samples is the same).
@@ -53,7 +55,7 @@ class SamplingParams:
 class Completion:
     text: str
     token_count: int
-    finish_reason: str  # "stop" (end of turn, EOS or a stop string) | "length" (max_new_tokens)
+    finish_reason: str  # "stop" (end of turn, EOS or a stop string) | FINISH_AT_LIMIT (max_new_tokens)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from collections import deque
 import torch
 from transformers.cache_utils import Cache
 
-from services.generation.base import Completion, SamplingParams, cut_at_stop
+from services.generation.base import FINISH_AT_LIMIT, Completion, SamplingParams, cut_at_stop
 from services.generation.greedy_head import MAX_TOP_K, ExactBf16Head, use_exact_head
 from services.generation.sampling import choose, choose_top_k, row_seed
 
@@ -252,7 +252,7 @@ class Batcher:
             if t in stops or params.stop and cut_at_stop(self.tok.decode(toks[-self.stop_window:]), params.stop)[1]:
                 self.finish[r] = "stop"
             elif len(toks) == params.max_new_tokens:
-                self.finish[r] = "length"
+                self.finish[r] = FINISH_AT_LIMIT
 
     def _drop_finished(self) -> None:
         live = len(self.slot_row)
@@ -271,4 +271,4 @@ class Batcher:
         body = [t for t in self.tokens[r] if t not in self.stops]
         text, cut = cut_at_stop(self.tok.decode(body, skip_special_tokens=True), self.params.stop)
         return Completion(text=text, token_count=len(self.tokens[r]),
-                          finish_reason="stop" if cut else self.finish[r] or "length")
+                          finish_reason="stop" if cut else self.finish[r] or FINISH_AT_LIMIT)

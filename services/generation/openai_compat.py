@@ -29,6 +29,7 @@ from collections import OrderedDict
 from typing import Any
 
 from services.generation.base import (
+    FINISH_AT_LIMIT,
     Completion,
     ModelRef,
     SamplingParams,
@@ -240,7 +241,7 @@ def _completions(out: dict, params: SamplingParams, tok, eot: list[int]) -> list
     for choice in choices:
         raw = choice["message"]["content"] if "message" in choice else choice.get("text", "")
         text, cut = cut_at_stop(raw or "", params.stop)
-        reason = "length" if choice.get("finish_reason") == "length" else "stop"
+        reason = FINISH_AT_LIMIT if choice.get("finish_reason") == "length" else "stop"  # OpenAI's word for it
         if len(choices) == 1 and usage.get("completion_tokens") is not None:
             tokens = int(usage["completion_tokens"])
         else:  # per-response counts are not in the API: re-tokenize (+ the end-of-turn token)

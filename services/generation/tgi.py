@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from services.generation.base import (
+    FINISH_AT_LIMIT,
     Completion,
     ModelRef,
     SamplingParams,
@@ -50,7 +51,7 @@ from shared.modeling import as_messages, load_tokenizer, render_prompt
 
 log = logging.getLogger(__name__)
 
-_FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
+_FINISH = {"length": FINISH_AT_LIMIT, "eos_token": "stop", "stop_sequence": "stop"}
 
 
 def tgi_parameters(params: SamplingParams) -> dict[str, Any]:

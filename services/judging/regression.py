@@ -27,11 +27,12 @@ DEGENERATE_NOISE = 0.05
 MIN_PAIRED = 30
 
 
-def regression_verdict(before: dict | None, after: dict | None, *, start: dict | None = None,
-                       max_degenerate_rate: float = 0.2, max_limit_rate_rise: float = 0.10) -> dict:
+def regression_verdict(before: dict | None, after: dict | None, *, max_degenerate_rate: float,
+                       max_limit_rate_rise: float, start: dict | None = None) -> dict:
     """{"regressed": bool, "reasons": [str], "paired": compare(before, after) or None,
     "paired_start": compare(start, after) or None}. `start`: the run's start, checked too when it
-    is not `before`. Without both evaluations there is nothing to compare: not a regression."""
+    is not `before`. Without both evaluations there is nothing to compare: not a regression.
+    The two ceilings have no default here: a run's config holds them (TrainerFields)."""
     if not before or not after:
         return {"regressed": False, "reasons": [], "paired": None, "paired_start": None}
     limits = {"max_degenerate_rate": max_degenerate_rate, "max_limit_rate_rise": max_limit_rate_rise}

@@ -2,7 +2,18 @@
 from __future__ import annotations
 
 from services.judging.evaluation import aggregate
-from services.judging.regression import regression_verdict
+import dataclasses
+
+from services.judging.regression import regression_verdict as _verdict
+from services.methods.base import TrainerFields
+
+# the gate's ceilings as a run gets them by default
+GATE = {f.name: f.default for f in dataclasses.fields(TrainerFields)
+        if f.name in ("max_degenerate_rate", "max_limit_rate_rise")}
+
+
+def regression_verdict(before, after, **kw):
+    return _verdict(before, after, **{**GATE, **kw})
 
 LOWER = [{"id": "change_case:english_lowercase", "kwargs": {}}]
 
