@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from shared.models import FINISH_AT_LIMIT  # noqa: F401  (re-exported for the backends)
 
+
 @dataclass
 class SamplingParams:
     """How to sample. `temperature=0` means greedy decoding (every one of the n samples is the same).
