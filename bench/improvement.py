@@ -194,7 +194,11 @@ def main() -> None:
                 print(f"{method} round {r['number']}: training skipped ({train['skipped']})")
 
     from by_instruction import per_method, table  # bench/ is on sys.path when this script runs
+    from stage_times import stage_seconds
+    from stage_times import table as stage_table
 
+    print("\nwall minutes per stage (bench/stage_times.py)")
+    print(stage_table(stage_seconds(work / "bench.db")))
     print("\nheld-out strict pass rate per instruction type: the start, and each method after its last "
           "evaluated round (change in prompts)")
     print(table(*per_method(work / "bench.db")))
