@@ -44,6 +44,12 @@ class TrainConfig:
     # segment mask, logprobs.collate_pairs) instead of once with chosen and once with rejected.
     # Same log-probs; falls back to separate rows for attention kernels that take no custom mask.
     share_prompt: bool = True
+    # Pairwise losses: score the end-of-turn token that closes a rejected response (True: standard
+    # DPO, the whole rejected sequence is pushed down, its ending included). False scores every
+    # rejected response as the prefix of tokens it wrote, so the loss never lowers the chance of
+    # ending: a rejected answer is worse for what it says, not for stopping. Chosen responses keep
+    # their end-of-turn either way. A response cut at the generation limit never has one.
+    score_rejected_end: bool = True
     # Most token positions (rows x padded width) one forward/backward holds; a batch above it runs as
     # several forwards whose gradients add up before the step (same update, fewer live activations).
     # 0 = the whole batch at once.
@@ -88,8 +94,9 @@ class TrainConfig:
             bad("warmup_ratio", "must be in [0, 1)")
         if not 0 <= self.lora_dropout < 1:
             bad("lora_dropout", "must be in [0, 1)")
-        if not isinstance(self.share_prompt, bool):
-            bad("share_prompt", "must be true or false")
+        for name in ("share_prompt", "score_rejected_end"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "must be true or false")
         if not isinstance(self.forward_tokens, int) or isinstance(self.forward_tokens, bool) \
                 or self.forward_tokens < 0:
             bad("forward_tokens", "must be an integer >= 0 (0 = the whole batch in one forward)")

@@ -179,9 +179,11 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     pad = tok.pad_token_id
     cut = (config.max_prompt_tokens, config.max_response_tokens)
     if kind == "pairs":
-        # a response cut at the generation limit is scored without an end-of-turn (it never ended)
+        # a response cut at the generation limit is scored without an end-of-turn (it never ended);
+        # config.score_rejected_end False scores no rejected response's end
         enc = [(encode(tok, p["messages"], p["chosen"], *cut, ended=p.get("chosen_ended", True)),
-                encode(tok, p["messages"], p["rejected"], *cut, ended=p.get("rejected_ended", True)))
+                encode(tok, p["messages"], p["rejected"], *cut,
+                       ended=p.get("rejected_ended", True) and config.score_rejected_end))
                for p in items]
         data = [(c[0], c[1], r[1]) for c, r in enc]  # (prompt, chosen, rejected)
         lengths = [2 * len(p) + len(c) + len(r) for p, c, r in data]

@@ -4,6 +4,7 @@ teaches the policy not to end (held-out answers cut at the limit rose after ever
 round that trained on cut rejected answers, docs/results.md)."""
 from __future__ import annotations
 
+import pytest
 from sqlmodel import Session, SQLModel
 
 from services.training import trainer
@@ -63,7 +64,8 @@ def test_round_pairs_mark_the_sides_that_were_cut(tmp_path):
         ("a gold answer", True, "bad", True), ("fine", True, "bad", True), ("good", True, "runs on and on", False)]
 
 
-def test_the_trainer_encodes_each_side_as_it_ended(tiny_model, tmp_path, monkeypatch):
+def encoded_sides(tiny_model, out_dir, monkeypatch, pairs, **config) -> list[tuple[str, bool]]:
+    """(response, ended) for each side the trainer encoded, in order."""
     seen = []
     real = trainer.encode
 
@@ -72,9 +74,26 @@ def test_the_trainer_encodes_each_side_as_it_ended(tiny_model, tmp_path, monkeyp
         return real(tok, messages, response, max_prompt, max_response, ended)
 
     monkeypatch.setattr(trainer, "encode", spy)
-    msgs = [{"role": "user", "content": "q"}]
-    pairs = [{"messages": msgs, "chosen": "yes it is", "rejected": "no no no no", "rejected_ended": False},
-             {"messages": msgs, "chosen": "sure", "rejected": "never"}]
-    trainer.train_pairs(base_model=tiny_model, pairs=pairs, out_dir=tmp_path / "a",
-                        config=TrainConfig(epochs=1, batch_size=2, lora_r=2, lora_alpha=4))
+    trainer.train_pairs(base_model=tiny_model, pairs=pairs, out_dir=out_dir,
+                        config=TrainConfig(epochs=1, batch_size=2, lora_r=2, lora_alpha=4, **config))
+    return seen
+
+
+MSGS = [{"role": "user", "content": "q"}]
+
+
+def test_the_trainer_encodes_each_side_as_it_ended(tiny_model, tmp_path, monkeypatch):
+    pairs = [{"messages": MSGS, "chosen": "yes it is", "rejected": "no no no no", "rejected_ended": False},
+             {"messages": MSGS, "chosen": "sure", "rejected": "never"}]
+    seen = encoded_sides(tiny_model, tmp_path / "a", monkeypatch, pairs)
     assert seen[:4] == [("yes it is", True), ("no no no no", False), ("sure", True), ("never", True)]
+
+
+def test_rejected_ends_can_be_left_unscored(tiny_model, tmp_path, monkeypatch):
+    """score_rejected_end False: no rejected response is scored with its end-of-turn, chosen ones are."""
+    pairs = [{"messages": MSGS, "chosen": "yes it is", "rejected": "no no no no", "chosen_ended": True},
+             {"messages": MSGS, "chosen": "sure", "rejected": "never", "rejected_ended": True}]
+    seen = encoded_sides(tiny_model, tmp_path / "a", monkeypatch, pairs, score_rejected_end=False)
+    assert seen[:4] == [("yes it is", True), ("no no no no", False), ("sure", True), ("never", False)]
+    with pytest.raises(ValueError, match="score_rejected_end"):
+        TrainConfig(score_rejected_end="no")
