@@ -67,6 +67,12 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     # (2024, Iterative Reasoning Preference Optimization) found such a term, weight 1, needed for
     # iterated DPO on the model's own answers not to push the chosen ones down with the rejected.
     sft_weight: float = 0.0
+    # Score a rejected answer's end-of-turn in DPO (the paper's full-sequence DPO) or not (the
+    # default here): pushing the ending of rejected answers down made answers run to the token
+    # limit after one round at lr 1e-4 (62 % of held-out answers cut); leaving it unscored, on the
+    # same pairs, kept the cut share at the start's (18 %, docs/results.md). TrainConfig's
+    # `score_rejected_end`; a `train` override wins.
+    score_rejected_end: bool = False
     learning_rate: float = 1e-5  # [1e-6 → 1e-7 over training, full fine-tuning]; LoRA: 10x
     final_lr_ratio: float = 0.1  # the decay's floor as a share of learning_rate: 1e-6 → 1e-7
     SAMPLES_RANGE = (2, 64)
@@ -91,6 +97,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(isinstance(self.chosen_must_end, bool), "chosen_must_end", "must be true or false")
         check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
         check(0 <= self.sft_weight <= 100, "sft_weight", "must be in [0, 100]")
+        check(isinstance(self.score_rejected_end, bool), "score_rejected_end", "must be true or false")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
         self.train_config(1, 1)
 
@@ -99,7 +106,8 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
 
         # the paper decays the learning rate from 1e-6 to 1e-7, not to 0
         return trainer_config(self, loss="sigmoid", beta=self.beta, learning_rate=self.learning_rate,
-                              final_lr_ratio=self.final_lr_ratio, sft_weight=self.sft_weight)
+                              final_lr_ratio=self.final_lr_ratio, sft_weight=self.sft_weight,
+                              score_rejected_end=self.score_rejected_end)
 
     def bootstrap_config(self):
         from services.methods.base import trainer_config

@@ -150,6 +150,15 @@ def test_self_reward_round_pairs_report_the_counts_of_the_balanced_pairs():
     assert (counts["chosen_words_mean"], counts["rejected_words_mean"]) == (3.0, 2.0)
 
 
+def test_self_reward_leaves_rejected_ends_unscored_unless_told():
+    assert SelfRewardConfig().train_config(1, 3).score_rejected_end is False
+    assert SelfRewardConfig(score_rejected_end=True).train_config(1, 3).score_rejected_end is True
+    assert SelfRewardConfig(train={"score_rejected_end": True}).train_config(1, 3).score_rejected_end is True
+    assert SelfRewardConfig().bootstrap_config().loss == "sft"  # M1's SFT has no rejected side
+    with pytest.raises(ValueError, match="score_rejected_end"):
+        SelfRewardConfig(score_rejected_end="no")
+
+
 def test_self_reward_sft_weight_reaches_the_trainer_and_is_checked():
     assert SelfRewardConfig().train_config(1, 3).sft_weight == 0.0  # the paper: pure DPO
     assert SelfRewardConfig(sft_weight=1.0).train_config(1, 3).sft_weight == 1.0
