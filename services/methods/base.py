@@ -309,13 +309,15 @@ class JudgeFields:
 JUDGES = ("self", "verifier", "hybrid")
 
 
-def judge_check_plan(kind: str, model: str, votes_field: str) -> Callable[[PlanInput], list[dict]]:
-    """Planner of the judge check stage (see JudgeFields); [] skips it."""
+def judge_check_plan(kind: str, model: str, votes_field: str,
+                     needed: Callable[[PlanInput], bool] | None = None) -> Callable[[PlanInput], list[dict]]:
+    """Planner of the judge check stage (see JudgeFields); [] skips it, as does `needed` saying
+    that the model judges nothing in this run (the method knows which prompts its judge sees)."""
 
     def plan(inp: PlanInput) -> list[dict]:
         cfg = inp.config
         _, probe = cfg.constrained_split(inp.data)
-        if cfg.judge == "verifier" or not probe:
+        if cfg.judge == "verifier" or not probe or (needed is not None and not needed(inp)):
             return []
         return [{"prompt_ids": probe, "kind": kind, "model": model if cfg.judge_version_id is None
                  else f"version:{cfg.judge_version_id}", "samples": 1, "votes": getattr(cfg, votes_field),

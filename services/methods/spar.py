@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 from services.methods.base import (
     JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, judge_bootstrap_items,
@@ -117,6 +118,53 @@ def _failed(judgments: list[dict]) -> list[int]:
     return sorted(sid for sid, v in majorities(judgments).items() if v is False)
 
 
+def pick_failed(failed_ids: list[int], samples: list[dict], cap: int, seed: int) -> list[int]:
+    """Which failed responses get a tree search when there are more than `cap`: identical answers
+    to the same prompt are searched once (their searches and pairs would repeat each other and
+    weigh that prompt double), and the cap is shared round-robin over the prompts, in an order
+    shuffled by `seed`, so the first prompts' K failures do not take the whole budget.
+
+    samples: the round's policy samples ({"id", "prompt_id", "text"}). Returns sample ids."""
+    import random
+
+    by_id = {x["id"]: x for x in samples}
+    per_prompt: dict[int, list[int]] = {}
+    seen: set[tuple[int, str]] = set()
+    for sid in sorted(failed_ids):
+        x = by_id.get(sid)
+        if x is None:
+            continue
+        key = (x["prompt_id"], " ".join(x["text"].split()))
+        if key in seen:
+            continue
+        seen.add(key)
+        per_prompt.setdefault(x["prompt_id"], []).append(sid)
+    order = sorted(per_prompt)
+    random.Random(seed).shuffle(order)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < cap and any(len(per_prompt[p]) > depth for p in order):
+        picked += [per_prompt[p][depth] for p in order if len(per_prompt[p]) > depth][:cap - len(picked)]
+        depth += 1
+    return picked
+
+
+def _verifier_judged(cfg: "SPaRConfig", data) -> Callable[[dict], bool]:
+    """Whether this round's judgments of a prompt's responses were written by the verifier (judge
+    verifier or hybrid, or a failed judge check, on a prompt with constraints) rather than the refiner."""
+    mode = cfg.judge_mode(data)
+    return lambda prompt: mode in ("verifier", "hybrid") and bool(prompt["constraints"])
+
+
+def _model_judges(cfg: "SPaRConfig", data) -> bool:
+    """Whether the refiner judges anything in this run: with judge hybrid and every training prompt
+    carrying constraints, the verifier decides every verdict, so a judge check (and teaching the
+    refiner verdicts) would cost model calls whose results nobody uses."""
+    if cfg.judge == "verifier":
+        return False
+    return cfg.judge != "hybrid" or any(not p["constraints"] for p in data.run_prompts())
+
+
 def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
     from services.refinement.search import first_solved
 
@@ -136,16 +184,22 @@ def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
 
     samples = {x["id"]: x for x in data.samples("policy")}
     prompts = data.prompts(sorted({x["prompt_id"] for x in samples.values()}))
+    # Only the refiner's own judgments teach it to judge: where the verifier wrote them (hybrid, or
+    # after a failed judge check) they are neither its traces nor balanced yes/no, and on a run
+    # without judge prompt sets they would cover the very prompts the next judge check probes.
+    by_verifier = _verifier_judged(cfg, data)
     judgments = data.judgments("refiner", role="policy")
     majority = majorities(judgments)
     items = []
     for j in judgments:
         if j["passed"] is not None and j["passed"] == majority.get(j["sample_id"]) and j["rationale"]:
             x = samples[j["sample_id"]]
+            if by_verifier(prompts[x["prompt_id"]]):
+                continue
             items.append({"messages": judge_messages(prompts[x["prompt_id"]]["messages"], x["text"]),
                           "response": j["rationale"]})
     for tree in data.refinement_trees():  # the verdicts made inside the search, where they agree with
-        if tree["sample_id"] not in samples:  # the node's own majority
+        if tree["sample_id"] not in samples or by_verifier(prompts[tree["prompt_id"]]):  # the node's majority
             continue
         messages = prompts[tree["prompt_id"]]["messages"]
         for node in tree["nodes"]:
@@ -169,7 +223,8 @@ def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
 def judge_bootstrap_job(data, cfg: SPaRConfig) -> TrainJob:
     """Round 1: the refiner (version round 0) from θ0, on verifier-written judgments of the actor's
     samples and on programmatic fixes of the failing ones."""
-    items, stats = judge_bootstrap_items(data, cfg, ("refiner", "refinement"), ("policy", "bootstrap"))
+    kinds = ("refiner", "refinement") if _model_judges(cfg, data) else ("refinement",)
+    items, stats = judge_bootstrap_items(data, cfg, kinds, ("policy", "bootstrap"))
     return TrainJob(kind="sft", items=items, tcfg=cfg.judge_bootstrap_config(), key_round=0, role="refiner",
                     parent_id=data.base_version_id, stats=stats, label="bootstrap_judge")
 
@@ -213,13 +268,22 @@ def _bootstrap_samples_plan(inp: PlanInput) -> list[dict]:
     return shards(extra, inp.shard_size, role="bootstrap", n=inp.config.samples_per_prompt)
 
 
+# A refinement starts with its "Refined response:" line and may add what the answer lacked, so the
+# refiner gets this many tokens beyond the actor's own limit; a refinement that still runs into its
+# limit is dropped by the search task (a cut answer must not become a chosen one).
+REFINE_HEADROOM_TOKENS = 32
+
+
 def _refine_plan(inp: PlanInput) -> list[dict]:
     cfg = inp.config
-    ids = _failed(inp.data.judgments("refiner", role="policy"))[: cfg.max_failed_per_round]
+    failed = _failed(inp.data.judgments("refiner", role="policy"))
+    ids = pick_failed(failed, inp.data.samples("policy"), cfg.max_failed_per_round, cfg.seed + inp.round_number)
     how = {"model": REFINER, "search": dataclasses.asdict(cfg.search_config()),
-           "refine": {"temperature": cfg.refine_temperature, "max_new_tokens": cfg.max_new_tokens},
+           "refine": {"temperature": cfg.refine_temperature,
+                      "max_new_tokens": cfg.max_new_tokens + REFINE_HEADROOM_TOKENS},
            "judge": {"votes": cfg.judge_votes, "temperature": cfg.judge_temperature,
-                     "max_new_tokens": cfg.judge_max_new_tokens, "judge": cfg.judge_mode(inp.data)}}
+                     "max_new_tokens": cfg.judge_max_new_tokens, "judge": cfg.judge_mode(inp.data),
+                     "model": _judge_model(cfg)}}
     return [{"sample_id": i, **how} for i in ids]
 
 
@@ -232,7 +296,8 @@ def _stages(cfg: SPaRConfig, has_eval: bool) -> list[Stage]:
         Stage("generate", "generation.generate_shard", shard_prompts(role="policy")),
         Stage("bootstrap_samples", "generation.generate_shard", _bootstrap_samples_plan),
         Stage("bootstrap_judge", "training.train_round", _judge_bootstrap_plan),
-        Stage("judge_check", "judging.judge_check", judge_check_plan("refiner", _judge_model(cfg), "judge_votes")),
+        Stage("judge_check", "judging.judge_check",
+              judge_check_plan("refiner", _judge_model(cfg), "judge_votes", needed=lambda inp: _model_judges(inp.config, inp.data))),
         Stage("judge", "judging.refiner_shard", _judge_plan),
         Stage("refine", "refinement.search_sample", _refine_plan),
         Stage("pairs", "judging.build_pairs", single),

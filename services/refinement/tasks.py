@@ -3,8 +3,10 @@
 One task per response, so a round's searches fan out over every refinement worker. The payload
 says how to search: `sample_id`, `model` (the refiner, a model choice of
 services/generation/versions.py), `search` (SearchConfig fields), `refine` and `judge` sampling
-({temperature, max_new_tokens}, the judge also `votes`). The refiner writes rewrites and judges
-them through the generation backend; every node of the tree is upserted as a RefinementNode (path
+({temperature, max_new_tokens}, the judge also `votes`, `judge` mode and `model`, the refiner when
+absent). The refiner writes rewrites and the judge model (or, for prompts with constraints under
+judge verifier / hybrid, the verifier) judges them; a rewrite cut at its token limit counts as no
+rewrite; every node of the tree is upserted as a RefinementNode (path
 is the natural key, so a redelivered search rewrites the same rows).
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlmodel import delete, select
 from services.generation.base import SamplingParams, shard_seed
 from services.generation.registry import backend
 from services.generation.versions import model_for
+from services.judging.degeneration import hit_limit
 from services.judging.refiner import judge_messages, parse_refinement, parse_verdict, refine_messages
 from services.judging.votes import verdict
 from services.refinement.search import SearchConfig, tree_search
@@ -28,6 +31,12 @@ from shared.stages import StageContext, execute
 log = logging.getLogger(__name__)
 
 
+def rewrite_of(completion) -> str | None:
+    """The rewrite in a refiner completion, or None when there is none or it was cut at the token
+    limit: as a chosen answer a cut rewrite would teach an end of turn where the text only stopped."""
+    return None if hit_limit(completion.finish_reason) else parse_refinement(completion.text)
+
+
 def _search(ctx: StageContext) -> None:
     p = ctx.payload
     sample_id = int(p["sample_id"])
@@ -38,6 +47,7 @@ def _search(ctx: StageContext) -> None:
         votes = list(s.exec(select(Judgment).where(Judgment.sample_id == sample_id, Judgment.kind == "refiner")
                             .order_by(Judgment.vote_index)))
     refiner = model_for(ctx, p.get("model", "policy"))
+    judge_model = model_for(ctx, judge_cfg["model"]) if judge_cfg.get("model") else refiner
     search = SearchConfig(**p["search"])
     seed = shard_seed(ctx.config.get("seed", 0), ctx.round_number, sample_id, 0)
     calls = {"n": 0}
@@ -47,7 +57,7 @@ def _search(ctx: StageContext) -> None:
         params = SamplingParams(n=search.branching, temperature=refine_cfg["temperature"],
                                 max_new_tokens=refine_cfg["max_new_tokens"], seed=seed + calls["n"])
         out = backend().generate([refine_messages(messages, text, judgment)], refiner, params)[0]
-        return [parse_refinement(c.text) for c in out]
+        return [rewrite_of(c) for c in out]
 
     def judge(messages, texts):
         if judge_cfg.get("judge", "llm") in ("verifier", "hybrid") and prompt.constraints:
@@ -58,7 +68,7 @@ def _search(ctx: StageContext) -> None:
         calls["n"] += 1
         params = SamplingParams(n=judge_cfg["votes"], temperature=judge_cfg["temperature"],
                                 max_new_tokens=judge_cfg["max_new_tokens"], seed=seed + 10_000 + calls["n"])
-        outs = backend().generate([judge_messages(messages, t) for t in texts], refiner, params)
+        outs = backend().generate([judge_messages(messages, t) for t in texts], judge_model, params)
         return [verdict([parse_verdict(c.text) for c in comps], [c.text for c in comps]) for comps in outs]
 
     root = verdict([v.passed for v in votes], [v.rationale or "" for v in votes])

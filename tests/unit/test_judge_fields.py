@@ -153,3 +153,97 @@ def test_self_reward_skips_self_instruction_when_the_verifier_alone_judges():
     for cfg, metrics in ((SelfRewardConfig(judge="verifier"), None), (SelfRewardConfig(), weak),
                          (SelfRewardConfig(judge="hybrid"), weak)):
         assert _self_instruct_plan(inp(cfg, metrics)) == [] and _candidate_ids(inp(cfg, metrics)) == [0, 1]
+
+
+def test_spar_searches_each_distinct_failure_once_and_shares_the_cap_over_prompts():
+    from services.methods.spar import pick_failed
+
+    # prompt 1 failed five times (two answers identical but for spacing), prompts 2 and 3 once each
+    samples = [{"id": i, "prompt_id": 1, "text": t} for i, t in enumerate(["a b", "a  b", "c", "d", "e"])]
+    samples += [{"id": 10, "prompt_id": 2, "text": "x"}, {"id": 20, "prompt_id": 3, "text": "y"}]
+    failed = [0, 1, 2, 3, 4, 10, 20]
+    picked = pick_failed(failed, samples, cap=4, seed=0)
+    assert len(picked) == 4 and len(set(picked)) == 4
+    assert {10, 20} <= set(picked)  # every prompt gets a search before any prompt gets a second
+    assert not {0, 1} <= set(picked)  # the duplicate answer is searched once at most
+    assert sorted(pick_failed(failed, samples, cap=100, seed=0)) == [0, 2, 3, 4, 10, 20]
+    assert pick_failed(failed, samples, cap=4, seed=0) == picked  # the same seed, the same choice
+    assert pick_failed([], samples, cap=4, seed=0) == [] and pick_failed(failed, samples, cap=0, seed=0) == []
+
+
+def test_spar_skips_the_judge_check_and_teaching_verdicts_when_the_verifier_writes_every_verdict():
+    from services.methods.base import PlanInput
+    from services.methods.spar import _model_judges, _stages
+
+    def check_plan(cfg, data):
+        stage = next(s for s in _stages(cfg, False) if s.name == "judge_check")
+        return stage.plan(PlanInput(prompt_ids=[p["id"] for p in data.run_prompts()], eval_prompt_ids=[],
+                                    round_number=1, total_rounds=1, shard_size=4, config=cfg, data=data))
+
+    all_constrained, mixed = Data(10, n_plain=0), Data(10, n_plain=2)
+    hybrid = SPaRConfig(judge="hybrid", judge_check_prompts=4)
+    assert not _model_judges(hybrid, all_constrained) and check_plan(hybrid, all_constrained) == []
+    # with prompts the verifier cannot judge, the refiner judges those, so it is checked first
+    assert _model_judges(hybrid, mixed) and check_plan(hybrid, mixed)[0]["prompt_ids"] == [6, 7, 8, 9]
+    assert _model_judges(SPaRConfig(), all_constrained) and check_plan(SPaRConfig(judge_check_prompts=4), all_constrained)
+    assert not _model_judges(SPaRConfig(judge="verifier"), mixed)
+
+
+class RoundData(Data):
+    """A round's samples, refiner judgments and search trees, for refiner_job."""
+
+    def __init__(self, prompts, samples, judgments, trees, metrics=None):
+        super().__init__(0, n_plain=0, metrics=metrics)
+        self._prompts = prompts
+        self._samples, self._judgments, self._trees = samples, judgments, trees
+        self.round_number = 2
+
+    def samples(self, role):
+        return self._samples
+
+    def prompts(self, ids):
+        return {p["id"]: {**p, "messages": [{"role": "user", "content": f"prompt {p['id']}"}]}
+                for p in self._prompts if p["id"] in set(ids)}
+
+    def judgments(self, kind, role=None):
+        return self._judgments
+
+    def refinement_trees(self):
+        return self._trees
+
+    def latest_version(self, role):
+        return {"adapter": "/adapters/refiner-1", "version_id": 5}
+
+
+def test_spar_refiner_trains_only_on_judgments_it_wrote_itself():
+    from services.methods.spar import refiner_job
+
+    prompts = [{"id": 1, "constraints": NO_COMMA}, {"id": 2, "constraints": None}]
+    samples = [{"id": 11, "prompt_id": 1, "index": 0, "text": "a, b"}, {"id": 22, "prompt_id": 2, "index": 0, "text": "c"}]
+    judgments = [{"sample_id": s, "vote_index": 0, "score": None, "passed": False, "rationale": f"why {s}\nVerdict: no"}
+                 for s in (11, 22)]
+    node = {"id": 1, "path": "0", "parent_path": None, "depth": 0, "text": "a, b", "passed": False, "judgment": "why 11\nVerdict: no"}
+    child = {"id": 2, "path": "0.0", "parent_path": "0", "depth": 1, "text": "a b", "passed": True, "judgment": "ok\nVerdict: yes"}
+    trees = [{"sample_id": 11, "prompt_id": 1, "sample_index": 0, "nodes": [node, child]}]
+
+    def judged(cfg, metrics=None):
+        job = refiner_job(RoundData(prompts, samples, judgments, trees, metrics), cfg)
+        return [it["response"] for it in job.items if not it["response"].startswith("Refined response:")], job.items
+
+    # the refiner judged everything: its agreeing votes and the search's verdicts all teach it
+    assert sorted(judged(SPaRConfig())[0]) == ["ok\nVerdict: yes", "why 11\nVerdict: no", "why 22\nVerdict: no"]
+    # hybrid: the verifier wrote the verdicts on the constrained prompt, the refiner only prompt 2's
+    texts, items = judged(SPaRConfig(judge="hybrid"))
+    assert texts == ["why 22\nVerdict: no"]
+    assert [it["response"] for it in items if it["response"].startswith("Refined response:")] == ["Refined response:\na b"]
+    # after a failed judge check the verifier judged every constrained prompt too
+    assert judged(SPaRConfig(), {"judge_check": {"action": "verifier"}})[0] == ["why 22\nVerdict: no"]
+
+
+def test_a_rewrite_cut_at_the_token_limit_is_no_rewrite():
+    from services.generation.base import FINISH_AT_LIMIT, Completion
+    from services.refinement.tasks import rewrite_of
+
+    assert rewrite_of(Completion("Refined response:\nall lowercase now", 6, "stop")) == "all lowercase now"
+    assert rewrite_of(Completion("Refined response:\nall lowercase and then it kept", 96, FINISH_AT_LIMIT)) is None
+    assert rewrite_of(Completion("", 0, "stop")) is None
