@@ -190,6 +190,9 @@ def main() -> None:
                       f"{ps.get('dropped_for_length', 0)} dropped for length), rejected longer in "
                       f"{ps['rejected_longer']}, words chosen / rejected {ps['chosen_words_mean']} / "
                       f"{ps['rejected_words_mean']}, cut best passed over {ps.get('cut_best_passed_over', 0)}")
+            if "searched" in ps:  # SPaR: how many failed answers were searched and how many refined
+                print(f"{method} round {r['number']}: {ps['searched']} failed answers searched, {ps['solved']} "
+                      f"refined into a passing answer")
             if train.get("skipped"):
                 print(f"{method} round {r['number']}: training skipped ({train['skipped']})")
 
