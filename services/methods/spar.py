@@ -3,8 +3,9 @@
 Two roles from one base: the actor answers, the refiner judges and refines. Round t: the actor
 samples K responses per prompt; the refiner judges each (a step-by-step check of every instruction
 ending in a yes/no verdict, several votes, majority; an even split is undecided and skipped); each
-failed response gets a tree search over refinements (one refinement task per failed response, on
-the `refinement` queue); pairs are (refined, original) — the same response before and after the
+failed response gets a tree search over refinements (one refinement task per shard of failed
+responses, on the `refinement` queue, its searches run in lockstep so that each step's rewrites are
+one batched generation call); pairs are (refined, original) — the same response before and after the
 edit, so the pair differs only where it matters; the actor trains with DPO plus an SFT term on the
 chosen side; the refiner trains (SFT) on its own judgments that agreed with its majority and on the
 refinement steps along successful search paths.
@@ -284,7 +285,8 @@ def _refine_plan(inp: PlanInput) -> list[dict]:
            "judge": {"votes": cfg.judge_votes, "temperature": cfg.judge_temperature,
                      "max_new_tokens": cfg.judge_max_new_tokens, "judge": cfg.judge_mode(inp.data),
                      "model": _judge_model(cfg)}}
-    return [{"sample_id": i, **how} for i in ids]
+    # a shard's searches run in lockstep, their rewrites batched into one generation call per step
+    return [{"sample_ids": ids[k:k + inp.shard_size], **how} for k in range(0, len(ids), inp.shard_size)]
 
 
 def _refiner_train_plan(inp: PlanInput) -> list[dict]:

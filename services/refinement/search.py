@@ -6,8 +6,12 @@ verdicts, done by the caller's `judge`) and the search stops at the first one ju
 which becomes `chosen` against the root as `rejected`. Breadth-first keeps a beam of the `keep`
 best nodes per level; depth-first follows the best child down and backtracks.
 
-The search is pure: model calls come in as two callables, so the Celery task, the embedded mode
-and the tests run the same code. It does not build prompts, parse model text or store anything.
+The search is pure: it is written as a generator that yields its model requests ("refine" a node,
+"judge" some texts) and receives the answers, so the same code runs one search with two callables
+(`tree_search`) or many searches in lockstep (`tree_searches`), where each step's requests of all
+searches go to the model as one batch: a search alone asks for `branching` rewrites at a time,
+which leaves a batched generator mostly idle. It does not build prompts, parse model text or store
+anything.
 
 Where it departs from the paper:
 - A budget caps the refinement candidates generated in total (the paper only bounds depth and
@@ -40,6 +44,11 @@ STRATEGIES = ("bfs", "dfs")
 Refine = Callable[[list[dict], str, str], list]
 # judge(prompt_messages, texts) -> per text (majority verdict, yes-fraction, a judgment text)
 Judge = Callable[[list[dict], list[str]], list]
+# The batched forms for tree_searches: one call answers the requests of many searches, in order.
+# refine_many([(prompt_messages, text, judgment)]) -> per request its `branching` rewrites
+RefineMany = Callable[[list[tuple[list[dict], str, str]]], list]
+# judge_many([(prompt_messages, texts)]) -> per request its verdicts, one per text
+JudgeMany = Callable[[list[tuple[list[dict], list[str]]]], list]
 
 
 @dataclass
@@ -104,10 +113,12 @@ def _clean_verdict(entry) -> tuple[bool | None, float, str]:
 
 
 class _Search:
-    """The state shared by both strategies: the tree so far and the budget spent."""
+    """The state shared by both strategies: the tree so far and the budget spent. Its methods are
+    generators: a model request is yielded as ("refine", text, judgment) or ("judge", texts) and
+    the answer comes back through send()."""
 
-    def __init__(self, prompt_messages, refine, judge, config):
-        self.prompt, self.refine, self.judge, self.config = prompt_messages, refine, judge, config
+    def __init__(self, config):
+        self.config = config
         self.nodes: list[Node] = []
         self.used = 0
         self.dropped = 0
@@ -119,7 +130,7 @@ class _Search:
     def expand(self, parent: Node) -> list[Node]:
         """Ask for `branching` rewrites of `parent`; returns the usable ones as unjudged nodes."""
         n = self.config.branching
-        raw = list(self.refine(self.prompt, parent.text, parent.judgment) or [])
+        raw = list((yield ("refine", parent.text, parent.judgment)) or [])
         if len(raw) != n:
             log.warning("refine returned %d candidates for %s, asked %d", len(raw), parent.path, n)
         raw = (raw + [None] * n)[:n]  # missing candidates count as unusable, extras are ignored
@@ -141,7 +152,7 @@ class _Search:
         """Judge `children` in one call; returns the earliest created that passed."""
         if not children:
             return None
-        verdicts = list(self.judge(self.prompt, [c.text for c in children]))
+        verdicts = list((yield ("judge", [c.text for c in children])) or [])
         if len(verdicts) != len(children):
             raise ValueError(f"judge returned {len(verdicts)} verdicts for {len(children)} texts; "
                              "it must return one (passed, score, judgment) per text, in order")
@@ -162,8 +173,8 @@ class _Search:
                 if not self.affordable():
                     out_of_budget = True
                     break
-                level.extend(self.expand(parent))
-            solved = self.judge_all(level)  # what was paid for is judged even if the budget ran out
+                level.extend((yield from self.expand(parent)))
+            solved = yield from self.judge_all(level)  # what was paid for is judged even if the budget ran out
             if solved is not None:
                 return solved, "solved"
             if out_of_budget:
@@ -180,37 +191,93 @@ class _Search:
             return None, None
         if not self.affordable():
             return None, "budget"
-        children = self.expand(node)
-        solved = self.judge_all(children)
+        children = yield from self.expand(node)
+        solved = yield from self.judge_all(children)
         if solved is not None:
             return solved, "solved"
         for child in self.ranked(children):
-            found, reason = self.dfs(child)
+            found, reason = yield from self.dfs(child)
             if reason is not None:
                 return found, reason
         return None, None
+
+
+def search_steps(root_text: str, root_judgment: tuple[bool | None, float, str], config: SearchConfig):
+    """The search of one failed response as a generator of model requests (see _Search); its
+    return value (StopIteration.value) is the SearchResult. Checks the root before the first step."""
+    passed, score, judgment = _clean_verdict(root_judgment)
+    if passed is True:
+        raise ValueError("root_judgment says the root already passed; tree search refines failed "
+                         "(or undecided) responses only")
+    root = Node(path="0", parent_path=None, depth=0, text=root_text, passed=passed, score=score, judgment=judgment)
+    return _steps(_Search(config), root)
+
+
+def _steps(search: _Search, root: Node):
+    config = search.config
+    search.nodes.append(root)
+    if config.strategy == "bfs":
+        solution, stopped = yield from search.bfs(root)
+    else:
+        solution, stopped = yield from search.dfs(root)
+        stopped = stopped or ("depth" if search.hit_depth else "exhausted")
+    log.info("tree search (%s): %s after %d refinements, %d nodes, %d dropped", config.strategy, stopped,
+             search.used, len(search.nodes), search.dropped)
+    return SearchResult(nodes=search.nodes, solution=solution, refinements_used=search.used,
+                        stopped=stopped, dropped=search.dropped)
 
 
 def tree_search(prompt_messages: list[dict], root_text: str, root_judgment: tuple[bool | None, float, str],
                 *, refine: Refine, judge: Judge, config: SearchConfig) -> SearchResult:
     """Refine the failed `root_text` until a rewrite is judged correct, the budget is spent, the
     depth limit is reached or no usable rewrite is left (see the module docstring)."""
-    passed, score, judgment = _clean_verdict(root_judgment)
-    if passed is True:
-        raise ValueError("root_judgment says the root already passed; tree search refines failed "
-                         "(or undecided) responses only")
-    search = _Search(prompt_messages, refine, judge, config)
-    root = Node(path="0", parent_path=None, depth=0, text=root_text, passed=passed, score=score, judgment=judgment)
-    search.nodes.append(root)
-    if config.strategy == "bfs":
-        solution, stopped = search.bfs(root)
-    else:
-        solution, stopped = search.dfs(root)
-        stopped = stopped or ("depth" if search.hit_depth else "exhausted")
-    log.info("tree search (%s): %s after %d refinements, %d nodes, %d dropped", config.strategy, stopped,
-             search.used, len(search.nodes), search.dropped)
-    return SearchResult(nodes=search.nodes, solution=solution, refinements_used=search.used,
-                        stopped=stopped, dropped=search.dropped)
+    steps = search_steps(root_text, root_judgment, config)
+    reply = None
+    while True:
+        try:
+            request = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        reply = refine(prompt_messages, *request[1:]) if request[0] == "refine" else judge(prompt_messages, request[1])
+
+
+def tree_searches(jobs: list[tuple[list[dict], str, tuple[bool | None, float, str]]], *, refine_many: RefineMany,
+                  judge_many: JudgeMany, config: SearchConfig) -> list[SearchResult]:
+    """Many searches in lockstep: jobs are (prompt_messages, root_text, root_judgment). At each step
+    every unfinished search has one request pending; all refine requests go to `refine_many` in one
+    call and all judge requests to `judge_many` in another, and each search gets its own answer back.
+    Each search takes the same path as tree_search would with the same answers."""
+    live = {i: search_steps(text, verdict, config) for i, (_, text, verdict) in enumerate(jobs)}
+    pending = {}  # search index -> its open request
+    results: list[SearchResult | None] = [None] * len(jobs)
+
+    def advance(i: int, reply) -> None:
+        try:
+            pending[i] = live[i].send(reply)
+        except StopIteration as done:
+            results[i] = done.value
+            del live[i]
+            pending.pop(i, None)
+
+    for i in list(live):
+        advance(i, None)
+    while pending:
+        refines = [i for i, r in pending.items() if r[0] == "refine"]
+        judges = [i for i, r in pending.items() if r[0] == "judge"]
+        replies = {}
+        if refines:
+            out = list(refine_many([(jobs[i][0], *pending[i][1:]) for i in refines]))
+            if len(out) != len(refines):
+                raise ValueError(f"refine_many returned {len(out)} answers for {len(refines)} requests")
+            replies.update(zip(refines, out))
+        if judges:
+            out = list(judge_many([(jobs[i][0], pending[i][1]) for i in judges]))
+            if len(out) != len(judges):
+                raise ValueError(f"judge_many returned {len(out)} answers for {len(judges)} requests")
+            replies.update(zip(judges, out))
+        for i, reply in replies.items():
+            advance(i, reply)
+    return results
 
 
 def first_solved(nodes: list[dict]) -> dict | None:

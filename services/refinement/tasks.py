@@ -1,13 +1,15 @@
-"""Refinement-queue task: tree search over refinements of one failed response.
+"""Refinement-queue task: tree searches over refinements of failed responses.
 
-One task per response, so a round's searches fan out over every refinement worker. The payload
-says how to search: `sample_id`, `model` (the refiner, a model choice of
-services/generation/versions.py), `search` (SearchConfig fields), `refine` and `judge` sampling
-({temperature, max_new_tokens}, the judge also `votes`, `judge` mode and `model`, the refiner when
-absent). The refiner writes rewrites and the judge model (or, for prompts with constraints under
-judge verifier / hybrid, the verifier) judges them; a rewrite cut at its token limit counts as no
-rewrite; every node of the tree is upserted as a RefinementNode (path
-is the natural key, so a redelivered search rewrites the same rows).
+One task per shard of failed responses (`sample_ids`; a single `sample_id` is read too), so a
+round's searches fan out over the refinement workers, and within a task the searches run in
+lockstep: each step's rewrites (and model judgments) of every search in the shard are one batched
+generation call instead of one small call per search. The payload says how to search: `model`
+(the refiner, a model choice of services/generation/versions.py), `search` (SearchConfig fields),
+`refine` and `judge` sampling ({temperature, max_new_tokens}, the judge also `votes`, `judge` mode
+and `model`, the refiner when absent). The refiner writes rewrites and the judge model (or, for
+prompts with constraints under judge verifier / hybrid, the verifier) judges them; a rewrite cut at
+its token limit counts as no rewrite. Every node of every tree is upserted as a RefinementNode
+(path is the natural key, and a redelivered task replaces its samples' trees).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from services.generation.versions import model_for
 from services.judging.degeneration import hit_limit
 from services.judging.refiner import judge_messages, parse_refinement, parse_verdict, refine_messages
 from services.judging.votes import verdict
-from services.refinement.search import SearchConfig, tree_search
+from services.refinement.search import SearchConfig, tree_searches
 from shared import crud
 from shared.db import session_scope
 from shared.models import Judgment, Prompt, RefinementNode, Sample
@@ -37,49 +39,75 @@ def rewrite_of(completion) -> str | None:
     return None if hit_limit(completion.finish_reason) else parse_refinement(completion.text)
 
 
+def model_calls(refiner, judge_model, branching: int, refine_cfg: dict, judge_cfg: dict, seed: int):
+    """The batched refine and judge callables of tree_searches (search.py), through the generation
+    backend, and a counter of the model calls they made ({"n"}). Each call has its own seed.
+
+    refine_cfg: {temperature, max_new_tokens}; judge_cfg: the same plus `votes` and the `judge` mode
+    (under verifier / hybrid the verifier judges prompts with constraints). Requests carry the
+    prompt as {"messages", "constraints"}."""
+    by_verifier = judge_cfg.get("judge", "llm") in ("verifier", "hybrid")
+    calls = {"n": 0}
+
+    def refine_many(requests):
+        calls["n"] += 1
+        params = SamplingParams(n=branching, temperature=refine_cfg["temperature"],
+                                max_new_tokens=refine_cfg["max_new_tokens"], seed=seed + calls["n"])
+        outs = backend().generate([refine_messages(pr["messages"], text, judgment) for pr, text, judgment in requests],
+                                  refiner, params)
+        return [[rewrite_of(c) for c in out] for out in outs]
+
+    def judge_many(requests):
+        from services.judging.verifier_judge import refiner_judgment
+
+        answers: list[list] = [[] for _ in requests]
+        asked = []  # (request, text) pairs the judge model decides, in order
+        for k, (pr, texts) in enumerate(requests):
+            if by_verifier and pr["constraints"]:
+                answers[k] = [verdict([ok], [why]) for ok, why in
+                              (refiner_judgment(t, pr["constraints"], pr["messages"][-1]["content"]) for t in texts)]
+            else:
+                asked += [(k, t) for t in texts]
+        if asked:
+            calls["n"] += 1
+            params = SamplingParams(n=judge_cfg["votes"], temperature=judge_cfg["temperature"],
+                                    max_new_tokens=judge_cfg["max_new_tokens"], seed=seed + 10_000 + calls["n"])
+            outs = backend().generate([judge_messages(requests[k][0]["messages"], t) for k, t in asked],
+                                      judge_model, params)
+            for (k, _), comps in zip(asked, outs):
+                answers[k].append(verdict([parse_verdict(c.text) for c in comps], [c.text for c in comps]))
+        return answers
+
+    return refine_many, judge_many, calls
+
+
 def _search(ctx: StageContext) -> None:
     p = ctx.payload
-    sample_id = int(p["sample_id"])
+    ids = [int(i) for i in (p.get("sample_ids") or [p["sample_id"]])]
     refine_cfg, judge_cfg = p["refine"], p["judge"]
     with session_scope() as s:
-        sample = s.get(Sample, sample_id)
-        prompt = s.get(Prompt, sample.prompt_id)
-        votes = list(s.exec(select(Judgment).where(Judgment.sample_id == sample_id, Judgment.kind == "refiner")
-                            .order_by(Judgment.vote_index)))
+        jobs = []
+        for sample_id in ids:
+            sample = s.get(Sample, sample_id)
+            prompt = s.get(Prompt, sample.prompt_id)
+            votes = list(s.exec(select(Judgment).where(Judgment.sample_id == sample_id, Judgment.kind == "refiner")
+                                .order_by(Judgment.vote_index)))
+            jobs.append(({"messages": prompt.messages, "constraints": prompt.constraints}, sample.text,
+                         verdict([v.passed for v in votes], [v.rationale or "" for v in votes])))
     refiner = model_for(ctx, p.get("model", "policy"))
     judge_model = model_for(ctx, judge_cfg["model"]) if judge_cfg.get("model") else refiner
     search = SearchConfig(**p["search"])
-    seed = shard_seed(ctx.config.get("seed", 0), ctx.round_number, sample_id, 0)
-    calls = {"n": 0}
-
-    def refine(messages, text, judgment):
-        calls["n"] += 1
-        params = SamplingParams(n=search.branching, temperature=refine_cfg["temperature"],
-                                max_new_tokens=refine_cfg["max_new_tokens"], seed=seed + calls["n"])
-        out = backend().generate([refine_messages(messages, text, judgment)], refiner, params)[0]
-        return [rewrite_of(c) for c in out]
-
-    def judge(messages, texts):
-        if judge_cfg.get("judge", "llm") in ("verifier", "hybrid") and prompt.constraints:
-            from services.judging.verifier_judge import refiner_judgment
-
-            found = [refiner_judgment(t, prompt.constraints, prompt.messages[-1]["content"]) for t in texts]
-            return [verdict([ok], [why]) for ok, why in found]
-        calls["n"] += 1
-        params = SamplingParams(n=judge_cfg["votes"], temperature=judge_cfg["temperature"],
-                                max_new_tokens=judge_cfg["max_new_tokens"], seed=seed + 10_000 + calls["n"])
-        outs = backend().generate([judge_messages(messages, t) for t in texts], judge_model, params)
-        return [verdict([parse_verdict(c.text) for c in comps], [c.text for c in comps]) for comps in outs]
-
-    root = verdict([v.passed for v in votes], [v.rationale or "" for v in votes])
-    result = tree_search(prompt.messages, sample.text, root, refine=refine, judge=judge, config=search)
+    seed = shard_seed(ctx.config.get("seed", 0), ctx.round_number, ids[0], 0)
+    refine_many, judge_many, calls = model_calls(refiner, judge_model, search.branching, refine_cfg, judge_cfg, seed)
+    results = tree_searches(jobs, refine_many=refine_many, judge_many=judge_many, config=search)
     rows = [{"sample_id": sample_id, "path": n.path, "parent_path": n.parent_path, "depth": n.depth,
-             "text": n.text, "passed": n.passed, "score": n.score, "judgment": n.judgment} for n in result.nodes]
-    with session_scope() as s:  # a redelivered search replaces the whole tree of the earlier attempt
-        s.exec(delete(RefinementNode).where(RefinementNode.sample_id == sample_id))
+             "text": n.text, "passed": n.passed, "score": n.score, "judgment": n.judgment}
+            for sample_id, result in zip(ids, results) for n in result.nodes]
+    with session_scope() as s:  # a redelivered search replaces the whole trees of the earlier attempt
+        s.exec(delete(RefinementNode).where(RefinementNode.sample_id.in_(ids)))
         crud.upsert(s, RefinementNode, rows, keys=["sample_id", "path"])
-    log.info("search of sample %s: %s after %d refinements (%d nodes)", sample_id, result.stopped,
-             result.refinements_used, len(result.nodes))
+    log.info("searches of %d samples: %d solved, %d refinements, %d model calls", len(ids),
+             sum(r.solution is not None for r in results), sum(r.refinements_used for r in results), calls["n"])
 
 
 @task("refinement.search_sample")

@@ -210,3 +210,50 @@ def test_first_solved_and_its_path_to_the_root():
     unsolved = [dict(n, passed=False) for n in nodes]
     assert first_solved(unsolved) is None and solution_path(unsolved) == []
     assert first_solved([dict(nodes[0], passed=True)]) is None  # the root itself never counts
+
+
+@pytest.mark.parametrize("strategy", ["bfs", "dfs"])
+def test_searches_in_lockstep_take_the_paths_they_take_alone_with_one_model_call_per_step(strategy):
+    from services.refinement.search import tree_searches
+
+    # three roots: one solved at depth 1, one at depth 2, one never (runs to its depth limit)
+    good = {"a|1", "b|0|1"}
+    cfg = dict(strategy=strategy, branching=2, keep=1, max_depth=3, budget=20)
+    alone = []
+    for root in ("a", "b", "c"):
+        config = SearchConfig(**cfg)
+        result = tree_search(PROMPT, root, ROOT_JUDGMENT, refine=FakeRefine(2), judge=FakeJudge(good), config=config)
+        alone.append(result)
+
+    refine, judge = FakeRefine(2), FakeJudge(good)
+    batches = {"refine": [], "judge": []}
+
+    def refine_many(requests):
+        batches["refine"].append(len(requests))
+        return [refine(prompt, text, judgment) for prompt, text, judgment in requests]
+
+    def judge_many(requests):
+        batches["judge"].append(len(requests))
+        return [judge(prompt, texts) for prompt, texts in requests]
+
+    jobs = [(PROMPT, root, ROOT_JUDGMENT) for root in ("a", "b", "c")]
+    together = tree_searches(jobs, refine_many=refine_many, judge_many=judge_many, config=SearchConfig(**cfg))
+    assert [(r.stopped, r.solution and r.solution.path, [n.text for n in r.nodes]) for r in together] == \
+        [(r.stopped, r.solution and r.solution.path, [n.text for n in r.nodes]) for r in alone]
+    # every step batches the requests of the searches still running: 3 at the first, fewer as they end
+    assert batches["refine"][0] == 3 and batches["judge"][0] == 3
+    assert sum(batches["refine"]) == sum(r.refinements_used // 2 for r in alone)  # one request per expansion
+    assert len(batches["refine"]) == max(r.refinements_used // 2 for r in alone)
+
+
+def test_lockstep_searches_check_each_root_and_the_answer_counts():
+    from services.refinement.search import tree_searches
+
+    config = SearchConfig(branching=2)
+    with pytest.raises(ValueError, match="already passed"):
+        tree_searches([(PROMPT, "r", (True, 1.0, "ok"))], refine_many=lambda r: [], judge_many=lambda r: [],
+                      config=config)
+    with pytest.raises(ValueError, match="refine_many returned 0 answers for 2 requests"):
+        tree_searches([(PROMPT, "r", ROOT_JUDGMENT)] * 2, refine_many=lambda r: [], judge_many=lambda r: [],
+                      config=config)
+    assert tree_searches([], refine_many=lambda r: [], judge_many=lambda r: [], config=config) == []
