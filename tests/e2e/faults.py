@@ -60,12 +60,15 @@ def check_spar_run(engine, run_id: int, n_prompts: int, rounds: int) -> dict:
             per_sample = Counter((j.sample_id, j.kind, j.vote_index) for j in votes)
             assert max(per_sample.values()) == 1
             assert Counter(j.sample_id for j in votes) == dict.fromkeys(ids, SPAR["judge_votes"])
-            failed = {x.id for x in samples if not judge_passes(x.text)}
+            # one tree per distinct failed answer (identical answers to one prompt are searched once)
+            key = {x.id: (x.prompt_id, " ".join(x.text.split())) for x in samples if not judge_passes(x.text)}
             roots = s.exec(select(RefinementNode).where(RefinementNode.sample_id.in_(ids),
                                                         RefinementNode.depth == 0)).all()
-            assert sorted(r.sample_id for r in roots) == sorted(failed), f"round {rnd.number}: one tree per failure"
+            searched = [key.get(r.sample_id) for r in roots]
+            assert None not in searched and sorted(searched) == sorted(set(key.values())), \
+                f"round {rnd.number}: one tree per distinct failure"
             pairs = s.exec(select(PreferencePair).where(PreferencePair.round_id == rnd.id)).all()
-            assert len({(p.prompt_id, p.source, p.index) for p in pairs}) == len(pairs) == len(failed)
+            assert len({(p.prompt_id, p.source, p.index) for p in pairs}) == len(pairs) == len(roots)
             nodes = s.exec(select(RefinementNode).where(RefinementNode.sample_id.in_(ids))).all()
             counts.update(samples=len(samples), votes=len(votes), trees=len(roots), nodes=len(nodes), pairs=len(pairs))
         versions = s.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).all()
