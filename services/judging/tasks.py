@@ -14,6 +14,7 @@ from sqlmodel import select
 from services.generation.base import SamplingParams, shard_seed
 from services.generation.registry import backend
 from services.generation.versions import model_for
+from services.judging.verifier_judge import verifier_decides
 from shared import crud
 from shared.db import session_scope
 from shared.models import Prompt, Round, Sample
@@ -96,10 +97,11 @@ def llm_votes(ctx: StageContext, kind: str) -> None:
     if mode not in ("llm", "verifier", "hybrid"):
         raise ValueError(f"payload judge must be llm, verifier or hybrid, got {mode!r}")
     if mode != "llm":
-        checked = [x for x in samples if prompts[x.prompt_id].constraints]
+        checked = [x for x in samples if verifier_decides(mode, prompts[x.prompt_id].constraints)]
         with session_scope() as s:
             crud.upsert_judgments(s, rows=_verifier_votes(kind, checked, prompts))
-        samples = [x for x in samples if not prompts[x.prompt_id].constraints] if mode == "hybrid" else []
+        samples = [x for x in samples if not verifier_decides(mode, prompts[x.prompt_id].constraints)] \
+            if mode == "hybrid" else []
     if not samples:
         return
     requests = [build(prompts[x.prompt_id].messages, x.text) for x in samples]

@@ -21,6 +21,12 @@ from services.judging.evidence import observe
 from services.judging.rubric import MAX_SCORE, eft_target
 
 
+def verifier_decides(mode: str, constraints) -> bool:
+    """Whether the verifier, not the judge model, decides a response under the judging `mode`
+    (llm | verifier | hybrid): under verifier and hybrid it decides every prompt with constraints."""
+    return mode in ("verifier", "hybrid") and bool(constraints)
+
+
 def describe(constraint: dict) -> str:
     """An instruction in a few words: its IFEval name and arguments."""
     name = constraint["id"].split(":", 1)[1].replace("_", " ")

@@ -128,6 +128,8 @@ def pick_failed(failed_ids: list[int], samples: list[dict], cap: int, seed: int)
     samples: the round's policy samples ({"id", "prompt_id", "text"}). Returns sample ids."""
     import random
 
+    from services.refinement.search import normalise
+
     by_id = {x["id"]: x for x in samples}
     per_prompt: dict[int, list[int]] = {}
     seen: set[tuple[int, str]] = set()
@@ -135,7 +137,7 @@ def pick_failed(failed_ids: list[int], samples: list[dict], cap: int, seed: int)
         x = by_id.get(sid)
         if x is None:
             continue
-        key = (x["prompt_id"], " ".join(x["text"].split()))
+        key = (x["prompt_id"], normalise(x["text"]))
         if key in seen:
             continue
         seen.add(key)
@@ -153,8 +155,10 @@ def pick_failed(failed_ids: list[int], samples: list[dict], cap: int, seed: int)
 def _verifier_judged(cfg: "SPaRConfig", data) -> Callable[[dict], bool]:
     """Whether this round's judgments of a prompt's responses were written by the verifier (judge
     verifier or hybrid, or a failed judge check, on a prompt with constraints) rather than the refiner."""
+    from services.judging.verifier_judge import verifier_decides
+
     mode = cfg.judge_mode(data)
-    return lambda prompt: mode in ("verifier", "hybrid") and bool(prompt["constraints"])
+    return lambda prompt: verifier_decides(mode, prompt["constraints"])
 
 
 def _model_judges(cfg: "SPaRConfig", data) -> bool:

@@ -91,7 +91,9 @@ class SearchResult:
     dropped: int = 0  # candidates that were None, empty or duplicates (included in refinements_used)
 
 
-def _normalise(text: str) -> str:
+def normalise(text: str) -> str:
+    """Whitespace-insensitive form of a text: rewrites (and SPaR's failed answers) that differ only
+    in spacing count as the same."""
     return " ".join(text.split())
 
 
@@ -135,10 +137,10 @@ class _Search:
             log.warning("refine returned %d candidates for %s, asked %d", len(raw), parent.path, n)
         raw = (raw + [None] * n)[:n]  # missing candidates count as unusable, extras are ignored
         self.used += n
-        seen = {_normalise(parent.text)}
+        seen = {normalise(parent.text)}
         children: list[Node] = []
         for text in raw:
-            key = _normalise(text) if isinstance(text, str) else ""
+            key = normalise(text) if isinstance(text, str) else ""
             if not key or key in seen:
                 self.dropped += 1
                 continue

@@ -46,7 +46,7 @@ def model_calls(refiner, judge_model, branching: int, refine_cfg: dict, judge_cf
     refine_cfg: {temperature, max_new_tokens}; judge_cfg: the same plus `votes` and the `judge` mode
     (under verifier / hybrid the verifier judges prompts with constraints). Requests carry the
     prompt as {"messages", "constraints"}."""
-    by_verifier = judge_cfg.get("judge", "llm") in ("verifier", "hybrid")
+    mode = judge_cfg.get("judge", "llm")
     calls = {"n": 0}
 
     def refine_many(requests):
@@ -58,12 +58,12 @@ def model_calls(refiner, judge_model, branching: int, refine_cfg: dict, judge_cf
         return [[rewrite_of(c) for c in out] for out in outs]
 
     def judge_many(requests):
-        from services.judging.verifier_judge import refiner_judgment
+        from services.judging.verifier_judge import refiner_judgment, verifier_decides
 
         answers: list[list] = [[] for _ in requests]
         asked = []  # (request, text) pairs the judge model decides, in order
         for k, (pr, texts) in enumerate(requests):
-            if by_verifier and pr["constraints"]:
+            if verifier_decides(mode, pr["constraints"]):
                 answers[k] = [verdict([ok], [why]) for ok, why in
                               (refiner_judgment(t, pr["constraints"], pr["messages"][-1]["content"]) for t in texts)]
             else:
