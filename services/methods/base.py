@@ -286,16 +286,17 @@ class JudgeFields:
         check(0 <= self.judge_floor_accuracy <= 1, "judge_floor_accuracy", "must be in [0, 1]")
         check(self.on_weak_judge in ("stop", "verifier"), "on_weak_judge", "must be stop or verifier")
 
-    def constrained_split(self, data) -> tuple[list[int], list[int]]:
+    def constrained_split(self, data, probe: bool = True) -> tuple[list[int], list[int]]:
         """(bootstrap prompt ids, probe prompt ids): the run's training prompts with constraints, then
         those of `judge_prompt_set_ids`; the last `judge_check_prompts` of them kept for the probe
-        (never trained on by the judge)."""
+        (never trained on by the judge). `probe=False`: the run never checks its judge (the
+        verifier writes every verdict), so no prompt is held back from the bootstrap."""
         ids = [p["id"] for p in data.run_prompts() if p["constraints"]]
         if self.judge_prompt_set_ids:
             seen = set(ids)
             ids += [p["id"] for p in data.prompts_of_sets(self.judge_prompt_set_ids)
                     if p["constraints"] and p["id"] not in seen]
-        k = min(self.judge_check_prompts, len(ids) // 2) if self.judge_check_prompts else 0
+        k = min(self.judge_check_prompts, len(ids) // 2) if self.judge_check_prompts and probe else 0
         return (ids[:-k] if k else ids), (ids[-k:] if k else [])
 
     def judge_mode(self, data) -> str:
@@ -328,12 +329,13 @@ def judge_check_plan(kind: str, model: str, votes_field: str,
     return plan
 
 
-def judge_bootstrap_items(data, cfg, kinds: tuple[str, ...], roles: tuple[str, ...]) -> tuple[list[dict], dict]:
+def judge_bootstrap_items(data, cfg, kinds: tuple[str, ...], roles: tuple[str, ...],
+                          probe: bool = True) -> tuple[list[dict], dict]:
     """SFT examples that teach the judge, from this round's samples of `roles` on the bootstrap share
     of the constrained prompts, labelled by the verifier (services/curriculum/judge_data.py)."""
     from services.curriculum.judge_data import judge_examples
 
-    boot, _ = cfg.constrained_split(data)
+    boot, _ = cfg.constrained_split(data, probe)
     prompts = data.prompts(boot)
     samples = [{"messages": prompts[x["prompt_id"]]["messages"], "response": x["text"],
                 "constraints": prompts[x["prompt_id"]]["constraints"], "finish_reason": x.get("finish_reason")}

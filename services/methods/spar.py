@@ -228,8 +228,9 @@ def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
 def judge_bootstrap_job(data, cfg: SPaRConfig) -> TrainJob:
     """Round 1: the refiner (version round 0) from θ0, on verifier-written judgments of the actor's
     samples and on programmatic fixes of the failing ones."""
-    kinds = ("refiner", "refinement") if _model_judges(cfg, data) else ("refinement",)
-    items, stats = judge_bootstrap_items(data, cfg, kinds, ("policy", "bootstrap"))
+    judges = _model_judges(cfg, data)  # if not, no judge check ever runs: no prompt is kept for its probe
+    kinds = ("refiner", "refinement") if judges else ("refinement",)
+    items, stats = judge_bootstrap_items(data, cfg, kinds, ("policy", "bootstrap"), probe=judges)
     return TrainJob(kind="sft", items=items, tcfg=cfg.judge_bootstrap_config(), key_round=0, role="refiner",
                     parent_id=data.base_version_id, stats=stats, label="bootstrap_judge")
 
@@ -260,7 +261,12 @@ def _wants_bootstrap(inp: PlanInput) -> bool:
 
 
 def _judge_bootstrap_plan(inp: PlanInput) -> list[dict]:
-    return [{"role": "judge_bootstrap"}] if _wants_bootstrap(inp) and inp.config.constrained_split(inp.data)[0] else []
+    return [{"role": "judge_bootstrap"}] if _wants_bootstrap(inp) and _bootstrap_prompts(inp) else []
+
+
+def _bootstrap_prompts(inp: PlanInput) -> list[int]:
+    """The constrained prompts that teach the refiner; all of them when it never judges (no probe)."""
+    return inp.config.constrained_split(inp.data, _model_judges(inp.config, inp.data))[0]
 
 
 def _bootstrap_samples_plan(inp: PlanInput) -> list[dict]:
@@ -269,7 +275,7 @@ def _bootstrap_samples_plan(inp: PlanInput) -> list[dict]:
     if not _wants_bootstrap(inp) or not inp.config.judge_prompt_set_ids:
         return []
     own = set(inp.prompt_ids)
-    extra = [i for i in inp.config.constrained_split(inp.data)[0] if i not in own]
+    extra = [i for i in _bootstrap_prompts(inp) if i not in own]
     return shards(extra, inp.shard_size, role="bootstrap", n=inp.config.samples_per_prompt)
 
 

@@ -126,6 +126,14 @@ def test_self_rewarding_learning_rate_decays_to_its_floor_not_to_zero():
         TrainConfig(final_lr_ratio=1.5)
 
 
+def test_warm_up_never_spends_a_step_at_learning_rate_zero():
+    two = _schedule(TrainConfig(warmup_ratio=0.1), 2)  # warm-up of one step on a two-step round
+    assert two(0) == pytest.approx(0.5) and two(1) == pytest.approx(1.0)
+    long = _schedule(TrainConfig(warmup_ratio=0.1), 100)  # ten warm-up steps, rising to the full rate
+    rates = [long(s) for s in range(11)]
+    assert rates[0] > 0 and rates == sorted(rates) and rates[9] < 1.0 and rates[10] == pytest.approx(1.0)
+
+
 def test_spin_last_round_beta_applies_whenever_the_last_round_is_known():
     assert SPINConfig().train_config(1, 1).beta == 5.0  # a one-round run is its own last round
     assert SPINConfig().train_config(1, 2).beta == 0.1
@@ -173,7 +181,7 @@ def test_spar_searches_each_distinct_failure_once_and_shares_the_cap_over_prompt
 
 def test_spar_skips_the_judge_check_and_teaching_verdicts_when_the_verifier_writes_every_verdict():
     from services.methods.base import PlanInput
-    from services.methods.spar import _model_judges, _stages
+    from services.methods.spar import _bootstrap_prompts, _model_judges, _stages
 
     def check_plan(cfg, data):
         stage = next(s for s in _stages(cfg, False) if s.name == "judge_check")
@@ -187,6 +195,14 @@ def test_spar_skips_the_judge_check_and_teaching_verdicts_when_the_verifier_writ
     assert _model_judges(hybrid, mixed) and check_plan(hybrid, mixed)[0]["prompt_ids"] == [6, 7, 8, 9]
     assert _model_judges(SPaRConfig(), all_constrained) and check_plan(SPaRConfig(judge_check_prompts=4), all_constrained)
     assert not _model_judges(SPaRConfig(judge="verifier"), mixed)
+    # with no check to run, no prompt is held back for its probe: all ten teach the refiner
+    boot = next(s for s in _stages(hybrid, False) if s.name == "bootstrap_judge")
+    assert boot.plan(PlanInput(prompt_ids=list(range(10)), eval_prompt_ids=[], round_number=1, total_rounds=1,
+                               shard_size=4, config=hybrid, data=all_constrained)) == [{"role": "judge_bootstrap"}]
+    assert _bootstrap_prompts(PlanInput(prompt_ids=list(range(10)), eval_prompt_ids=[], round_number=1,
+                                        total_rounds=1, shard_size=4, config=hybrid, data=all_constrained)) \
+        == list(range(10))
+    assert hybrid.constrained_split(mixed)[0] == [0, 1, 2, 3, 4, 5]  # probing: the last four are held back
 
 
 class RoundData(Data):
