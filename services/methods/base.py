@@ -360,6 +360,15 @@ def judge_data_errors(check: DataCheck) -> list[dict]:
     return errors + set_errors
 
 
+def pair_length_counts(pairs: list[dict]) -> dict:
+    """How often the rejected answer is the longer one, and both sides' mean word counts: the
+    length skew a round's pairs teach (DPO learns "shorter" from pairs that all reject the longer)."""
+    words = [(len(p["chosen"].split()), len(p["rejected"].split())) for p in pairs]
+    return {"rejected_longer": sum(r > c for c, r in words),
+            "chosen_words_mean": round(sum(c for c, _ in words) / len(words), 1) if words else None,
+            "rejected_words_mean": round(sum(r for _, r in words) / len(words), 1) if words else None}
+
+
 TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields)
                        if f.name not in ("train", "eval_judge_samples", "on_regression", "max_degenerate_rate",
                                          "max_limit_rate_rise", "tracking"))

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from services.methods.base import (
     DataCheck, JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages,
-    judge_bootstrap_items, judge_check_plan, judge_data_errors, register, shards, single,
+    judge_bootstrap_items, judge_check_plan, judge_data_errors, pair_length_counts, register, shards, single,
 )
 from services.methods.jobs import gold_examples, pairwise_job, sft_from_base_job
 
@@ -195,14 +195,7 @@ def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]],
         pairs.append({"prompt_id": pid, "index": 0, "source": "judge_best_worst", "chosen": best[1],
                       "rejected": worst[1], "margin": hi - lo})
     return pairs, {"pairs": len(pairs), "ties_dropped": ties, "unscored_prompts": unscored,
-                   "cut_best_passed_over": passed_over, **_length_counts(pairs)}
-
-
-def _length_counts(pairs: list[dict]) -> dict:
-    words = [(len(p["chosen"].split()), len(p["rejected"].split())) for p in pairs]
-    return {"rejected_longer": sum(r > c for c, r in words),
-            "chosen_words_mean": round(sum(c for c, _ in words) / len(words), 1) if words else None,
-            "rejected_words_mean": round(sum(r for _, r in words) / len(words), 1) if words else None}
+                   "cut_best_passed_over": passed_over, **pair_length_counts(pairs)}
 
 
 def balance_lengths(pairs: list[dict], max_share: float) -> tuple[list[dict], dict]:
@@ -263,7 +256,7 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
     pairs, counts = best_worst_pairs(cands, length_control=cfg.length_control, cut=cut)
     pairs, dropped = balance_lengths(pairs, cfg.length_balance)
     if dropped["dropped_for_length"]:  # the length counts describe the pairs that train
-        counts = {**counts, **_length_counts(pairs), "pairs": len(pairs)}
+        counts = {**counts, **pair_length_counts(pairs), "pairs": len(pairs)}
     unparsed = sum(v is None for vs in scores.values() for v in vs)
     return pairs, {**counts, **dropped, "samples": len(samples), "judgments_unparsed": unparsed}
 

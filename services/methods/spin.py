@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.methods.base import (
-    DataCheck, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, register, shard_prompts, single,
+    DataCheck, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, pair_length_counts, register,
+    shard_prompts, single,
 )
 from services.methods.jobs import pairwise_job
 
@@ -95,7 +96,11 @@ def round_pairs(data, cfg: SPINConfig) -> tuple[list[dict], dict]:
     samples = data.samples("policy")
     prompts = data.prompts(sorted({x["prompt_id"] for x in samples}))
     pairs, skipped = build_pairs([{"id": p["id"], "reference": p["reference"]} for p in prompts.values()], samples)
-    return pairs, {"samples": len(samples), "pairs_skipped": skipped}
+    # what the pairs teach besides "the gold answer": its length against the sample's, and how many
+    # samples never ended (cut at the token limit; scored without an end-of-turn)
+    cut = {(x["prompt_id"], x["index"]) for x in samples if x.get("finish_reason") == "length"}
+    return pairs, {"samples": len(samples), "pairs_skipped": skipped, **pair_length_counts(pairs),
+                   "rejected_cut": sum((p["prompt_id"], p["index"]) in cut for p in pairs)}
 
 
 def training_job(data, cfg: SPINConfig, role: str):

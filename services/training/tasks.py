@@ -31,10 +31,12 @@ STEP_FLUSH = 5  # write per-step metrics to the round every this many steps
 
 # ---------------------------------------------------------------- running and publishing
 def _mean_margin(base: str, adapter: str | None, pairs: list[dict], cfg) -> float:
-    """Mean log π(chosen|x) − log π(rejected|x) under base(+adapter)."""
-    from services.training.trainer import sequence_logprobs
+    """Mean log π(chosen|x) − log π(rejected|x) under base(+adapter), each side encoded as training
+    encodes it (no end-of-turn after a cut answer, none after a rejected one unless scored)."""
+    from services.training.trainer import pair_ends, sequence_logprobs
 
-    ex = [{"messages": p["messages"], "response": r} for p in pairs for r in (p["chosen"], p["rejected"])]
+    ex = [{"messages": p["messages"], "response": p[side], "ended": end}
+          for p in pairs for side, end in zip(("chosen", "rejected"), pair_ends(p, cfg))]
     lps = sequence_logprobs(base_model=base, adapter=adapter, examples=ex, config=cfg)
     return sum(c - r for c, r in zip(lps[0::2], lps[1::2])) / len(pairs)
 
@@ -117,10 +119,16 @@ def _train(ctx: StageContext) -> None:
     recorder = _StepRecorder(ctx, steps_key, job.kind, tracker, offset)
     metrics: dict = {**job.stats, "examples": len(job.items)}
     if job.kind == "pairs":
-        metrics["logp_margin_before"] = _mean_margin(ctx.base_model, ctx.policy_adapter, job.items, job.tcfg)
+        # When the reference is the policy the round starts from (SPIN, Self-Rewarding, SPaR), the
+        # trainer's reference pass already measures the margin before training: no second pass.
+        ref_is_start = job.ref_adapter == ctx.policy_adapter
+        if not ref_is_start:
+            metrics["logp_margin_before"] = _mean_margin(ctx.base_model, ctx.policy_adapter, job.items, job.tcfg)
         summary = train_pairs(base_model=ctx.base_model, pairs=job.items, out_dir=out_dir, config=job.tcfg,
                               init_adapter=job.init_adapter, ref_adapter=job.ref_adapter,
                               checkpoint_dir=ckpt, on_step=recorder)
+        if ref_is_start:
+            metrics["logp_margin_before"] = summary["reference_margin"]
         metrics["logp_margin_after"] = _mean_margin(ctx.base_model, str(out_dir), job.items, job.tcfg)
     else:
         summary = train_sft(base_model=ctx.base_model, examples=job.items, out_dir=out_dir, config=job.tcfg,

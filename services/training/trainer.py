@@ -90,13 +90,22 @@ def train_sft(*, base_model: str, examples: list[dict], out_dir: str | Path, con
                      checkpoint_dir, on_step)
 
 
+def pair_ends(pair: dict, config: TrainConfig) -> tuple[bool, bool]:
+    """Whether the chosen and the rejected response of a pair are scored with their end-of-turn: a
+    response cut at the generation limit never ended (`chosen_ended` / `rejected_ended` False), and
+    config.score_rejected_end False scores no rejected response's end. Training and every margin
+    measured on the pairs encode them alike."""
+    return pair.get("chosen_ended", True), pair.get("rejected_ended", True) and config.score_rejected_end
+
+
 def sequence_logprobs(*, base_model: str, adapter: str | None, examples: list[dict],
                       config: TrainConfig | None = None) -> list[float]:
-    """Sum of response-token log-probs of each {"messages", "response"} under base(+adapter)."""
+    """Sum of response-token log-probs of each {"messages", "response"[, "ended"]} under
+    base(+adapter); `ended` False scores the response without an end-of-turn (default True)."""
     config = config or TrainConfig()
     tok = load_tokenizer(base_model)
-    seqs = [encode(tok, e["messages"], e["response"], config.max_prompt_tokens, config.max_response_tokens)
-            for e in examples]
+    seqs = [encode(tok, e["messages"], e["response"], config.max_prompt_tokens, config.max_response_tokens,
+                   ended=e.get("ended", True)) for e in examples]
     if adapter is None:
         model = load_base(base_model, config.device)  # shared read-only copy
     else:
@@ -179,11 +188,8 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
     pad = tok.pad_token_id
     cut = (config.max_prompt_tokens, config.max_response_tokens)
     if kind == "pairs":
-        # a response cut at the generation limit is scored without an end-of-turn (it never ended);
-        # config.score_rejected_end False scores no rejected response's end
-        enc = [(encode(tok, p["messages"], p["chosen"], *cut, ended=p.get("chosen_ended", True)),
-                encode(tok, p["messages"], p["rejected"], *cut,
-                       ended=p.get("rejected_ended", True) and config.score_rejected_end))
+        enc = [tuple(encode(tok, p["messages"], p[side], *cut, ended=end)
+                     for side, end in zip(("chosen", "rejected"), pair_ends(p, config)))
                for p in items]
         data = [(c[0], c[1], r[1]) for c, r in enc]  # (prompt, chosen, rejected)
         lengths = [2 * len(p) + len(c) + len(r) for p, c, r in data]
@@ -324,6 +330,8 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
         give_back_base(base_model, acc.unwrap_model(scorer).model.unload(), str(dev), default_dtype(dev))
     seconds = time.monotonic() - t0
     summary = _summary(kind, history, steps, trained_items, seconds, start, lengths)
+    if ref is not None:  # mean log πref(chosen) − log πref(rejected): the margin before training when
+        summary["reference_margin"] = sum(c - r for c, r in ref) / len(ref)  # the reference is the start
     if guard_stop is not None:
         summary["guard_stop"] = {**guard_stop, "kept_updates": good_step}
     return summary

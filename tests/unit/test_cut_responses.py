@@ -97,3 +97,22 @@ def test_rejected_ends_can_be_left_unscored(tiny_model, tmp_path, monkeypatch):
     assert seen[:4] == [("yes it is", True), ("no no no no", False), ("sure", True), ("never", False)]
     with pytest.raises(ValueError, match="score_rejected_end"):
         TrainConfig(score_rejected_end="no")
+
+
+def test_margins_are_measured_as_training_encodes_each_side(tiny_model, tmp_path):
+    """The round's `logp_margin_before` comes from the trainer's own reference pass (the reference is
+    the start), and every margin scores a side as training does: a cut side without its end-of-turn."""
+    from services.training.tasks import _mean_margin
+
+    pairs = [{"messages": MSGS, "chosen": "yes it is", "rejected": "no no no no", "rejected_ended": False},
+             {"messages": MSGS, "chosen": "sure", "rejected": "never"}]
+    cfg = TrainConfig(epochs=1, batch_size=2, lora_r=4, lora_alpha=8, learning_rate=1e-3)
+    summary = trainer.train_pairs(base_model=tiny_model, pairs=pairs, out_dir=tmp_path / "out", config=cfg)
+    before = _mean_margin(tiny_model, None, pairs, cfg)
+    assert summary["reference_margin"] == pytest.approx(before, abs=1e-4)
+
+    lp = lambda response, ended: trainer.sequence_logprobs(  # noqa: E731
+        base_model=tiny_model, adapter=None, examples=[{"messages": MSGS, "response": response, "ended": ended}])[0]
+    expected = ((lp("yes it is", True) - lp("no no no no", False)) + (lp("sure", True) - lp("never", True))) / 2
+    assert before == pytest.approx(expected, abs=1e-5)
+    assert lp("no no no no", False) != pytest.approx(lp("no no no no", True), abs=1e-3)  # the end-of-turn counts

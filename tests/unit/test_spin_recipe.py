@@ -20,6 +20,25 @@ def test_pairs_put_gold_as_chosen_and_skip_useless_samples():
     ]
 
 
+def test_pair_stats_say_how_long_each_side_is_and_how_many_samples_were_cut():
+    from services.methods.spin import round_pairs
+
+    class Data:
+        def samples(self, role):
+            return [{"prompt_id": 1, "index": 0, "text": "one two three four five", "finish_reason": "length"},
+                    {"prompt_id": 2, "index": 0, "text": "short", "finish_reason": "stop"},
+                    {"prompt_id": 3, "index": 0, "text": "a b c", "finish_reason": "stop"}]
+
+        def prompts(self, ids):
+            gold = {1: "gold answer", 2: "a longer gold answer", 3: "a b c"}
+            return {i: {"id": i, "reference": gold[i]} for i in ids}
+
+    pairs, stats = round_pairs(Data(), SPINConfig())
+    assert len(pairs) == 2  # prompt 3's sample is its gold answer
+    assert stats == {"samples": 3, "pairs_skipped": 1, "rejected_longer": 1, "chosen_words_mean": 3.0,
+                     "rejected_words_mean": 3.0, "rejected_cut": 1}
+
+
 @pytest.mark.parametrize("data,loc", [
     ({"unknown": 1}, ["config", "unknown"]),
     ({"beta": 0}, ["config", "beta"]),
