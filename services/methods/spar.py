@@ -123,15 +123,19 @@ def pick_failed(failed_ids: list[int], samples: list[dict], cap: int, seed: int)
     """Which failed responses get a tree search when there are more than `cap`: identical answers
     to the same prompt are searched once (their searches and pairs would repeat each other and
     weigh that prompt double), and the cap is shared round-robin over the prompts, in an order
-    shuffled by `seed`, so the first prompts' K failures do not take the whole budget.
+    shuffled by `seed`, so the first prompts' K failures do not take the whole budget. Answers that
+    ended come first; answers cut at the token limit only fill what the cap leaves: a rewrite of a
+    cut answer (often a loop or a junk tail) was rarely usable in the measured runs (27 of 288 in
+    SPaR's round 1 at 200 prompts, docs/results.md), so they took most of the search budget for few pairs.
 
-    samples: the round's policy samples ({"id", "prompt_id", "text"}). Returns sample ids."""
+    samples: the round's policy samples ({"id", "prompt_id", "text"[, "finish_reason"]}). Returns sample ids."""
     import random
 
     from services.refinement.search import normalise
 
     by_id = {x["id"]: x for x in samples}
-    per_prompt: dict[int, list[int]] = {}
+    ended: dict[int, list[int]] = {}
+    cut: dict[int, list[int]] = {}
     seen: set[tuple[int, str]] = set()
     for sid in sorted(failed_ids):
         x = by_id.get(sid)
@@ -141,14 +145,15 @@ def pick_failed(failed_ids: list[int], samples: list[dict], cap: int, seed: int)
         if key in seen:
             continue
         seen.add(key)
-        per_prompt.setdefault(x["prompt_id"], []).append(sid)
-    order = sorted(per_prompt)
+        (cut if x.get("finish_reason") == "length" else ended).setdefault(x["prompt_id"], []).append(sid)
+    order = sorted(ended.keys() | cut.keys())
     random.Random(seed).shuffle(order)
     picked: list[int] = []
-    depth = 0
-    while len(picked) < cap and any(len(per_prompt[p]) > depth for p in order):
-        picked += [per_prompt[p][depth] for p in order if len(per_prompt[p]) > depth][:cap - len(picked)]
-        depth += 1
+    for per_prompt in (ended, cut):
+        depth = 0
+        while len(picked) < cap and any(len(per_prompt.get(p, ())) > depth for p in order):
+            picked += [per_prompt[p][depth] for p in order if len(per_prompt.get(p, ())) > depth][:cap - len(picked)]
+            depth += 1
     return picked
 
 

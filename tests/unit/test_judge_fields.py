@@ -179,6 +179,22 @@ def test_spar_searches_each_distinct_failure_once_and_shares_the_cap_over_prompt
     assert pick_failed([], samples, cap=4, seed=0) == [] and pick_failed(failed, samples, cap=0, seed=0) == []
 
 
+def test_spar_searches_answers_that_ended_before_answers_cut_at_the_limit():
+    from services.methods.spar import pick_failed
+
+    # prompt 1: two cut answers and one that ended; prompt 2: one cut; prompt 3: one that ended
+    samples = [{"id": 1, "prompt_id": 1, "text": "loop loop", "finish_reason": "length"},
+               {"id": 2, "prompt_id": 1, "text": "junk", "finish_reason": "length"},
+               {"id": 3, "prompt_id": 1, "text": "an answer", "finish_reason": "stop"},
+               {"id": 4, "prompt_id": 2, "text": "tail", "finish_reason": "length"},
+               {"id": 5, "prompt_id": 3, "text": "done", "finish_reason": "stop"}]
+    failed = [1, 2, 3, 4, 5]
+    assert sorted(pick_failed(failed, samples, cap=2, seed=0)) == [3, 5]  # the cap goes to ended answers
+    three = pick_failed(failed, samples, cap=3, seed=0)
+    assert sorted(three[:2]) == [3, 5] and three[2] in (1, 4)  # then cut ones, one per prompt first
+    assert sorted(pick_failed(failed, samples, cap=10, seed=0)) == [1, 2, 3, 4, 5]  # room for all: all
+
+
 def test_spar_skips_the_judge_check_and_teaching_verdicts_when_the_verifier_writes_every_verdict():
     from services.methods.base import PlanInput
     from services.methods.spar import _bootstrap_prompts, _model_judges, _stages
