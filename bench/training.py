@@ -2,7 +2,8 @@
 
 Same base model, same deterministic synthetic preference pairs (prompts and responses of about
 `--tokens` tokens each), one epoch, same LoRA (r 16, alpha 32, the seven projection modules), lr,
-batch size, β = 0.1, sigmoid loss, linear schedule with 10 % warmup, clipping 1.0, float32, no
+batch size, β = 0.1, sigmoid loss, linear schedule with 10 % warmup (ours starts warm-up at
+1/(warm-up steps + 1) of the rate where TRL starts at 0: the same work per step), clipping 1.0, float32, no
 gradient checkpointing, reference = the base with the adapter disabled (TRL's default with a
 peft_config) and the same maximum lengths. Each trainer runs in its own subprocess so that peak
 RSS (ru_maxrss) is its own; the wall time counts everything from loading the model to the end of

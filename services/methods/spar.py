@@ -35,6 +35,7 @@ from services.methods.base import (
 )
 from services.methods.jobs import pairwise_job
 from services.training.job import TrainJob
+from shared.models import FINISH_AT_LIMIT
 
 
 @dataclass
@@ -125,8 +126,9 @@ def pick_failed(failed_ids: list[int], samples: list[dict], cap: int, seed: int)
     weigh that prompt double), and the cap is shared round-robin over the prompts, in an order
     shuffled by `seed`, so the first prompts' K failures do not take the whole budget. Answers that
     ended come first; answers cut at the token limit only fill what the cap leaves: a rewrite of a
-    cut answer (often a loop or a junk tail) was rarely usable in the measured runs (27 of 288 in
-    SPaR's round 1 at 200 prompts, docs/results.md), so they took most of the search budget for few pairs.
+    cut answer (often a loop or a junk tail) was rarely usable in the measured runs (SPaR's round 1
+    at 200 prompts: 60-66 of 96 searched answers were cut, and 27 of all 288 rewrites were usable,
+    docs/results.md), so cut answers took most of the search budget for few pairs.
 
     samples: the round's policy samples ({"id", "prompt_id", "text"[, "finish_reason"]}). Returns sample ids."""
     import random
@@ -145,7 +147,7 @@ def pick_failed(failed_ids: list[int], samples: list[dict], cap: int, seed: int)
         if key in seen:
             continue
         seen.add(key)
-        (cut if x.get("finish_reason") == "length" else ended).setdefault(x["prompt_id"], []).append(sid)
+        (cut if x.get("finish_reason") == FINISH_AT_LIMIT else ended).setdefault(x["prompt_id"], []).append(sid)
     order = sorted(ended.keys() | cut.keys())
     random.Random(seed).shuffle(order)
     picked: list[int] = []

@@ -24,6 +24,7 @@ from services.methods.base import (
     shard_prompts, single,
 )
 from services.methods.jobs import pairwise_job
+from shared.models import FINISH_AT_LIMIT
 
 
 @dataclass
@@ -98,8 +99,8 @@ def round_pairs(data, cfg: SPINConfig) -> tuple[list[dict], dict]:
     pairs, skipped = build_pairs([{"id": p["id"], "reference": p["reference"]} for p in prompts.values()], samples)
     # what the pairs teach besides "the gold answer": its length against the sample's, and how many
     # samples never ended (cut at the token limit; scored without an end-of-turn)
-    cut = {(x["prompt_id"], x["index"]) for x in samples if x.get("finish_reason") == "length"}
-    return pairs, {"samples": len(samples), "pairs_skipped": skipped, **pair_length_counts(pairs),
+    cut = {(x["prompt_id"], x["index"]) for x in samples if x.get("finish_reason") == FINISH_AT_LIMIT}
+    return pairs, {"samples": len(samples), "pairs": len(pairs), "pairs_skipped": skipped, **pair_length_counts(pairs),
                    "rejected_cut": sum((p["prompt_id"], p["index"]) in cut for p in pairs)}
 
 

@@ -137,7 +137,8 @@ def _train(ctx: StageContext) -> None:
     per_s = summary.get("pairs_per_s", summary.get("examples_per_s"))
     if per_s is not None and summary.get("seconds"):
         prom.training_finished(job.kind, items=per_s * summary["seconds"], seconds=summary["seconds"])
-    metrics.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    metrics.update({k: v for k, v in summary.items()  # reference_margin is logp_margin_before (or not)
+                    if isinstance(v, (int, float)) and k != "reference_margin"})
     if summary.get("guard_stop"):  # stopped early by a training guard: the reason goes with the version
         metrics["guard_stop"] = summary["guard_stop"]
         log.warning("round %s: training stopped early by a guard: %s", ctx.round_number, summary["guard_stop"])

@@ -98,9 +98,9 @@ def test_killed_training_worker_resumes_in_seconds(api, workers, tiny_model):
     ps = client.post("/v1/prompt-sets", json={"name": "kill-train", "items": items}, headers=a).json()
     r = client.post("/v1/runs", headers=a, json={
         "method": "spin", "base_model": tiny_model, "prompt_set_ids": [ps["id"]], "rounds": 1,
-        # eight epochs (16 steps, a checkpoint after each): long enough that a kill after a random
-        # delay of up to 0.5 s lands inside training on a fast or a loaded machine alike; with one
-        # epoch (2 steps) training could end inside the delay, and then the run ended unkilled
+        # eight epochs (about 32 steps, a checkpoint after each): long enough that a kill after a
+        # random delay of up to 0.5 s lands inside training on a fast or a loaded machine alike; with
+        # one epoch (about 4 steps) training could end inside the delay, and the run ended unkilled
         "config": {"samples_per_prompt": 2, "max_new_tokens": 16, "last_round_beta": None, **TRAIN, "epochs": 8}})
     assert r.status_code == 201, r.text
     run_id = r.json()["id"]

@@ -35,7 +35,7 @@ def test_pair_stats_say_how_long_each_side_is_and_how_many_samples_were_cut():
 
     pairs, stats = round_pairs(Data(), SPINConfig())
     assert len(pairs) == 2  # prompt 3's sample is its gold answer
-    assert stats == {"samples": 3, "pairs_skipped": 1, "rejected_longer": 1, "chosen_words_mean": 3.0,
+    assert stats == {"samples": 3, "pairs": 2, "pairs_skipped": 1, "rejected_longer": 1, "chosen_words_mean": 3.0,
                      "rejected_words_mean": 3.0, "rejected_cut": 1}
 
 
