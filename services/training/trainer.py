@@ -323,6 +323,9 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
         if on_step is not None and acc.is_main_process:
             on_step(dict(metrics))
 
+    after = None
+    if kind == "pairs":  # the trained policy's margin on its pairs, in the layout training used
+        after = _pair_logps(acc, acc.unwrap_model(scorer).model, data, pad, config, packed)
     if acc.is_main_process:
         _publish(acc.unwrap_model(scorer).model, tok, out_dir, lora=config.lora)
     acc.wait_for_everyone()
@@ -330,8 +333,9 @@ def _train(kind, base_model, items, out_dir: Path, config: TrainConfig, init_ada
         give_back_base(base_model, acc.unwrap_model(scorer).model.unload(), str(dev), default_dtype(dev))
     seconds = time.monotonic() - t0
     summary = _summary(kind, history, steps, trained_items, seconds, start, lengths)
-    if ref is not None:  # mean log πref(chosen) − log πref(rejected): the margin before training when
-        summary["reference_margin"] = sum(c - r for c, r in ref) / len(ref)  # the reference is the start
+    if ref is not None:  # mean log π(chosen) − log π(rejected) under the reference (the margin before
+        summary["reference_margin"] = sum(c - r for c, r in ref) / len(ref)  # training when it is the start)
+        summary["policy_margin"] = sum(c - r for c, r in after) / len(after)  # and under the trained policy
     if guard_stop is not None:
         summary["guard_stop"] = {**guard_stop, "kept_updates": good_step}
     return summary
@@ -384,17 +388,27 @@ def _reference_logps(acc, base, data, ref_adapter, pad, config, packed: bool) ->
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(base, str(ref_adapter), adapter_name="reference")
+    values = _pair_logps(acc, model, data, pad, config, packed)
+    if ref_adapter is not None:
+        model.unload()  # back to the bare base, in place
+    return values
+
+
+def _pair_logps(acc, model, data, pad, config, packed: bool) -> list[list[float]]:
+    """[[log π(chosen), log π(rejected)] per pair] under `model` in eval mode, no gradients, each
+    process scoring its share (gathered on every process)."""
+    was_training = model.training
     model.eval()
     mine = list(range(acc.process_index, len(data), acc.num_processes))
     scorer = Scorer(model, config.logprob_chunk)
-    if packed:
-        values = [v for pair in score_pairs_all(scorer, [data[i] for i in mine], pad, acc.device, config.batch_size)
-                  for v in pair]
-    else:
-        seqs = [(data[i][0], data[i][k]) for i in mine for k in (1, 2)]
-        values = score_all(scorer, seqs, pad, acc.device, 2 * config.batch_size)
-    if ref_adapter is not None:
-        model.unload()  # back to the bare base, in place
+    with torch.no_grad():
+        if packed:
+            values = [v for pair in score_pairs_all(scorer, [data[i] for i in mine], pad, acc.device,
+                                                    config.batch_size) for v in pair]
+        else:
+            seqs = [(data[i][0], data[i][k]) for i in mine for k in (1, 2)]
+            values = score_all(scorer, seqs, pad, acc.device, 2 * config.batch_size)
+    model.train(was_training)
     found = dict(_gather_list(acc, [(i, values[2 * j: 2 * j + 2]) for j, i in enumerate(mine)]))
     return [found[i] for i in range(len(data))]
 

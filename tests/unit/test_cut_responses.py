@@ -101,7 +101,8 @@ def test_rejected_ends_can_be_left_unscored(tiny_model, tmp_path, monkeypatch):
 
 def test_margins_are_measured_as_training_encodes_each_side(tiny_model, tmp_path):
     """The round's `logp_margin_before` comes from the trainer's own reference pass (the reference is
-    the start), and every margin scores a side as training does: a cut side without its end-of-turn."""
+    the start) and `logp_margin_after` from a last pass of the trained policy, and every margin scores
+    a side as training does: a cut side without its end-of-turn."""
     from services.training.tasks import _mean_margin
 
     pairs = [{"messages": MSGS, "chosen": "yes it is", "rejected": "no no no no", "rejected_ended": False},
@@ -110,6 +111,9 @@ def test_margins_are_measured_as_training_encodes_each_side(tiny_model, tmp_path
     summary = trainer.train_pairs(base_model=tiny_model, pairs=pairs, out_dir=tmp_path / "out", config=cfg)
     before = _mean_margin(tiny_model, None, pairs, cfg)
     assert summary["reference_margin"] == pytest.approx(before, abs=1e-4)
+    # and `logp_margin_after` from the trainer's last pass, the trained adapter as published
+    after = _mean_margin(tiny_model, str(tmp_path / "out"), pairs, cfg)
+    assert summary["policy_margin"] == pytest.approx(after, abs=1e-4) and after != pytest.approx(before, abs=1e-3)
 
     lp = lambda response, ended: trainer.sequence_logprobs(  # noqa: E731
         base_model=tiny_model, adapter=None, examples=[{"messages": MSGS, "response": response, "ended": ended}])[0]
