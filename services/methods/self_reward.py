@@ -34,6 +34,7 @@ from services.methods.base import (
     judge_bootstrap_items, judge_check_plan, judge_data_errors, pair_length_counts, register, shards, single,
 )
 from services.methods.jobs import gold_examples, pairwise_job, sft_from_base_job
+from services.training.config import valid_end_share
 
 
 @dataclass
@@ -72,7 +73,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     # limit after one round at lr 1e-4 (62 % of held-out answers cut); leaving it unscored, on the
     # same pairs, kept the cut share at the start's (18 %, docs/results.md). TrainConfig's
     # `score_rejected_end`; a `train` override wins.
-    score_rejected_end: bool = False
+    score_rejected_end: bool | float = False  # or a share in [0, 1]: see TrainConfig
     learning_rate: float = 1e-5  # [1e-6 → 1e-7 over training, full fine-tuning]; LoRA: 10x
     final_lr_ratio: float = 0.1  # the decay's floor as a share of learning_rate: 1e-6 → 1e-7
     SAMPLES_RANGE = (2, 64)
@@ -97,7 +98,8 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(isinstance(self.chosen_must_end, bool), "chosen_must_end", "must be true or false")
         check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
         check(0 <= self.sft_weight <= 100, "sft_weight", "must be in [0, 100]")
-        check(isinstance(self.score_rejected_end, bool), "score_rejected_end", "must be true or false")
+        check(valid_end_share(self.score_rejected_end), "score_rejected_end",
+              "must be true, false or a share in [0, 1]")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
         self.train_config(1, 1)
 

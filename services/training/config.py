@@ -7,6 +7,7 @@ round-trip through JSON, which is how a run stores it and how launch.py hands it
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 LOSSES = ("sigmoid", "ipo", "hinge", "sft")
@@ -48,8 +49,11 @@ class TrainConfig:
     # DPO, the whole rejected sequence is pushed down, its ending included). False scores every
     # rejected response as the prefix of tokens it wrote, so the loss never lowers the chance of
     # ending: a rejected answer is worse for what it says, not for stopping. Chosen responses keep
-    # their end-of-turn either way. A response cut at the generation limit never has one.
-    score_rejected_end: bool = True
+    # their end-of-turn either way. A response cut at the generation limit never has one. A number
+    # in [0, 1] is the middle course: the share of rejected responses whose end is scored, each
+    # pair's lot drawn from a hash of the pair and `seed` (the same in every pass over the pairs);
+    # in expectation that weighs the rejected end by the share.
+    score_rejected_end: bool | float = True
     # Most token positions (rows x padded width) one forward/backward holds; a batch above it runs as
     # several forwards whose gradients add up before the step (same update, fewer live activations).
     # 0 = the whole batch at once.
@@ -94,9 +98,10 @@ class TrainConfig:
             bad("warmup_ratio", "must be in [0, 1)")
         if not 0 <= self.lora_dropout < 1:
             bad("lora_dropout", "must be in [0, 1)")
-        for name in ("share_prompt", "score_rejected_end"):
-            if not isinstance(getattr(self, name), bool):
-                bad(name, "must be true or false")
+        if not isinstance(self.share_prompt, bool):
+            bad("share_prompt", "must be true or false")
+        if not valid_end_share(self.score_rejected_end):
+            bad("score_rejected_end", "must be true, false or a share in [0, 1]")
         if not isinstance(self.forward_tokens, int) or isinstance(self.forward_tokens, bool) \
                 or self.forward_tokens < 0:
             bad("forward_tokens", "must be an integer >= 0 (0 = the whole batch in one forward)")
@@ -116,3 +121,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; known fields are {sorted(known)}")
         return cls(**data)
+
+
+def valid_end_share(value) -> bool:
+    """`score_rejected_end`'s values: true, false, or a finite share in [0, 1]."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1

@@ -93,9 +93,17 @@ def train_sft(*, base_model: str, examples: list[dict], out_dir: str | Path, con
 def pair_ends(pair: dict, config: TrainConfig) -> tuple[bool, bool]:
     """Whether the chosen and the rejected response of a pair are scored with their end-of-turn: a
     response cut at the generation limit never ended (`chosen_ended` / `rejected_ended` False), and
-    config.score_rejected_end False scores no rejected response's end. Training and every margin
-    measured on the pairs encode them alike."""
-    return pair.get("chosen_ended", True), pair.get("rejected_ended", True) and config.score_rejected_end
+    config.score_rejected_end False scores no rejected response's end (a share: that share of them,
+    each pair's lot fixed by a hash of the pair and the seed). Training and every margin measured on
+    the pairs encode them alike."""
+    share = config.score_rejected_end
+    if not pair.get("rejected_ended", True) or share is False or share <= 0:
+        return pair.get("chosen_ended", True), False
+    if share is True or share >= 1:
+        return pair.get("chosen_ended", True), True
+    key = json.dumps([pair["messages"], pair["rejected"], config.seed], sort_keys=True).encode()
+    lot = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+    return pair.get("chosen_ended", True), lot < share
 
 
 def sequence_logprobs(*, base_model: str, adapter: str | None, examples: list[dict],

@@ -97,6 +97,28 @@ def test_rejected_ends_can_be_left_unscored(tiny_model, tmp_path, monkeypatch):
     assert seen[:4] == [("yes it is", True), ("no no no no", False), ("sure", True), ("never", False)]
     with pytest.raises(ValueError, match="score_rejected_end"):
         TrainConfig(score_rejected_end="no")
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="score_rejected_end"):
+            TrainConfig(score_rejected_end=bad)
+
+
+def test_a_share_of_rejected_ends_is_scored_the_same_way_in_every_pass():
+    """score_rejected_end 0.5: about half the rejected answers that ended are scored with their end,
+    each pair's lot fixed (the reference pass, training and the margins see the same encoding); a
+    cut answer is never scored with one; 0 and 1 are false and true."""
+    pairs = [{"messages": [{"role": "user", "content": f"q{i}"}], "chosen": "c", "rejected": f"r{i}"}
+             for i in range(400)]
+    half = TrainConfig(score_rejected_end=0.5)
+    lots = [trainer.pair_ends(p, half)[1] for p in pairs]
+    assert 160 < sum(lots) < 240 and lots == [trainer.pair_ends(p, half)[1] for p in pairs]
+    assert all(trainer.pair_ends(p, half)[0] for p in pairs)  # chosen ends are always scored
+    other_seed = [trainer.pair_ends(p, TrainConfig(score_rejected_end=0.5, seed=1))[1] for p in pairs]
+    assert other_seed != lots
+    quarter = [trainer.pair_ends(p, TrainConfig(score_rejected_end=0.25))[1] for p in pairs]
+    assert 60 < sum(quarter) < 140
+    assert not any(trainer.pair_ends({**p, "rejected_ended": False}, half)[1] for p in pairs)
+    assert [trainer.pair_ends(p, TrainConfig(score_rejected_end=0.0))[1] for p in pairs[:5]] == [False] * 5
+    assert [trainer.pair_ends(p, TrainConfig(score_rejected_end=1))[1] for p in pairs[:5]] == [True] * 5
 
 
 def test_margins_are_measured_as_training_encodes_each_side(tiny_model, tmp_path):

@@ -157,6 +157,9 @@ def test_self_reward_leaves_rejected_ends_unscored_unless_told():
     assert SelfRewardConfig().bootstrap_config().loss == "sft"  # M1's SFT has no rejected side
     with pytest.raises(ValueError, match="score_rejected_end"):
         SelfRewardConfig(score_rejected_end="no")
+    assert SelfRewardConfig(score_rejected_end=0.5).train_config(1, 3).score_rejected_end == 0.5
+    with pytest.raises(ValueError, match="score_rejected_end"):
+        SelfRewardConfig(score_rejected_end=2)
 
 
 def test_self_reward_sft_weight_reaches_the_trainer_and_is_checked():
