@@ -96,14 +96,13 @@ def pair_ends(pair: dict, config: TrainConfig) -> tuple[bool, bool]:
     config.score_rejected_end False scores no rejected response's end (a share: that share of them,
     each pair's lot fixed by a hash of the pair and the seed). Training and every margin measured on
     the pairs encode them alike."""
-    share = config.score_rejected_end
+    chosen, share = pair.get("chosen_ended", True), config.score_rejected_end
     if not pair.get("rejected_ended", True) or share is False or share <= 0:
-        return pair.get("chosen_ended", True), False
+        return chosen, False
     if share is True or share >= 1:
-        return pair.get("chosen_ended", True), True
+        return chosen, True
     key = json.dumps([pair["messages"], pair["rejected"], config.seed], sort_keys=True).encode()
-    lot = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
-    return pair.get("chosen_ended", True), lot < share
+    return chosen, int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64 < share
 
 
 def sequence_logprobs(*, base_model: str, adapter: str | None, examples: list[dict],
@@ -409,13 +408,12 @@ def _pair_logps(acc, model, data, pad, config, packed: bool) -> list[list[float]
     model.eval()
     mine = list(range(acc.process_index, len(data), acc.num_processes))
     scorer = Scorer(model, config.logprob_chunk)
-    with torch.no_grad():
-        if packed:
-            values = [v for pair in score_pairs_all(scorer, [data[i] for i in mine], pad, acc.device,
-                                                    config.batch_size) for v in pair]
-        else:
-            seqs = [(data[i][0], data[i][k]) for i in mine for k in (1, 2)]
-            values = score_all(scorer, seqs, pad, acc.device, 2 * config.batch_size)
+    if packed:  # both scorers run without gradients
+        values = [v for pair in score_pairs_all(scorer, [data[i] for i in mine], pad, acc.device, config.batch_size)
+                  for v in pair]
+    else:
+        seqs = [(data[i][0], data[i][k]) for i in mine for k in (1, 2)]
+        values = score_all(scorer, seqs, pad, acc.device, 2 * config.batch_size)
     model.train(was_training)
     found = dict(_gather_list(acc, [(i, values[2 * j: 2 * j + 2]) for j, i in enumerate(mine)]))
     return [found[i] for i in range(len(data))]
