@@ -64,25 +64,32 @@ def model_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def pg_url():
-    """A fresh Postgres database with the migrations applied, dropped afterwards."""
+@contextmanager
+def fresh_database(prefix: str = "autodidact_test"):
+    """A new Postgres database with the migrations applied (its URL), dropped afterwards."""
     import psycopg
 
-    name = f"autodidact_test_{uuid.uuid4().hex[:8]}"
-    admin = PG_ADMIN.replace("postgresql://", "postgresql://", 1)
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = admin.rsplit("/", 1)[0] + "/" + name
+    from shared.db import _engine_for
     from shared.migrate import upgrade
 
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     upgrade(url)
-    yield url
-    from shared.db import _engine_for
+    try:
+        yield url
+    finally:
+        _engine_for(url).dispose()  # this process's pooled connections to it
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    _engine_for.cache_clear()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """The session's Postgres database (see `fresh_database`), shared with the worker processes."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -151,34 +158,11 @@ class Workers:
     """Real `autodidact worker` subprocesses, one per queue, and `autodidact beat` (name "beat");
     can kill and restart any of them."""
 
-    live: list["Workers"] = []  # every set made in this session, for `paused_sweeps`
-
     def __init__(self, env: dict, log_dir: Path):
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
         self.argv: dict[str, list[str]] = {}  # what each name was started with, for restarts
-        Workers.live.append(self)
-
-    @classmethod
-    @contextmanager
-    def paused_sweeps(cls):
-        """No beat of this session's workers runs inside the block, and no conductor worker either.
-        Tests that run tasks in-process share the database with them, and a sweep would take a slow
-        in-process task for a lost message and hand it to a real worker (seen under load: the run
-        then ends over there). Killing beat alone is not enough: a sweep it sent before it died can
-        still wait in the conductor's queue and run inside the block (seen under load: it resent the
-        task the test's own sweep was to resend)."""
-        paused = [(w, [q for q in ("beat", "conductor") if q in w.procs]) for w in cls.live]
-        for w, names in paused:
-            for q in names:
-                w.kill(q)
-        try:
-            yield
-        finally:
-            for w, names in paused:
-                for q in names:
-                    w.start(q)
 
     def start(self, queue: str, argv: list[str] | None = None) -> None:
         """Start the worker of `queue`, beat ("beat"), or any `autodidact` command (`argv`)."""

@@ -11,19 +11,41 @@ from shared import queue
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import Round, Run, Sample, StageTask
-from tests.conftest import Workers
+from tests.conftest import _key, fresh_database
+
+
+@pytest.fixture(scope="module")
+def own_database(services_env):
+    """A database of this module's own. The session's workers and beat share the session database,
+    and a sweep there takes an in-process task that is slow for a lost message and hands it to a real
+    worker, which then ends the round over there (seen under load, also with beat and the conductor
+    killed for the test: a sweep or an advance sent earlier can still be waiting in Redis). Nothing
+    but this process knows this database, so the test alone decides every step."""
+    with fresh_database("autodidact_inline") as url:
+        yield url
 
 
 @pytest.fixture
-def inline(services_env, monkeypatch):
+def inline(own_database, monkeypatch):
+    monkeypatch.setenv("AUTODIDACT_DATABASE_URL", own_database)
     monkeypatch.setenv("AUTODIDACT_EXECUTION", "inline")
     monkeypatch.setenv("AUTODIDACT_RESEND_AFTER_SECONDS", "0")
     get_settings.cache_clear()
     queue._inline_queue.clear()
-    with Workers.paused_sweeps():
-        yield queue
+    yield queue
     queue._inline_queue.clear()
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def api(inline):
+    """(TestClient, headers of workspace A, headers of workspace B) on this module's database."""
+    from fastapi.testclient import TestClient
+
+    from services.gateway.main import create_app
+
+    return (TestClient(create_app()), {"Authorization": f"Bearer {_key('ws-a')}"},
+            {"Authorization": f"Bearer {_key('ws-b')}"})
 
 
 def _start(api, tiny_model, n_prompts=6):
