@@ -53,6 +53,11 @@ class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
     max_depth: int = 3  # [3]
     search_budget: int = 15  # refinements per failed response
     refine_temperature: float = 0.7
+    # "self": the refiner writes every refinement (the paper). "hybrid": for prompts with
+    # constraints, a failed answer whose broken instructions all have a mechanical fix gets that
+    # verified minimal edit (services/curriculum/refinements.py) instead of the refiner's rewrites,
+    # as judge "hybrid" lets the verifier judge them; the refiner refines the rest (ours, not the paper's).
+    refine_mode: str = "self"
     max_failed_per_round: int = 256  # cap on tree searches per round (cost control)
     beta: float = 0.1  # [0.1]
     sft_weight: float = 0.1  # [0.1]
@@ -68,6 +73,7 @@ class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
         check(self.judge_temperature > 0 and self.refine_temperature > 0, "judge_temperature",
               "judge_temperature and refine_temperature must be > 0")
         check(self.search in ("bfs", "dfs"), "search", "must be 'bfs' or 'dfs'")
+        check(self.refine_mode in ("self", "hybrid"), "refine_mode", "must be 'self' or 'hybrid'")
         check(self.branching >= 1 and self.keep >= 1, "branching", "branching and keep must be >= 1")
         check(1 <= self.max_depth <= 10, "max_depth", "must be in 1..10")
         check(self.search_budget >= 1, "search_budget", "must be >= 1")
@@ -184,7 +190,26 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
     for t in data.refinement_trees():
         solved = first_solved(t["nodes"])
         trees.append({**t, "solution": solved["text"] if solved else None})
-    return refined_pairs(trees), {"searched": len(trees), "solved": sum(t["solution"] is not None for t in trees)}
+    stats = {"searched": len(trees), "solved": sum(t["solution"] is not None for t in trees)}
+    if cfg.refine_mode == "hybrid":
+        stats["solved_by_fix"] = _solved_by_fix(data, trees)
+    return refined_pairs(trees), stats
+
+
+def _solved_by_fix(data, trees: list[dict]) -> int:
+    """How many solutions are a mechanical fix (refine_mode hybrid) rather than the refiner's rewrite:
+    a solution one step from its root that equals the root's fix."""
+    from services.curriculum.refinements import refine
+
+    prompts = data.prompts(sorted({t["prompt_id"] for t in trees}))
+    n = 0
+    for t in trees:
+        if t["solution"] is None:
+            continue
+        prompt = prompts[t["prompt_id"]]
+        fix = refine(t["root"], prompt["constraints"], prompt["messages"][-1]["content"])
+        n += fix is not None and fix == t["solution"]
+    return n
 
 
 def refiner_job(data, cfg: SPaRConfig) -> TrainJob:
@@ -297,7 +322,7 @@ def _refine_plan(inp: PlanInput) -> list[dict]:
     failed = _failed(inp.data.judgments("refiner", role="policy"))
     ids = pick_failed(failed, inp.data.samples("policy"), cfg.max_failed_per_round, cfg.seed + inp.round_number)
     how = {"model": REFINER, "search": dataclasses.asdict(cfg.search_config()),
-           "refine": {"temperature": cfg.refine_temperature,
+           "refine": {"temperature": cfg.refine_temperature, "mode": cfg.refine_mode,
                       "max_new_tokens": cfg.max_new_tokens + REFINE_HEADROOM_TOKENS},
            "judge": {"votes": cfg.judge_votes, "temperature": cfg.judge_temperature,
                      "max_new_tokens": cfg.judge_max_new_tokens, "judge": cfg.judge_mode(inp.data),

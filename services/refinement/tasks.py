@@ -8,7 +8,11 @@ generation call instead of one small call per search. The payload says how to se
 `refine` and `judge` sampling ({temperature, max_new_tokens}, the judge also `votes`, `judge` mode
 and `model`, the refiner when absent). The refiner writes rewrites and the judge model (or, for
 prompts with constraints under judge verifier / hybrid, the verifier) judges them; a rewrite cut at
-its token limit counts as no rewrite. Every node of every tree is upserted as a RefinementNode
+its token limit counts as no rewrite. With `refine.mode` "hybrid", a node of a prompt with
+constraints whose broken instructions all have a mechanical fix (services/curriculum/refinements.py,
+the edits that bootstrap the refiner) gets that verified minimal fix as its one candidate instead of
+the refiner's rewrites; a root cut at the token limit is never fixed that way (the fix would keep
+the cut text as a chosen answer), and everything else goes to the refiner. Every node of every tree is upserted as a RefinementNode
 (path is the natural key, and a redelivered task replaces its samples' trees).
 """
 from __future__ import annotations
@@ -39,23 +43,45 @@ def rewrite_of(completion) -> str | None:
     return None if hit_limit(completion.finish_reason) else parse_refinement(completion.text)
 
 
+def mechanical_fix(prompt: dict, text: str) -> str | None:
+    """The verified minimal programmatic fix of `text` for a prompt with constraints, or None (no
+    constraints, an instruction without a mechanical fix, or `text` is a root cut at its limit)."""
+    from services.curriculum.refinements import refine
+
+    if not prompt.get("constraints") or text == prompt.get("cut_root"):
+        return None
+    return refine(text, prompt["constraints"], prompt["messages"][-1]["content"])
+
+
 def model_calls(refiner, judge_model, branching: int, refine_cfg: dict, judge_cfg: dict, seed: int):
     """The batched refine and judge callables of tree_searches (search.py), through the generation
-    backend, and a counter of the model calls they made ({"n"}). Each call has its own seed.
+    backend, and a counter of the model calls they made ({"n"}, and {"fixes"}: the mechanical fixes
+    handed out instead of rewrites). Each call has its own seed.
 
-    refine_cfg: {temperature, max_new_tokens}; judge_cfg: the same plus `votes` and the `judge` mode
+    refine_cfg: {temperature, max_new_tokens, mode?}; judge_cfg: the same plus `votes` and the `judge` mode
     (under verifier / hybrid the verifier judges prompts with constraints). Requests carry the
     prompt as {"messages", "constraints"}."""
     mode = judge_cfg.get("judge", "llm")
-    calls = {"n": 0}
+    calls = {"n": 0, "fixes": 0}
 
     def refine_many(requests):
-        calls["n"] += 1
-        params = SamplingParams(n=branching, temperature=refine_cfg["temperature"],
-                                max_new_tokens=refine_cfg["max_new_tokens"], seed=seed + calls["n"])
-        outs = backend().generate([refine_messages(pr["messages"], text, judgment) for pr, text, judgment in requests],
-                                  refiner, params)
-        return [[rewrite_of(c) for c in out] for out in outs]
+        answers: list = [None] * len(requests)
+        if refine_cfg.get("mode") == "hybrid":
+            for k, (pr, text, _) in enumerate(requests):
+                fix = mechanical_fix(pr, text)
+                if fix is not None:  # one candidate: the rest of the expansion's slots stay empty
+                    answers[k] = [fix] + [None] * (branching - 1)
+                    calls["fixes"] += 1
+        asked = [k for k, a in enumerate(answers) if a is None]
+        if asked:
+            calls["n"] += 1
+            params = SamplingParams(n=branching, temperature=refine_cfg["temperature"],
+                                    max_new_tokens=refine_cfg["max_new_tokens"], seed=seed + calls["n"])
+            outs = backend().generate([refine_messages(requests[k][0]["messages"], *requests[k][1:]) for k in asked],
+                                      refiner, params)
+            for k, out in zip(asked, outs):
+                answers[k] = [rewrite_of(c) for c in out]
+        return answers
 
     def judge_many(requests):
         from services.judging.verifier_judge import refiner_judgment, verifier_decides
@@ -92,8 +118,9 @@ def _search(ctx: StageContext) -> None:
             prompt = s.get(Prompt, sample.prompt_id)
             votes = list(s.exec(select(Judgment).where(Judgment.sample_id == sample_id, Judgment.kind == "refiner")
                                 .order_by(Judgment.vote_index)))
-            jobs.append(({"messages": prompt.messages, "constraints": prompt.constraints}, sample.text,
-                         verdict([v.passed for v in votes], [v.rationale or "" for v in votes])))
+            cut_root = sample.text if hit_limit(sample.finish_reason) else None
+            jobs.append(({"messages": prompt.messages, "constraints": prompt.constraints, "cut_root": cut_root},
+                         sample.text, verdict([v.passed for v in votes], [v.rationale or "" for v in votes])))
     refiner = model_for(ctx, p.get("model", "policy"))
     judge_model = model_for(ctx, judge_cfg["model"]) if judge_cfg.get("model") else refiner
     search = SearchConfig(**p["search"])
@@ -106,8 +133,9 @@ def _search(ctx: StageContext) -> None:
     with session_scope() as s:  # a redelivered search replaces the whole trees of the earlier attempt
         s.exec(delete(RefinementNode).where(RefinementNode.sample_id.in_(ids)))
         crud.upsert(s, RefinementNode, rows, keys=["sample_id", "path"])
-    log.info("searches of %d samples: %d solved, %d refinements, %d model calls", len(ids),
-             sum(r.solution is not None for r in results), sum(r.refinements_used for r in results), calls["n"])
+    log.info("searches of %d samples: %d solved, %d refinements, %d model calls, %d mechanical fixes", len(ids),
+             sum(r.solution is not None for r in results), sum(r.refinements_used for r in results), calls["n"],
+             calls["fixes"])
 
 
 @task("refinement.search_sample")

@@ -1,0 +1,120 @@
+"""SPaR's `refine_mode: hybrid`: a failed answer with a mechanical fix gets that verified edit as its
+one candidate, without a refiner call; a root cut at its limit, a prompt without constraints or an
+instruction without a fix still go to the refiner."""
+from __future__ import annotations
+
+import pytest
+
+from services.generation.base import Completion
+from services.methods.base import parse_config
+from services.methods.spar import SPaRConfig
+from services.refinement import tasks
+from services.refinement.search import SearchConfig, tree_searches
+
+LOWER = [{"id": "change_case:english_lowercase", "kwargs": {}}]
+NO_FIX = [{"id": "keywords:letter_frequency", "kwargs": {"letter": "z", "let_frequency": 9, "let_relation": "at least"}}]
+
+
+def prompt(constraints, cut_root=None):
+    return {"messages": [{"role": "user", "content": "describe the lake in lowercase"}], "constraints": constraints,
+            "cut_root": cut_root}
+
+
+class Recorder:
+    """A generation backend that records what the refiner was asked and answers with a fixed rewrite."""
+
+    def __init__(self):
+        self.asked: list[list] = []
+
+    def generate(self, requests, model, params):
+        self.asked.append(requests)
+        return [[Completion(f"Refined response:\nrewrite {k} of {i}", 5, "stop") for k in range(params.n)]
+                for i in range(len(requests))]
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    rec = Recorder()
+    monkeypatch.setattr(tasks, "backend", lambda: rec)
+    return rec
+
+
+def calls(mode: str):
+    return tasks.model_calls("refiner", "refiner", 3, {"temperature": 0.7, "max_new_tokens": 32, "mode": mode},
+                             {"judge": "verifier", "votes": 1, "temperature": 0.7, "max_new_tokens": 8}, seed=0)
+
+
+def test_a_fixable_failure_gets_its_verified_fix_and_no_refiner_call(recorder):
+    refine_many, _, counter = calls("hybrid")
+    out = refine_many([(prompt(LOWER), "The Lake Is Calm.", "Verdict: no")])
+    assert out == [["the lake is calm.", None, None]]
+    assert recorder.asked == [] and counter == {"n": 0, "fixes": 1}
+
+
+def test_what_has_no_fix_goes_to_the_refiner_in_one_call(recorder):
+    refine_many, _, counter = calls("hybrid")
+    requests = [(prompt(LOWER), "The Lake Is Calm.", "Verdict: no"),  # fixed
+                (prompt(LOWER, cut_root="The Lake Went On And"), "The Lake Went On And", "Verdict: no"),  # cut root
+                (prompt([]), "Some Answer", "Verdict: no"),  # no constraints
+                (prompt(NO_FIX), "the lake", "Verdict: no")]  # an instruction without a mechanical fix
+    out = refine_many(requests)
+    assert out[0] == ["the lake is calm.", None, None]
+    assert [len(o) for o in out[1:]] == [3, 3, 3] and all(o[0].startswith("rewrite 0 of") for o in out[1:])
+    assert len(recorder.asked) == 1 and len(recorder.asked[0]) == 3 and counter == {"n": 1, "fixes": 1}
+    # a rewrite of a cut root is no cut root itself: the refiner's text can get the fix at the next depth
+    assert tasks.mechanical_fix(prompt(LOWER, cut_root="The Lake Went On And"), "Rewrite Of It") == "rewrite of it"
+
+
+def test_self_mode_never_fixes(recorder):
+    refine_many, _, counter = calls("self")
+    out = refine_many([(prompt(LOWER), "The Lake Is Calm.", "Verdict: no")])
+    assert out[0][0] == "rewrite 0 of 0" and counter == {"n": 1, "fixes": 0}
+
+
+def test_a_hybrid_search_solves_a_fixable_root_at_depth_one(recorder):
+    refine_many, judge_many, _ = calls("hybrid")
+    [result] = tree_searches([(prompt(LOWER), "The Lake Is Calm.", (False, 0.0, "Verdict: no"))],
+                             refine_many=refine_many,
+                             judge_many=judge_many,
+                             config=SearchConfig(branching=3, keep=1, max_depth=2, budget=6))
+    assert result.solution is not None and result.solution.text == "the lake is calm."
+    assert result.solution.depth == 1 and result.stopped == "solved" and recorder.asked == []
+
+
+def test_refine_mode_is_checked():
+    assert parse_config(SPaRConfig, {"refine_mode": "hybrid"})[0].refine_mode == "hybrid"
+    config, errors = parse_config(SPaRConfig, {"refine_mode": "oracle"})
+    assert config is None and errors[0]["loc"] == ["config", "refine_mode"]
+
+
+class Trees:
+    """The two RoundData reads round_pairs makes."""
+
+    def __init__(self, trees):
+        self.trees = trees
+
+    def refinement_trees(self):
+        return self.trees
+
+    def prompts(self, ids):
+        return {i: prompt(LOWER) for i in ids}
+
+
+def node(i, depth, text, passed):
+    return {"id": i, "path": "0" + ".0" * depth, "parent_path": None if depth == 0 else "0" + ".0" * (depth - 1),
+            "depth": depth, "text": text, "passed": passed, "judgment": ""}
+
+
+def test_round_stats_count_the_solutions_that_are_mechanical_fixes():
+    from services.methods.spar import round_pairs
+
+    fixed = {"sample_id": 1, "prompt_id": 7, "sample_index": 0, "root": "The Lake.",
+             "nodes": [node(1, 0, "The Lake.", False), node(2, 1, "the lake.", True)]}
+    rewritten = {"sample_id": 2, "prompt_id": 7, "sample_index": 1, "root": "The Pond.",
+                 "nodes": [node(3, 0, "The Pond.", False), node(4, 1, "a calm pond.", True)]}
+    unsolved = {"sample_id": 3, "prompt_id": 8, "sample_index": 0, "root": "The Sea.",
+                "nodes": [node(5, 0, "The Sea.", False)]}
+    pairs, stats = round_pairs(Trees([fixed, rewritten, unsolved]), SPaRConfig(refine_mode="hybrid"))
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("the lake.", "The Lake."), ("a calm pond.", "The Pond.")]
+    assert stats == {"searched": 3, "solved": 2, "solved_by_fix": 1}
+    assert "solved_by_fix" not in round_pairs(Trees([fixed]), SPaRConfig())[1]
