@@ -6,7 +6,9 @@ from __future__ import annotations
 from sqlmodel import select
 
 from shared.db import session_scope
-from shared.models import Judgment, ModelVersion, PreferencePair, Prompt, PromptSet, RefinementNode, Round, Sample
+from shared.models import (
+    FINISH_AT_LIMIT, Judgment, ModelVersion, PreferencePair, Prompt, PromptSet, RefinementNode, Round, Sample,
+)
 from tests.e2e.helpers import stage_status, submit, upload, wait_run
 from tests.fakes import judge_passes, rubric_score
 
@@ -128,3 +130,47 @@ def test_spar_pairs_come_from_one_tree_and_the_refiner_trains(api, workers, tiny
     base = next(m["id"] for m in client.get("/v1/models", headers=a).json()["items"] if m["key"] == f"base:{tiny_model}")
     assert refiner2.parent_id == refiner1.id and refiner1.parent_id == base  # round 1 refines with the base
     assert versions["round:2:policy"].parent_id == versions["round:1:policy"].id
+
+
+POSTSCRIPT = [{"id": "detectable_content:postscript", "kwargs": {"postscript_marker": "P.S."}}]
+
+
+def test_spar_hybrid_refinement_fixes_what_has_a_mechanical_fix(api, workers, tiny_model):
+    """refine_mode hybrid under the verifier: a failed answer that ended gets its mechanical fix
+    (a P.S. line) as the depth-1 solution; a root cut at the limit is never fixed itself, so its
+    solution is the fix of the refiner's rewrite, one level down. Every chosen answer passes."""
+    from services.curriculum.refinements import refine
+    from services.judging import verifier
+
+    client, a, _ = api
+    train = upload(client, a, _prompts(5, constraints=POSTSCRIPT), name="spar-hybrid")
+    run_id = submit(client, a, method="spar", base_model=tiny_model, prompt_set_ids=[train], rounds=1,
+                    config={"samples_per_prompt": 3, "max_new_tokens": 10, "judge": "verifier", "refine_mode": "hybrid",
+                            "branching": 2, "keep": 1, "max_depth": 2, "search_budget": 4, **TRAIN})
+    run = wait_run(client, a, run_id, workers)
+    (rnd,) = run["round_details"]
+    with session_scope() as s:
+        row = s.exec(select(Round).where(Round.run_id == run_id)).one()
+        samples = {x.id: x for x in s.exec(select(Sample).where(Sample.round_id == row.id))}
+        prompts = {p.id: p for p in s.exec(select(Prompt).where(Prompt.id.in_({x.prompt_id for x in samples.values()})))}
+        nodes = s.exec(select(RefinementNode).where(RefinementNode.sample_id.in_(list(samples)))).all()
+        pairs = s.exec(select(PreferencePair).where(PreferencePair.round_id == row.id)).all()
+    by_path = {(n.sample_id, n.path): n for n in nodes}
+    solutions = {}
+    for n in sorted(nodes, key=lambda n: n.id):
+        if n.passed and n.depth > 0:
+            solutions.setdefault(n.sample_id, n)
+    assert solutions and len(pairs) == len(solutions)  # every search ends in a fix: no junk tail has no P.S. fix
+    by_fix = 0
+    for sample_id, sol in solutions.items():
+        root, prompt = samples[sample_id], prompts[samples[sample_id].prompt_id]
+        parent = by_path[(sample_id, sol.parent_path)]
+        assert sol.text == refine(parent.text, POSTSCRIPT, prompt.messages[-1]["content"])
+        assert verifier.verify(sol.text, POSTSCRIPT, prompt.messages[-1]["content"]).strict
+        if root.finish_reason == FINISH_AT_LIMIT:  # the cut root went to the refiner first
+            assert sol.depth == 2 and parent.text != root.text
+        else:
+            assert sol.depth == 1
+            by_fix += 1
+    assert rnd["metrics"]["pair_stats"]["solved_by_fix"] == by_fix
+    assert by_fix < len(solutions)  # the tiny model's answers run to the limit: the cut-root path was taken
