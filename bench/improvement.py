@@ -191,8 +191,9 @@ def main() -> None:
                       f"{ps['rejected_longer']}, words chosen / rejected {ps['chosen_words_mean']} / "
                       f"{ps['rejected_words_mean']}, cut best passed over {ps.get('cut_best_passed_over', 0)}")
             if "searched" in ps:  # SPaR: how many failed answers were searched and how many refined
+                fixes = f" ({ps['solved_by_fix']} by a mechanical fix)" if "solved_by_fix" in ps else ""
                 print(f"{method} round {r['number']}: {ps['searched']} failed answers searched, {ps['solved']} "
-                      f"refined into a passing answer")
+                      f"refined into a passing answer{fixes}")
             if train.get("skipped"):
                 print(f"{method} round {r['number']}: training skipped ({train['skipped']})")
 
