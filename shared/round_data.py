@@ -117,14 +117,16 @@ class RoundData:
                  "rationale": j.rationale} for j in self._s.exec(q.order_by(Judgment.sample_id, Judgment.vote_index))]
 
     def refinement_trees(self) -> list[dict]:
-        """One tree per searched sample of this round: the root sample and every node, in id order."""
+        """One tree per searched sample of this round: the root sample (and whether it was cut at the
+        token limit) and every node, in id order."""
         rows = self._s.exec(select(RefinementNode, Sample).join(Sample, Sample.id == RefinementNode.sample_id)
                             .where(Sample.round_id == self.round_id)
                             .order_by(RefinementNode.sample_id, RefinementNode.id)).all()
         trees: dict[int, dict] = {}
         for n, x in rows:
             tree = trees.setdefault(x.id, {"sample_id": x.id, "prompt_id": x.prompt_id, "sample_index": x.index,
-                                           "root": x.text, "nodes": []})
+                                           "root": x.text, "root_cut": x.finish_reason == FINISH_AT_LIMIT,
+                                           "nodes": []})
             tree["nodes"].append({"id": n.id, "path": n.path, "parent_path": n.parent_path, "depth": n.depth,
                                   "text": n.text, "passed": n.passed, "judgment": n.judgment})
         return list(trees.values())

@@ -56,7 +56,8 @@ class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
     # "self": the refiner writes every refinement (the paper). "hybrid": for prompts with
     # constraints, a failed answer whose broken instructions all have a mechanical fix gets that
     # verified minimal edit (services/curriculum/refinements.py) instead of the refiner's rewrites,
-    # as judge "hybrid" lets the verifier judge them; the refiner refines the rest (ours, not the paper's).
+    # as judge "hybrid" lets the verifier judge them; an answer cut at the token limit is never fixed
+    # itself (only the refiner's ended rewrite of it), and the refiner refines the rest (ours, not the paper's).
     refine_mode: str = "self"
     max_failed_per_round: int = 256  # cap on tree searches per round (cost control)
     beta: float = 0.1  # [0.1]
@@ -197,18 +198,24 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
 
 
 def _solved_by_fix(data, trees: list[dict]) -> int:
-    """How many solutions are a mechanical fix (refine_mode hybrid) rather than the refiner's rewrite:
-    a solution one step from its root that equals the root's fix."""
+    """How many solutions are a mechanical fix (refine_mode hybrid) rather than a refiner's rewrite:
+    the solution's last step is the fix of its parent, at any depth, unless that parent is a root
+    cut at the limit (which hybrid never fixes, so the refiner wrote it). Under hybrid a parent that
+    has a fix is never handed to the refiner, so equality with the fix tells the two apart."""
     from services.curriculum.refinements import refine
+    from services.refinement.search import solution_path
 
     prompts = data.prompts(sorted({t["prompt_id"] for t in trees}))
     n = 0
     for t in trees:
-        if t["solution"] is None:
+        steps = solution_path(t["nodes"])
+        if not steps:
+            continue
+        parent, node = steps[0]
+        if parent["depth"] == 0 and t.get("root_cut"):
             continue
         prompt = prompts[t["prompt_id"]]
-        fix = refine(t["root"], prompt["constraints"], prompt["messages"][-1]["content"])
-        n += fix is not None and fix == t["solution"]
+        n += node["text"] == refine(parent["text"], prompt["constraints"], prompt["messages"][-1]["content"])
     return n
 
 

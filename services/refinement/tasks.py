@@ -11,8 +11,9 @@ prompts with constraints under judge verifier / hybrid, the verifier) judges the
 its token limit counts as no rewrite. With `refine.mode` "hybrid", a node of a prompt with
 constraints whose broken instructions all have a mechanical fix (services/curriculum/refinements.py,
 the edits that bootstrap the refiner) gets that verified minimal fix as its one candidate instead of
-the refiner's rewrites; a root cut at the token limit is never fixed that way (the fix would keep
-the cut text as a chosen answer), and everything else goes to the refiner. Every node of every tree is upserted as a RefinementNode
+the refiner's rewrites (the expansion still costs `branching` of the budget; its empty slots
+count as dropped); a root cut at the token limit is never fixed that way (the fix would keep the
+cut text as a chosen answer), and everything else goes to the refiner. Every node of every tree is upserted as a RefinementNode
 (path is the natural key, and a redelivered task replaces its samples' trees).
 """
 from __future__ import annotations
@@ -45,12 +46,19 @@ def rewrite_of(completion) -> str | None:
 
 def mechanical_fix(prompt: dict, text: str) -> str | None:
     """The verified minimal programmatic fix of `text` for a prompt with constraints, or None (no
-    constraints, an instruction without a mechanical fix, or `text` is a root cut at its limit)."""
+    constraints, an instruction without a mechanical fix, a fix that changes only whitespace, or
+    `text` is the root that was cut at its limit). Only the cut root itself is kept from the fix: a
+    rewrite of it the refiner ended is an answer of the refiner's like any other."""
     from services.curriculum.refinements import refine
+    from services.refinement.search import normalise
 
-    if not prompt.get("constraints") or text == prompt.get("cut_root"):
+    cut_root = prompt.get("cut_root")
+    if not prompt.get("constraints") or (cut_root is not None and normalise(text) == normalise(cut_root)):
         return None
-    return refine(text, prompt["constraints"], prompt["messages"][-1]["content"])
+    fix = refine(text, prompt["constraints"], prompt["messages"][-1]["content"])
+    # a fix that only moves whitespace would be dropped by the search as a copy of its parent
+    # (and end the search with no child): the refiner gets the turn instead
+    return None if fix is None or normalise(fix) == normalise(text) else fix
 
 
 def model_calls(refiner, judge_model, branching: int, refine_cfg: dict, judge_cfg: dict, seed: int):

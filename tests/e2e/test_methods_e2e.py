@@ -138,12 +138,16 @@ POSTSCRIPT = [{"id": "detectable_content:postscript", "kwargs": {"postscript_mar
 def test_spar_hybrid_refinement_fixes_what_has_a_mechanical_fix(api, workers, tiny_model):
     """refine_mode hybrid under the verifier: a failed answer that ended gets its mechanical fix
     (a P.S. line) as the depth-1 solution; a root cut at the limit is never fixed itself, so its
-    solution is the fix of the refiner's rewrite, one level down. Every chosen answer passes."""
+    solution is the fix of the refiner's rewrite, one level down. Every chosen answer passes.
+    The tiny model's answers run to the limit; the DEGRADE prompts get an answer that ended."""
     from services.curriculum.refinements import refine
     from services.judging import verifier
+    from tests.fakes import DEGRADE
 
     client, a, _ = api
-    train = upload(client, a, _prompts(5, constraints=POSTSCRIPT), name="spar-hybrid")
+    items = _prompts(3, constraints=POSTSCRIPT) + [{"prompt": f"{DEGRADE} say something sweet {i}",
+                                                    "constraints": POSTSCRIPT} for i in range(2)]
+    train = upload(client, a, items, name="spar-hybrid")
     run_id = submit(client, a, method="spar", base_model=tiny_model, prompt_set_ids=[train], rounds=1,
                     config={"samples_per_prompt": 3, "max_new_tokens": 10, "judge": "verifier", "refine_mode": "hybrid",
                             "branching": 2, "keep": 1, "max_depth": 2, "search_budget": 4, **TRAIN})
@@ -167,10 +171,10 @@ def test_spar_hybrid_refinement_fixes_what_has_a_mechanical_fix(api, workers, ti
         parent = by_path[(sample_id, sol.parent_path)]
         assert sol.text == refine(parent.text, POSTSCRIPT, prompt.messages[-1]["content"])
         assert verifier.verify(sol.text, POSTSCRIPT, prompt.messages[-1]["content"]).strict
-        if root.finish_reason == FINISH_AT_LIMIT:  # the cut root went to the refiner first
-            assert sol.depth == 2 and parent.text != root.text
+        if root.finish_reason == FINISH_AT_LIMIT or refine(root.text, POSTSCRIPT, prompt.messages[-1]["content"]) is None:
+            assert sol.depth == 2 and parent.text != root.text  # the root went to the refiner first
         else:
-            assert sol.depth == 1
+            assert sol.depth == 1 and parent.text == root.text
             by_fix += 1
-    assert rnd["metrics"]["pair_stats"]["solved_by_fix"] == by_fix
-    assert by_fix < len(solutions)  # the tiny model's answers run to the limit: the cut-root path was taken
+    assert 0 < by_fix < len(solutions)  # both paths were taken
+    assert rnd["metrics"]["pair_stats"]["solved_by_fix"] == len(solutions)  # every last step was a fix

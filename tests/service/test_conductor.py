@@ -15,19 +15,30 @@ from tests.conftest import _key, fresh_database
 
 
 @pytest.fixture(scope="module")
-def own_database(services_env):
-    """A database of this module's own. The session's workers and beat share the session database,
-    and a sweep there takes an in-process task that is slow for a lost message and hands it to a real
-    worker, which then ends the round over there (seen under load, also with beat and the conductor
-    killed for the test: a sweep or an advance sent earlier can still be waiting in Redis). Nothing
-    but this process knows this database, so the test alone decides every step."""
+def own_database(services_env, tmp_path_factory):
+    """A database (and an artifact directory) of this module's own. The session's workers and beat
+    share the session database, and a sweep there takes an in-process task that is slow for a lost
+    message and hands it to a real worker, which then ends the round over there (seen under load,
+    also with beat and the conductor killed for the test: a sweep or an advance sent earlier can
+    still be waiting in Redis). Nothing but this process knows this database, so the test alone
+    decides every step. Its ids start at 1 again, so its adapters go to a directory of their own
+    instead of over the session's runs of the same ids."""
     with fresh_database("autodidact_inline") as url:
-        yield url
+        yield {"AUTODIDACT_DATABASE_URL": url, "AUTODIDACT_ARTIFACT_DIR": str(tmp_path_factory.mktemp("inline-artifacts"))}
 
 
 @pytest.fixture
-def inline(own_database, monkeypatch):
-    monkeypatch.setenv("AUTODIDACT_DATABASE_URL", own_database)
+def own_env(own_database, monkeypatch):
+    """This module's database and artifacts for the test's duration; settings read again before and after."""
+    for name, value in own_database.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def inline(own_env, monkeypatch):
     monkeypatch.setenv("AUTODIDACT_EXECUTION", "inline")
     monkeypatch.setenv("AUTODIDACT_RESEND_AFTER_SECONDS", "0")
     get_settings.cache_clear()
@@ -192,7 +203,7 @@ def test_the_sweep_resends_a_running_task_whose_worker_stopped_beating(api, tiny
     assert [a[0] for n, a in queue._inline_queue if n == "generation.generate_shard"] == [dead_id]
 
 
-def test_a_running_task_beats_while_it_works(services_env, monkeypatch):
+def test_a_running_task_beats_while_it_works(own_env):  # not on the session database: its sweep would see the task
     import time
 
     from shared.heartbeat import heartbeat

@@ -108,13 +108,49 @@ def node(i, depth, text, passed):
 def test_round_stats_count_the_solutions_that_are_mechanical_fixes():
     from services.methods.spar import round_pairs
 
-    fixed = {"sample_id": 1, "prompt_id": 7, "sample_index": 0, "root": "The Lake.",
-             "nodes": [node(1, 0, "The Lake.", False), node(2, 1, "the lake.", True)]}
-    rewritten = {"sample_id": 2, "prompt_id": 7, "sample_index": 1, "root": "The Pond.",
-                 "nodes": [node(3, 0, "The Pond.", False), node(4, 1, "a calm pond.", True)]}
-    unsolved = {"sample_id": 3, "prompt_id": 8, "sample_index": 0, "root": "The Sea.",
-                "nodes": [node(5, 0, "The Sea.", False)]}
-    pairs, stats = round_pairs(Trees([fixed, rewritten, unsolved]), SPaRConfig(refine_mode="hybrid"))
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("the lake.", "The Lake."), ("a calm pond.", "The Pond.")]
-    assert stats == {"searched": 3, "solved": 2, "solved_by_fix": 1}
-    assert "solved_by_fix" not in round_pairs(Trees([fixed]), SPaRConfig())[1]
+    def tree(sid, root, *later, cut=False):
+        nodes = [node(10 * sid, 0, root, False)] + [node(10 * sid + d, d, text, ok) for d, (text, ok) in enumerate(later, 1)]
+        return {"sample_id": sid, "prompt_id": 7, "sample_index": sid, "root": root, "root_cut": cut, "nodes": nodes}
+
+    trees = [tree(1, "The Lake.", ("the lake.", True)),  # the root's fix
+             tree(2, "The Pond.", ("a calm pond.", True)),  # the refiner's own rewrite
+             tree(3, "The Sea.", ("The Sea Again", False), ("the sea again", True)),  # the fix of a rewrite
+             tree(4, "The River", ("the river", True), cut=True),  # a cut root: the refiner wrote it
+             tree(5, "The Bay.")]  # unsolved
+    pairs, stats = round_pairs(Trees(trees), SPaRConfig(refine_mode="hybrid"))
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [
+        ("the lake.", "The Lake."), ("a calm pond.", "The Pond."), ("the sea again", "The Sea."), ("the river", "The River")]
+    assert stats == {"searched": 5, "solved": 4, "solved_by_fix": 2}
+    assert "solved_by_fix" not in round_pairs(Trees(trees), SPaRConfig())[1]
+
+
+def test_a_fix_that_only_moves_whitespace_leaves_the_turn_to_the_refiner(monkeypatch):
+    import services.curriculum.refinements as refinements
+
+    monkeypatch.setattr(refinements, "refine", lambda text, constraints, prompt_text="": text + "\n\n")
+    assert tasks.mechanical_fix(prompt(LOWER), "The Lake.") is None
+
+
+def test_the_cut_root_is_recognised_when_respaced():
+    assert tasks.mechanical_fix(prompt(LOWER), "The Lake  Went ") == "the lake  went "
+    assert tasks.mechanical_fix(prompt(LOWER, cut_root="The Lake Went"), "The Lake  Went ") is None
+
+
+def test_a_fix_the_judge_refuses_is_refined_by_the_refiner_one_level_down(recorder):
+    """Under a model judge the fix is only a candidate: refused, the next expansion of the fixed text
+    (which the verifier already passes, so it has no fix of its own) goes to the refiner."""
+    refine_many, _, counter = calls("hybrid")
+    judged = []
+
+    def refuse_the_fix(requests):  # the refiner's rewrites pass, the fix does not
+        judged.append([texts for _, texts in requests])
+        return [[(t.startswith("rewrite"), float(t.startswith("rewrite")), "Verdict: no") for t in texts]
+                for _, texts in requests]
+
+    [result] = tree_searches([(prompt(LOWER), "The Lake Is Calm.", (False, 0.0, "Verdict: no"))],
+                             refine_many=refine_many, judge_many=refuse_the_fix,
+                             config=SearchConfig(branching=3, keep=1, max_depth=2, budget=6))
+    assert judged[0] == [["the lake is calm."]]
+    assert len(recorder.asked) == 1 and "the lake is calm." in str(recorder.asked[0])
+    assert result.solution is not None and result.solution.depth == 2 and result.solution.text.startswith("rewrite")
+    assert counter["fixes"] == 1
