@@ -360,6 +360,30 @@ def judge_data_errors(check: DataCheck) -> list[dict]:
     return errors + set_errors
 
 
+def balance_lengths(pairs: list[dict], max_share: float) -> tuple[list[dict], dict]:
+    """Keep at most `max_share` of the pairs (among those whose answers differ in word count) on the
+    side where the rejected answer is the longer, or where the chosen one is; from the side over the
+    share, the pairs with the largest word-count gap go first (the pairs where length most likely
+    decided the verdict). The order of the kept pairs is unchanged.
+
+    When failing answers are the long ones (they ramble or run to the limit), nearly every pair
+    rejects the longer answer and DPO learns "shorter" however the ties were broken; answers then
+    shrink and drop what an instruction asks for at their end. 1.0 keeps every pair.
+    """
+    def gap(p: dict) -> int:
+        return len(p["rejected"].split()) - len(p["chosen"].split())
+
+    rej_longer = [i for i, p in enumerate(pairs) if gap(p) > 0]
+    cho_longer = [i for i, p in enumerate(pairs) if gap(p) < 0]
+    major, minor = (rej_longer, cho_longer) if len(rej_longer) >= len(cho_longer) else (cho_longer, rej_longer)
+    if max_share >= 1 or not major:
+        return pairs, {"dropped_for_length": 0}
+    # m / (m + k) <= share  <=>  m <= share * k / (1 - share)
+    allowed = int(max_share * len(minor) / (1 - max_share) + 1e-9)
+    drop = set(sorted(major, key=lambda i: (-abs(gap(pairs[i])), i))[:max(0, len(major) - allowed)])
+    return [p for i, p in enumerate(pairs) if i not in drop], {"dropped_for_length": len(drop)}
+
+
 def pair_length_counts(pairs: list[dict]) -> dict:
     """How often the rejected answer is the longer one, and both sides' mean word counts: the
     length skew a round's pairs teach (DPO learns "shorter" from pairs that all reject the longer)."""

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from services.methods.base import (
-    JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, judge_bootstrap_items,
-    judge_check_plan, judge_data_errors, register, shard_prompts, shards, single, trainer_config,
+    JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, balance_lengths, check, evaluation_stages,
+    judge_bootstrap_items, judge_check_plan, judge_data_errors, pair_length_counts, register, shard_prompts, shards,
+    single, trainer_config,
 )
 from services.methods.jobs import pairwise_job
 from services.training.job import TrainJob
@@ -59,6 +60,11 @@ class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
     # as judge "hybrid" lets the verifier judge them; an answer cut at the token limit is never fixed
     # itself (only the refiner's ended rewrite of it), and the refiner refines the rest (ours, not the paper's).
     refine_mode: str = "self"
+    # At most this share of the pairs whose sides differ in word count on one side (chosen longer or
+    # rejected longer), the widest gaps dropped first (base.balance_lengths, as in Self-Rewarding).
+    # Fixes that add material after a finished answer make the chosen side the longer one, and DPO on
+    # such pairs taught the model not to end (docs/results.md). 1.0 keeps every pair (the paper).
+    length_balance: float = 1.0
     max_failed_per_round: int = 256  # cap on tree searches per round (cost control)
     beta: float = 0.1  # [0.1]
     sft_weight: float = 0.1  # [0.1]
@@ -75,6 +81,7 @@ class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
               "judge_temperature and refine_temperature must be > 0")
         check(self.search in ("bfs", "dfs"), "search", "must be 'bfs' or 'dfs'")
         check(self.refine_mode in ("self", "hybrid"), "refine_mode", "must be 'self' or 'hybrid'")
+        check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
         check(self.branching >= 1 and self.keep >= 1, "branching", "branching and keep must be >= 1")
         check(1 <= self.max_depth <= 10, "max_depth", "must be in 1..10")
         check(self.search_budget >= 1, "search_budget", "must be >= 1")
@@ -194,7 +201,8 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
     stats = {"searched": len(trees), "solved": sum(t["solution"] is not None for t in trees)}
     if cfg.refine_mode == "hybrid":
         stats["solved_by_fix"] = _solved_by_fix(data, trees)
-    return refined_pairs(trees), stats
+    pairs, dropped = balance_lengths(refined_pairs(trees), cfg.length_balance)
+    return pairs, {**stats, "pairs": len(pairs), **dropped, **pair_length_counts(pairs)}
 
 
 def _solved_by_fix(data, trees: list[dict]) -> int:

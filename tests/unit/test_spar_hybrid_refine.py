@@ -120,8 +120,26 @@ def test_round_stats_count_the_solutions_that_are_mechanical_fixes():
     pairs, stats = round_pairs(Trees(trees), SPaRConfig(refine_mode="hybrid"))
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [
         ("the lake.", "The Lake."), ("a calm pond.", "The Pond."), ("the sea again", "The Sea."), ("the river", "The River")]
-    assert stats == {"searched": 5, "solved": 4, "solved_by_fix": 2}
+    assert {k: stats[k] for k in ("searched", "solved", "solved_by_fix", "dropped_for_length")} == {
+        "searched": 5, "solved": 4, "solved_by_fix": 2, "dropped_for_length": 0}
     assert "solved_by_fix" not in round_pairs(Trees(trees), SPaRConfig())[1]
+
+
+def test_spar_can_balance_the_lengths_of_its_pairs():
+    """Fixes that add material make the chosen side the longer one; length_balance 0.5 drops the
+    widest of those gaps until neither side is longer in more pairs than the other."""
+    from services.methods.spar import round_pairs
+
+    def tree(sid, root, fixed):
+        return {"sample_id": sid, "prompt_id": 7, "sample_index": sid, "root": root, "root_cut": False,
+                "nodes": [node(10 * sid, 0, root, False), node(10 * sid + 1, 1, fixed, True)]}
+
+    trees = [tree(1, "a b", "a b c d e"), tree(2, "a b", "a b c"), tree(3, "a b c", "a b"), tree(4, "A B", "a b")]
+    pairs, stats = round_pairs(Trees(trees), SPaRConfig(length_balance=0.5))
+    assert [p["chosen"] for p in pairs] == ["a b c", "a b", "a b"]  # the widest chosen-longer gap went
+    assert stats["dropped_for_length"] == 1 and stats["pairs"] == 3
+    assert len(round_pairs(Trees(trees), SPaRConfig())[0]) == 4
+    assert parse_config(SPaRConfig, {"length_balance": 0.2})[1][0]["loc"] == ["config", "length_balance"]
 
 
 def test_a_fix_that_only_moves_whitespace_leaves_the_turn_to_the_refiner(monkeypatch):
