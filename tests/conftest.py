@@ -141,9 +141,8 @@ def _key(workspace: str, role: str = "admin") -> str:
     return plain
 
 
-@pytest.fixture(scope="session")
-def api(services_env):
-    """(TestClient, headers of workspace A, headers of workspace B)."""
+def api_client() -> tuple:
+    """(TestClient, headers of workspace A, headers of workspace B) on the database the settings name."""
     from fastapi.testclient import TestClient
 
     from services.gateway.main import create_app
@@ -152,6 +151,12 @@ def api(services_env):
     a = {"Authorization": f"Bearer {_key('ws-a')}"}
     b = {"Authorization": f"Bearer {_key('ws-b')}"}
     return client, a, b
+
+
+@pytest.fixture(scope="session")
+def api(services_env):
+    """`api_client` on the session database."""
+    return api_client()
 
 
 class Workers:

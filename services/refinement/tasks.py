@@ -13,8 +13,9 @@ constraints whose broken instructions all have a mechanical fix (services/curric
 the edits that bootstrap the refiner) gets that verified minimal fix as its one candidate instead of
 the refiner's rewrites (the expansion still costs `branching` of the budget; its empty slots
 count as dropped); a root cut at the token limit is never fixed that way (the fix would keep the
-cut text as a chosen answer), and everything else goes to the refiner. Every node of every tree is upserted as a RefinementNode
-(path is the natural key, and a redelivered task replaces its samples' trees).
+cut text as a chosen answer), and everything else goes to the refiner. Every node of every tree is
+upserted as a RefinementNode (path is the natural key, and a redelivered task replaces its samples'
+trees).
 """
 from __future__ import annotations
 

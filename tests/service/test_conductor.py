@@ -11,7 +11,7 @@ from shared import queue
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import Round, Run, Sample, StageTask
-from tests.conftest import _key, fresh_database
+from tests.conftest import api_client, fresh_database
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +44,13 @@ def inline(own_env, monkeypatch):
     get_settings.cache_clear()
     queue._inline_queue.clear()
     yield queue
-    queue._inline_queue.clear()
-    get_settings.cache_clear()
+    queue._inline_queue.clear()  # own_env reads the settings again once this ends
 
 
 @pytest.fixture
 def api(inline):
-    """(TestClient, headers of workspace A, headers of workspace B) on this module's database."""
-    from fastapi.testclient import TestClient
-
-    from services.gateway.main import create_app
-
-    return (TestClient(create_app()), {"Authorization": f"Bearer {_key('ws-a')}"},
-            {"Authorization": f"Bearer {_key('ws-b')}"})
+    """`api_client` on this module's database."""
+    return api_client()
 
 
 def _start(api, tiny_model, n_prompts=6):
