@@ -384,6 +384,25 @@ def balance_lengths(pairs: list[dict], max_share: float) -> tuple[list[dict], di
     return [p for i, p in enumerate(pairs) if i not in drop], {"dropped_for_length": len(drop)}
 
 
+def is_continuation(chosen: str, rejected: str) -> bool:
+    """Whether `chosen` is `rejected` with text added after its end (whitespace aside): the only
+    place the two differ is where the rejected answer ends its turn and the chosen one goes on."""
+    c, r = " ".join(chosen.split()), " ".join(rejected.split())
+    return len(c) > len(r) and c.startswith(r)
+
+
+def drop_continuations(pairs: list[dict]) -> tuple[list[dict], dict]:
+    """Drop the pairs whose chosen answer continues the rejected one (`is_continuation`).
+
+    DPO on such a pair has one contrast: end of turn after the rejected text against any more text.
+    It lowers the probability of ending after a finished answer and does not say what to add, so a
+    model trained on many of them keeps writing after it is done (loops to the token limit). SPaR's
+    mechanical fixes that append (a keyword sentence, the end phrase, a postscript, placeholders)
+    make exactly these pairs (docs/results.md)."""
+    kept = [p for p in pairs if not is_continuation(p["chosen"], p["rejected"])]
+    return kept, {"dropped_as_continuation": len(pairs) - len(kept)}
+
+
 def pair_length_counts(pairs: list[dict]) -> dict:
     """How often the rejected answer is the longer one, and both sides' mean word counts: the
     length skew a round's pairs teach (DPO learns "shorter" from pairs that all reject the longer)."""

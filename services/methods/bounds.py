@@ -1,10 +1,12 @@
-"""Types and upper bounds of every numeric config value a user could mistype.
+"""Types of every plain config value and upper bounds of every numeric one a user could mistype.
 
 A method config (and the `train` overrides it passes to TrainConfig) is built from user JSON, in
 the API and in embedded mode alike. The configs' own checks say what is *meaningful* (β > 0,
 top_p in (0, 1]); this module adds what is *plausible*: an int field takes an int (not 2.0, not
 true), a float field a finite number, and nothing is beyond a bound no real run needs (10^20
-epochs, a learning rate of 1e308). Bounds are generous on purpose: a refusal here is a typo.
+epochs, a learning rate of 1e308). Bounds are generous on purpose: a refusal here is a typo. A bool
+field takes true or false (not "yes", not 1) and a str field a string, so a mistyped switch is a 422
+naming it rather than a truthy value that silently turns the switch on.
 """
 from __future__ import annotations
 
@@ -48,17 +50,21 @@ def bound(name: str, kind: type) -> tuple[float, float]:
 
 
 def _kind(annotation: Any) -> type | None:
-    """int or float for numeric fields (plain or Optional), else None. Annotations may be strings
+    """int, float, bool or str for fields of that plain (or Optional) type, else None. Annotations may be strings
     (modules use `from __future__ import annotations`)."""
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     text = text.replace("Optional[", "").replace("]", "").replace(" | None", "").replace("None | ", "").strip()
-    return {"int": int, "float": float}.get(text)
+    return {"int": int, "float": float, "bool": bool, "str": str}.get(text)
 
 
 def problem(name: str, kind: type, value: Any) -> str | None:
-    """Why `value` is not acceptable for the numeric field `name`, or None."""
+    """Why `value` is not acceptable for the field `name` of type `kind`, or None."""
     if value is None:
         return None
+    if kind is bool:
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if kind is str:
+        return None if isinstance(value, str) else f"must be a string, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"must be {'an integer' if kind is int else 'a number'}, got {value!r}"
     if kind is int and not isinstance(value, int):
@@ -76,8 +82,8 @@ def _fmt(v: float) -> str:
 
 
 def check_numbers(obj: Any, values: dict | None = None, cls: type | None = None) -> None:
-    """Raise ValueError (with `.field`) for the first numeric field of dataclass `obj` (or of
-    `cls`, checking `values`) whose value has the wrong type or is out of bounds."""
+    """Raise ValueError (with `.field`) for the first plain-typed field of dataclass `obj` (or of
+    `cls`, checking `values`) whose value has the wrong type or, numeric, is out of bounds."""
     cls = cls or type(obj)
     for f in dataclasses.fields(cls):
         kind = _kind(f.type)

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from services.methods.base import (
-    JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, balance_lengths, check, evaluation_stages,
-    judge_bootstrap_items, judge_check_plan, judge_data_errors, pair_length_counts, register, shard_prompts, shards,
-    single, trainer_config,
+    JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, balance_lengths, check, drop_continuations,
+    evaluation_stages, judge_bootstrap_items, judge_check_plan, judge_data_errors, pair_length_counts, register,
+    shard_prompts, shards, single, trainer_config,
 )
 from services.methods.jobs import pairwise_job
 from services.training.job import TrainJob
@@ -65,6 +65,11 @@ class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
     # Fixes that add material after a finished answer make the chosen side the longer one, and DPO on
     # such pairs taught the model not to end (docs/results.md). 1.0 keeps every pair (the paper).
     length_balance: float = 1.0
+    # Drop the pairs whose refined answer is the failed one with text appended after its end
+    # (base.drop_continuations): their one contrast is "end here" against "go on", which taught loops
+    # when fixes appended the end phrase or a postscript. False keeps them (the paper). Applied
+    # before length_balance.
+    drop_continuations: bool = False
     max_failed_per_round: int = 256  # cap on tree searches per round (cost control)
     beta: float = 0.1  # [0.1]
     sft_weight: float = 0.1  # [0.1]
@@ -201,7 +206,11 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
     stats = {"searched": len(trees), "solved": sum(t["solution"] is not None for t in trees)}
     if cfg.refine_mode == "hybrid":
         stats["solved_by_fix"] = _solved_by_fix(data, trees)
-    pairs, dropped = balance_lengths(refined_pairs(trees), cfg.length_balance)
+    pairs = refined_pairs(trees)
+    if cfg.drop_continuations:
+        pairs, dropped = drop_continuations(pairs)
+        stats.update(dropped)
+    pairs, dropped = balance_lengths(pairs, cfg.length_balance)
     return pairs, {**stats, "pairs": len(pairs), **dropped, **pair_length_counts(pairs)}
 
 

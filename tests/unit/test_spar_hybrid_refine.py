@@ -142,6 +142,37 @@ def test_spar_can_balance_the_lengths_of_its_pairs():
     assert parse_config(SPaRConfig, {"length_balance": 0.2})[1][0]["loc"] == ["config", "length_balance"]
 
 
+def test_spar_can_drop_the_pairs_whose_fix_only_appends_after_the_answer():
+    """Real fixes: an end phrase and a postscript are appended after the finished answer (dropped: the
+    pair's one contrast is "end here" against "go on"); lowercase, a title and a JSON wrap change
+    the answer itself (kept). Length balancing applies to what is left."""
+    from services.curriculum.refinements import refine
+    from services.methods.base import drop_continuations, is_continuation
+    from services.methods.spar import round_pairs
+
+    answer = "The lake is calm.\nBirds sing at dawn."
+    cases = {"startend:end_checker": {"end_phrase": "Any other questions?"},
+             "detectable_content:postscript": {"postscript_marker": "P.S."},
+             "change_case:english_lowercase": {}, "detectable_format:title": {},
+             "detectable_format:json_format": {}}
+    trees = []
+    for sid, (ident, kwargs) in enumerate(cases.items(), 1):
+        fixed = refine(answer, [{"id": ident, "kwargs": kwargs}])
+        assert fixed and fixed != answer, ident
+        trees.append({"sample_id": sid, "prompt_id": 7, "sample_index": sid, "root": answer, "root_cut": False,
+                      "nodes": [node(10 * sid, 0, answer, False), node(10 * sid + 1, 1, fixed, True)]})
+    pairs, stats = round_pairs(Trees(trees), SPaRConfig(drop_continuations=True))
+    assert [p["index"] for p in pairs] == [3, 4, 5] and stats["dropped_as_continuation"] == 2
+    assert stats["pairs"] == 3
+    kept, _ = round_pairs(Trees(trees), SPaRConfig())
+    assert len(kept) == 5 and "dropped_as_continuation" not in round_pairs(Trees(trees), SPaRConfig())[1]
+    # whitespace aside, and only a strict extension counts
+    assert is_continuation("a b\n\nc", "a  b ") and not is_continuation("a b", "a b\n")
+    assert not is_continuation("x a b c", "a b") and not is_continuation("a", "a b")
+    assert drop_continuations([]) == ([], {"dropped_as_continuation": 0})
+    assert parse_config(SPaRConfig, {"drop_continuations": "sometimes"})[1][0]["loc"] == ["config", "drop_continuations"]
+
+
 def test_a_fix_that_only_moves_whitespace_leaves_the_turn_to_the_refiner(monkeypatch):
     import services.curriculum.refinements as refinements
 
