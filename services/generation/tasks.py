@@ -1,7 +1,8 @@
 """Generation task: sample responses for one shard of prompts and upsert them as Samples.
 
 The payload says what to sample: `prompt_ids`, `role` (the samples' role), `model` (a model
-choice, see versions.py), `n`, `greedy`; the sampling settings (temperature, top_p, top_k,
+choice, see versions.py), `n`, `greedy`, and optionally its own `max_new_tokens` (the held-out evaluation's budget,
+`eval_max_new_tokens`); the sampling settings (temperature, top_p, top_k,
 max_new_tokens, samples_per_prompt, seed) come from the run's config, which every recipe's config
 carries (services/methods/base.SamplingFields). Progress is committed batch by batch, and a
 redelivered shard only generates the (prompt, index) pairs that are still missing, so a worker
@@ -10,6 +11,7 @@ killed mid-shard loses at most one batch of work and a round never holds two sam
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -62,6 +64,8 @@ def _generate(ctx: StageContext) -> None:
         batch = todo[start:start + batch_size]
         params = sampling_params(ctx.config, n=n, greedy=greedy,
                                  seed=shard_seed(ctx.config.get("seed", 0), ctx.round_number, ctx.shard, b))
+        if ctx.payload.get("max_new_tokens"):  # a shard's own budget (the held-out evaluation's)
+            params = dataclasses.replace(params, max_new_tokens=int(ctx.payload["max_new_tokens"]))
         start = time.perf_counter()
         outs = backend().generate([prompts[p].messages for p in batch], model, params)
         metrics.tokens_generated(sum(c.token_count for comps in outs for c in comps), time.perf_counter() - start, role)

@@ -151,8 +151,11 @@ def eval_shards(inp: PlanInput) -> list[dict]:
     """Planner of the evaluation's generation: greedy answers to the held-out prompts from the
     version the round produced, and in round 1 also from the base (the 'before' point)."""
     roles = [("eval", "produced")] + ([("eval_base", "base")] if inp.round_number == 1 else [])
+    budget = getattr(inp.config, "eval_max_new_tokens", None)
+    extra = {"max_new_tokens": budget} if budget else {}
     return [shard for role, model in roles
-            for shard in shards(inp.eval_prompt_ids, inp.shard_size, role=role, model=model, greedy=True, n=1)]
+            for shard in shards(inp.eval_prompt_ids, inp.shard_size, role=role, model=model, greedy=True, n=1,
+                                **extra)]
 
 
 def evaluation_stages(has_eval: bool) -> list[Stage]:
@@ -226,6 +229,11 @@ class SamplingFields:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 256
+    # The held-out evaluation's token budget (its greedy answers, the start's and each round's); None
+    # uses max_new_tokens. A run whose samples get a large budget can still be evaluated at the budget
+    # its results are compared at (another run's, a published table's): the share of answers cut at
+    # the limit, and so accuracy, depends on it.
+    eval_max_new_tokens: int | None = None
     SAMPLES_RANGE: ClassVar[tuple[int, int]] = (1, 64)
     SAMPLES_WHY: ClassVar[str] = ""
 
@@ -236,6 +244,8 @@ class SamplingFields:
         check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         check(self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
         check(1 <= self.max_new_tokens <= 8192, "max_new_tokens", "must be in 1..8192")
+        check(self.eval_max_new_tokens is None or 1 <= self.eval_max_new_tokens <= 8192, "eval_max_new_tokens",
+              "must be in 1..8192, or null for max_new_tokens")
 
 
 @dataclass
