@@ -137,6 +137,12 @@ def test_infinite_learning_rate_and_nan_delta_name_their_fields(api):
     ({"seed": 2**40}, "seed", "must be in [0, 2147483647]"),
     ({"max_new_tokens": "256"}, "max_new_tokens", "must be an integer"),
     ({"train": {"learning_rate": 1e308}}, "train", "learning_rate: must be in [0, 1]"),
+    # a mistyped switch or name is refused, not taken as truthy
+    ({"mix_previous_pairs": "no"}, "mix_previous_pairs", "must be true or false"),
+    ({"mix_previous_pairs": 1}, "mix_previous_pairs", "must be true or false"),
+    ({"on_regression": 3}, "on_regression", "must be a string"),
+    ({"eval_max_new_tokens": 0}, "eval_max_new_tokens", "must be in [1, 32768]"),
+    ({"train": {"lora": "yes"}}, "train", "lora: must be true or false"),
 ])
 def test_config_numbers_are_bounded(api, config, field, words):
     client, a, _ = api
