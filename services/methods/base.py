@@ -401,15 +401,19 @@ def is_continuation(chosen: str, rejected: str) -> bool:
     return len(c) > len(r) and c.startswith(r)
 
 
-def drop_continuations(pairs: list[dict]) -> tuple[list[dict], dict]:
-    """Drop the pairs whose chosen answer continues the rejected one (`is_continuation`).
+def drop_continuations(pairs: list[dict], cut: set[tuple[int, int]] = frozenset()) -> tuple[list[dict], dict]:
+    """Drop the pairs whose chosen answer continues the rejected one (`is_continuation`), unless
+    the rejected answer was cut at the token limit (`cut`: its (prompt_id, index) keys).
 
     DPO on such a pair has one contrast: end of turn after the rejected text against any more text.
     It lowers the probability of ending after a finished answer and does not say what to add, so a
     model trained on many of them keeps writing after it is done (loops to the token limit). SPaR's
     mechanical fixes that append (a keyword sentence, the end phrase, a postscript, placeholders)
-    make exactly these pairs (docs/results.md)."""
-    kept = [p for p in pairs if not is_continuation(p["chosen"], p["rejected"])]
+    make exactly these pairs (docs/results.md). A cut rejected answer has no end of turn to lower
+    (the trainer leaves a cut answer's end unscored), so its continuation only raises the finished
+    text and is kept. The prefix test is on characters, as tokens are ("4" → "42" continues)."""
+    kept = [p for p in pairs
+            if (p["prompt_id"], p["index"]) in cut or not is_continuation(p["chosen"], p["rejected"])]
     return kept, {"dropped_as_continuation": len(pairs) - len(kept)}
 
 

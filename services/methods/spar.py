@@ -67,8 +67,8 @@ class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
     length_balance: float = 1.0
     # Drop the pairs whose refined answer is the failed one with text appended after its end
     # (base.drop_continuations): their one contrast is "end here" against "go on", which taught loops
-    # when fixes appended the end phrase or a postscript. False keeps them (the paper). Applied
-    # before length_balance.
+    # when fixes appended the end phrase or a postscript. A failed answer cut at the limit has no end
+    # to lower, so its continuations stay. False keeps them all (the paper). Applied before length_balance.
     drop_continuations: bool = False
     max_failed_per_round: int = 256  # cap on tree searches per round (cost control)
     beta: float = 0.1  # [0.1]
@@ -208,7 +208,8 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
         stats["solved_by_fix"] = _solved_by_fix(data, trees)
     pairs = refined_pairs(trees)
     if cfg.drop_continuations:
-        pairs, dropped = drop_continuations(pairs)
+        pairs, dropped = drop_continuations(
+            pairs, cut={(t["prompt_id"], t["sample_index"]) for t in trees if t.get("root_cut")})
         stats.update(dropped)
     pairs, dropped = balance_lengths(pairs, cfg.length_balance)
     return pairs, {**stats, "pairs": len(pairs), **dropped, **pair_length_counts(pairs)}

@@ -166,6 +166,14 @@ def test_spar_can_drop_the_pairs_whose_fix_only_appends_after_the_answer():
     assert stats["pairs"] == 3
     kept, _ = round_pairs(Trees(trees), SPaRConfig())
     assert len(kept) == 5 and "dropped_as_continuation" not in round_pairs(Trees(trees), SPaRConfig())[1]
+    # length balancing sees only what is left: of the three, only the title changes the word count
+    # (chosen longer, no pair the other way), so at 0.5 it goes
+    pairs, stats = round_pairs(Trees(trees), SPaRConfig(drop_continuations=True, length_balance=0.5))
+    assert [p["index"] for p in pairs] == [3, 5] and stats["dropped_for_length"] == 1
+    # a root cut at the limit has no end of turn to lower: its continuation stays
+    trees[0]["root_cut"] = True
+    pairs, stats = round_pairs(Trees(trees), SPaRConfig(drop_continuations=True))
+    assert [p["index"] for p in pairs] == [1, 3, 4, 5] and stats["dropped_as_continuation"] == 1
     # whitespace aside, and only a strict extension counts
     assert is_continuation("a b\n\nc", "a  b ") and not is_continuation("a b", "a b\n")
     assert not is_continuation("x a b c", "a b") and not is_continuation("a", "a b")

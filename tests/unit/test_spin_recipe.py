@@ -79,7 +79,12 @@ def test_stages_and_sharding():
     assert [(s["role"], s["model"], s["prompt_ids"]) for s in evals] == [
         ("eval", "produced", [1, 2]), ("eval", "produced", [3]), ("eval_base", "base", [1, 2]),
         ("eval_base", "base", [3])]
-    assert all(s["greedy"] and s["n"] == 1 for s in evals)
+    assert all(s["greedy"] and s["n"] == 1 and "max_new_tokens" not in s for s in evals)
+    own = eval_shards(PlanInput(prompt_ids=[], eval_prompt_ids=[1, 2, 3], round_number=2, total_rounds=2,
+                                shard_size=2, config=SPINConfig(eval_max_new_tokens=64)))
+    assert [(s["role"], s["max_new_tokens"]) for s in own] == [("eval", 64), ("eval", 64)]
+    assert "max_new_tokens" not in eval_shards(PlanInput(prompt_ids=[], eval_prompt_ids=[1], round_number=1,
+                                                         total_rounds=1, shard_size=2, config=SPINConfig()))[0]
     with pytest.raises(ValueError, match="unknown method"):
         get_recipe("alchemy")
 
