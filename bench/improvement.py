@@ -193,7 +193,9 @@ def main() -> None:
             if "searched" in ps:  # SPaR: how many failed answers were searched and how many refined
                 fixes = f" ({ps['solved_by_fix']} by a mechanical fix)" if "solved_by_fix" in ps else ""
                 print(f"{method} round {r['number']}: {ps['searched']} failed answers searched, {ps['solved']} "
-                      f"refined into a passing answer{fixes}")
+                      f"refined into a passing answer{fixes}; {ps.get('pairs', '?')} pairs kept "
+                      f"({ps.get('dropped_as_continuation', 0)} dropped as continuations, "
+                      f"{ps.get('dropped_for_length', 0)} for length)")
             if train.get("skipped"):
                 print(f"{method} round {r['number']}: training skipped ({train['skipped']})")
 
