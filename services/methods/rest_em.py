@@ -11,6 +11,13 @@ verifier can pass a prefix of an answer that never ended, and fine-tuning on suc
 Gemma 3 270M to run to the limit (docs/results.md: 29 of 91 correct samples were cut, and the
 round's answers cut at the limit rose from 18 % to 44 %). The paper's learning rates are for full fine-tuning of PaLM 2; ours suit LoRA on small
 models.
+
+`repair_failed` (ours, off by default): a prompt with constraints none of whose samples was kept
+contributes one repaired answer instead — the first of its failed answers that ended whose broken
+instructions all have a mechanical fix (services/curriculum/refinements.py, SPaR-hybrid's edits),
+kept only when the verifier passes the fix. A policy that never writes a whole answer in capitals
+never samples a correct one, so the E-step alone can never teach it (every measured run: 0 of the
+held-out case prompts); the repair shows it its own answer written the way the prompt asked.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ class RestEMConfig(SamplingFields, TrainerFields):
     top_p: float = 1.0
     max_new_tokens: int = 256
     keep_truncated: bool = False  # reward responses cut at max_new_tokens too (see the module docstring)
+    repair_failed: bool = False  # prompts without a kept sample get one verified mechanical fix (docstring)
     learning_rate: float = 1e-4
     epochs: int = 2
     SAMPLES_RANGE = (1, 256)
@@ -77,6 +85,29 @@ def select_correct(samples: list[dict], k: int, keep_truncated: bool = False) ->
     return kept, {"correct": correct, "kept": len(kept), "prompts_with_correct": len(seen), "truncated": truncated}
 
 
+def repairs(samples: list[dict], prompts: dict[int, dict]) -> list[dict]:
+    """One repaired answer per prompt of `prompts` that has constraints: the verified mechanical fix
+    of its first failed (reward 0.0) answer that ended and has one, lowest index first.
+
+    samples: as for select_correct; prompts: {prompt_id: prompt dict} of the prompts to repair.
+    Returns [{"prompt_id", "index", "text"}] with the fixed text."""
+    from services.curriculum.refinements import refine
+    from services.judging.degeneration import hit_limit
+
+    out = []
+    for pid, prompt in sorted(prompts.items()):
+        if not prompt.get("constraints"):
+            continue
+        failed = sorted((s for s in samples if s["prompt_id"] == pid and s.get("reward") == 0.0
+                         and not hit_limit(s.get("finish_reason"))), key=lambda s: s["index"])
+        for s in failed:
+            fixed = refine(s["text"], prompt["constraints"], prompt["messages"][-1]["content"])
+            if fixed and " ".join(fixed.split()) != " ".join(s["text"].split()):
+                out.append({"prompt_id": pid, "index": s["index"], "text": fixed})
+                break
+    return out
+
+
 def check_data(check: DataCheck) -> list[dict]:
     if not any(p["constraints"] or p["answer"] for p in check.prompts):
         return [{"loc": ["prompt_set_ids"], "msg": "ReST-EM needs a checkable reward: give prompts "
@@ -93,10 +124,18 @@ def training_job(data, cfg: RestEMConfig, role: str):
     rewards = {j["sample_id"]: j["score"] for j in data.judgments("verifier", role="policy") if j["vote_index"] == 0}
     samples = [{**x, "reward": rewards.get(x["id"])} for x in data.samples("policy")]
     kept, stats = select_correct(samples, cfg.max_correct_per_prompt, cfg.keep_truncated)
+    repaired: list[dict] = []
+    if cfg.repair_failed:
+        solved = {k["prompt_id"] for k in kept}
+        unsolved = data.prompts(sorted({x["prompt_id"] for x in samples} - solved))
+        repaired = repairs(samples, unsolved)
+        stats["repaired"] = len(repaired)
     prompts = data.prompts(sorted({k["prompt_id"] for k in kept}))
     # with keep_truncated a cut answer trains as the prefix it is, without an end-of-turn it never wrote
     items = [{"messages": prompts[k["prompt_id"]]["messages"], "response": k["text"],
               "ended": not hit_limit(k.get("finish_reason"))} for k in kept]
+    items += [{"messages": unsolved[r["prompt_id"]]["messages"], "response": r["text"], "ended": True}
+              for r in repaired]
     return sft_from_base_job(data, items, cfg.train_config(data.round_number, data.total_rounds),
                              {**stats, "samples": len(samples)})
 

@@ -32,6 +32,61 @@ def test_select_correct_drops_answers_cut_at_the_token_limit():
     assert len(kept) == 3 and counts["truncated"] == 0
 
 
+LOWER = [{"id": "change_case:english_lowercase", "kwargs": {}}]
+
+
+class RestData:
+    """The RoundData reads ReST-EM's training job makes."""
+    round_number, total_rounds, base_version_id = 1, 1, 1
+
+    def __init__(self, samples, rewards, prompts):
+        self._samples, self._rewards, self._prompts = samples, rewards, prompts
+
+    def samples(self, role):
+        return self._samples
+
+    def judgments(self, kind, role=None):
+        return [{"sample_id": sid, "vote_index": 0, "score": r} for sid, r in self._rewards.items()]
+
+    def prompts(self, ids):
+        return {i: self._prompts[i] for i in ids}
+
+
+def test_rest_em_can_repair_the_prompts_it_never_solved():
+    """repair_failed: a prompt without a kept sample gets the verified fix of its first failed answer
+    that ended (never of one cut at the limit); a prompt with a kept sample, or without constraints,
+    or whose failures have no fix, gets nothing; the repaired answer trains as an ended response."""
+    from services.judging import verifier
+    from services.methods.rest_em import repairs, training_job
+
+    def prompt(constraints, text="write about the lake in lowercase"):
+        return {"messages": [{"role": "user", "content": text}], "constraints": constraints, "answer": None}
+
+    no_fix = [{"id": "keywords:letter_frequency", "kwargs": {"letter": "z", "let_frequency": 9, "let_relation": "at least"}}]
+    prompts = {1: prompt(LOWER), 2: prompt(LOWER), 3: prompt([]), 4: prompt(no_fix)}
+    rows = [(1, 0, "The Lake Went On And", "length", 0.0),  # cut: never repaired
+            (1, 1, "The Lake Is Calm.", "stop", 0.0),  # the first failure that ended: repaired
+            (1, 2, "The Pond.", "stop", 0.0),
+            (2, 0, "the lake is calm.", "stop", 1.0),  # solved: kept as it is, no repair
+            (2, 1, "The Lake.", "stop", 0.0),
+            (3, 0, "An Answer.", "stop", 0.0),  # no constraints
+            (4, 0, "the lake", "stop", 0.0)]  # no mechanical fix
+    samples = [{"id": 10 * pid + i, "prompt_id": pid, "index": i, "text": t, "finish_reason": f}
+               for pid, i, t, f, _ in rows]
+    rewards = {10 * pid + i: r for pid, i, _, _, r in rows}
+    out = repairs([{**x, "reward": rewards[x["id"]]} for x in samples], {1: prompts[1], 3: prompts[3], 4: prompts[4]})
+    assert out == [{"prompt_id": 1, "index": 1, "text": "the lake is calm."}]
+    assert verifier.verify(out[0]["text"], LOWER, "").strict
+
+    data = RestData(samples, rewards, prompts)
+    job = training_job(data, RestEMConfig(repair_failed=True), "policy")
+    assert [(i["response"], i["ended"]) for i in job.items] == [("the lake is calm.", True), ("the lake is calm.", True)]
+    assert job.stats["repaired"] == 1 and job.stats["kept"] == 1
+    plain = training_job(data, RestEMConfig(), "policy")
+    assert len(plain.items) == 1 and "repaired" not in plain.stats
+    assert parse_config(RestEMConfig, {"repair_failed": 1})[1][0]["loc"] == ["config", "repair_failed"]
+
+
 ONE_PAIR = {"pairs": 1, "cut_best_passed_over": 0, "rejected_longer": 0, "chosen_words_mean": 1.0,
             "rejected_words_mean": 1.0}
 NO_PAIR = {"pairs": 0, "cut_best_passed_over": 0, "rejected_longer": 0, "chosen_words_mean": None,
