@@ -196,6 +196,10 @@ def main() -> None:
                       f"refined into a passing answer{fixes}; {ps.get('pairs', '?')} pairs kept "
                       f"({ps.get('dropped_as_continuation', 0)} dropped as continuations, "
                       f"{ps.get('dropped_for_length', 0)} for length)")
+            if "correct" in train and "kept" in train:  # ReST-EM: what the E-step kept (and repaired)
+                repaired = f", {train['repaired']} repaired" if "repaired" in train else ""
+                print(f"{method} round {r['number']}: kept {train['kept']} of {train['correct']} correct answers "
+                      f"({train.get('samples', '?')} samples, {train.get('truncated', 0)} correct but cut){repaired}")
             if train.get("skipped"):
                 print(f"{method} round {r['number']}: training skipped ({train['skipped']})")
 
