@@ -21,6 +21,7 @@ held-out case prompts); the repair shows it its own answer written the way the p
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from services.methods.base import (
@@ -85,9 +86,31 @@ def select_correct(samples: list[dict], k: int, keep_truncated: bool = False) ->
     return kept, {"correct": correct, "kept": len(kept), "prompts_with_correct": len(seen), "truncated": truncated}
 
 
+_TURN_LEAK = re.compile(r"(?:^|\n)(?:model|user)[ \t]*\n")  # a new chat turn begun inside the answer
+_PROMPT_SPAN = 8  # words in a row taken from the prompt
+
+
+def repairable(text: str, prompt: dict) -> bool:
+    """Whether a failed answer is worth repairing: it did not degenerate (echo, runaway repetition,
+    junk tokens), did not begin a new chat turn (the template's "model" / "user" line, its markers
+    stripped in decoding) and does not restate the prompt (8 of its words in a row) unless asked to.
+    A fix edits only the broken instructions, so whatever else is wrong would be trained as right."""
+    from services.judging.degeneration import _words, degeneration_flags
+
+    question = prompt["messages"][-1]["content"]
+    if any(degeneration_flags(text, question, None, prompt["constraints"]).values()) or _TURN_LEAK.search(text):
+        return False
+    if any(c["id"] == "combination:repeat_prompt" for c in prompt["constraints"]):
+        return True
+    q, t = _words(question), _words(text)
+    spans = {tuple(q[i:i + _PROMPT_SPAN]) for i in range(len(q) - _PROMPT_SPAN + 1)}
+    return not any(tuple(t[i:i + _PROMPT_SPAN]) in spans for i in range(len(t) - _PROMPT_SPAN + 1))
+
+
 def repairs(samples: list[dict], prompts: dict[int, dict]) -> list[dict]:
     """One repaired answer per prompt of `prompts` that has constraints: the verified mechanical fix
-    of its first failed (reward 0.0) answer that ended and has one, lowest index first.
+    of its first failed (reward 0.0) answer that ended, is `repairable` and has a fix, lowest index
+    first.
 
     samples: as for select_correct; prompts: {prompt_id: prompt dict} of the prompts to repair.
     Returns [{"prompt_id", "index", "text"}] with the fixed text."""
@@ -99,7 +122,8 @@ def repairs(samples: list[dict], prompts: dict[int, dict]) -> list[dict]:
         if not prompt.get("constraints"):
             continue
         failed = sorted((s for s in samples if s["prompt_id"] == pid and s.get("reward") == 0.0
-                         and not hit_limit(s.get("finish_reason"))), key=lambda s: s["index"])
+                         and not hit_limit(s.get("finish_reason")) and repairable(s["text"], prompt)),
+                        key=lambda s: s["index"])
         for s in failed:
             fixed = refine(s["text"], prompt["constraints"], prompt["messages"][-1]["content"])
             if fixed and " ".join(fixed.split()) != " ".join(s["text"].split()):

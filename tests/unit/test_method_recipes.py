@@ -87,6 +87,23 @@ def test_rest_em_can_repair_the_prompts_it_never_solved():
     assert parse_config(RestEMConfig, {"repair_failed": 1})[1][0]["loc"] == ["config", "repair_failed"]
 
 
+@pytest.mark.parametrize("text,ok", [
+    ("The Lake Is Calm. Birds Sing.", True),
+    ('"The Lake Is Calm."\nmodel\nWrite about the lake.', False),  # a new turn begun inside the answer
+    ("Write about the lake in lowercase and say why it is calm today. It is.", False),  # restates the prompt
+    ("lake lake lake lake lake lake lake lake lake lake lake lake", False),  # runaway repetition
+])
+def test_only_answers_that_are_otherwise_sound_are_repaired(text, ok):
+    from services.methods.rest_em import repairable
+
+    prompt = {"messages": [{"role": "user", "content": "Write about the lake in lowercase and say why it is calm today."}],
+              "constraints": LOWER}
+    assert repairable(text, prompt) is ok
+    asked = {**prompt, "constraints": LOWER + [{"id": "combination:repeat_prompt", "kwargs": {
+        "prompt_to_repeat": "Write about the lake in lowercase and say why it is calm today."}}]}
+    assert repairable("Write about the lake in lowercase and say why it is calm today. It is.", asked)
+
+
 ONE_PAIR = {"pairs": 1, "cut_best_passed_over": 0, "rejected_longer": 0, "chosen_words_mean": 1.0,
             "rejected_words_mean": 1.0}
 NO_PAIR = {"pairs": 0, "cut_best_passed_over": 0, "rejected_longer": 0, "chosen_words_mean": None,
