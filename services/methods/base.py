@@ -397,7 +397,9 @@ def balance_lengths(pairs: list[dict], max_share: float) -> tuple[list[dict], di
 def is_continuation(chosen: str, rejected: str) -> bool:
     """Whether `chosen` is `rejected` with text added after its end (whitespace aside): the only
     place the two differ is where the rejected answer ends its turn and the chosen one goes on."""
-    c, r = " ".join(chosen.split()), " ".join(rejected.split())
+    from services.refinement.search import normalise
+
+    c, r = normalise(chosen), normalise(rejected)
     return len(c) > len(r) and c.startswith(r)
 
 

@@ -116,17 +116,21 @@ def repairs(samples: list[dict], prompts: dict[int, dict]) -> list[dict]:
     Returns [{"prompt_id", "index", "text"}] with the fixed text."""
     from services.curriculum.refinements import refine
     from services.judging.degeneration import hit_limit
+    from services.refinement.search import normalise
 
+    failed: dict[int, list[dict]] = {}
+    for s in sorted(samples, key=lambda s: (s["prompt_id"], s["index"])):
+        if s["prompt_id"] in prompts and s.get("reward") == 0.0 and not hit_limit(s.get("finish_reason")):
+            failed.setdefault(s["prompt_id"], []).append(s)
     out = []
     for pid, prompt in sorted(prompts.items()):
         if not prompt.get("constraints"):
             continue
-        failed = sorted((s for s in samples if s["prompt_id"] == pid and s.get("reward") == 0.0
-                         and not hit_limit(s.get("finish_reason")) and repairable(s["text"], prompt)),
-                        key=lambda s: s["index"])
-        for s in failed:
+        for s in failed.get(pid, []):
+            if not repairable(s["text"], prompt):
+                continue
             fixed = refine(s["text"], prompt["constraints"], prompt["messages"][-1]["content"])
-            if fixed and " ".join(fixed.split()) != " ".join(s["text"].split()):
+            if fixed and normalise(fixed) != normalise(s["text"]):
                 out.append({"prompt_id": pid, "index": s["index"], "text": fixed})
                 break
     return out
@@ -148,17 +152,16 @@ def training_job(data, cfg: RestEMConfig, role: str):
     rewards = {j["sample_id"]: j["score"] for j in data.judgments("verifier", role="policy") if j["vote_index"] == 0}
     samples = [{**x, "reward": rewards.get(x["id"])} for x in data.samples("policy")]
     kept, stats = select_correct(samples, cfg.max_correct_per_prompt, cfg.keep_truncated)
+    solved = {k["prompt_id"] for k in kept}
+    prompts = data.prompts(sorted({x["prompt_id"] for x in samples} if cfg.repair_failed else solved))
     repaired: list[dict] = []
     if cfg.repair_failed:
-        solved = {k["prompt_id"] for k in kept}
-        unsolved = data.prompts(sorted({x["prompt_id"] for x in samples} - solved))
-        repaired = repairs(samples, unsolved)
+        repaired = repairs(samples, {pid: p for pid, p in prompts.items() if pid not in solved})
         stats["repaired"] = len(repaired)
-    prompts = data.prompts(sorted({k["prompt_id"] for k in kept}))
     # with keep_truncated a cut answer trains as the prefix it is, without an end-of-turn it never wrote
     items = [{"messages": prompts[k["prompt_id"]]["messages"], "response": k["text"],
               "ended": not hit_limit(k.get("finish_reason"))} for k in kept]
-    items += [{"messages": unsolved[r["prompt_id"]]["messages"], "response": r["text"], "ended": True}
+    items += [{"messages": prompts[r["prompt_id"]]["messages"], "response": r["text"], "ended": True}
               for r in repaired]
     return sft_from_base_job(data, items, cfg.train_config(data.round_number, data.total_rounds),
                              {**stats, "samples": len(samples)})
