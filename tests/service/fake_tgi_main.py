@@ -68,11 +68,20 @@ def start_supervised(listing: Path, request_log: Path | None = None, watch: floa
 
 
 def stop_supervised(proc: subprocess.Popen) -> None:
+    """TERM the supervisor's process group; what has not exited after 20 s is killed, as a
+    container runtime does after its stop timeout (a CI run once saw the fake server's graceful
+    shutdown outlast 20 s under load, failing the test's teardown)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
     except ProcessLookupError:
         pass
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=20)
 
 
 def main() -> None:
