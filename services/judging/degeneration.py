@@ -14,6 +14,11 @@ each answer is also checked for:
 - junk: characters of a script the prompt does not use (Cuneiform, Cyrillic, CJK in an English
   exchange) or code-identifier words (camelCase, snake_case) that the prompt does not contain.
 
+Two further checks are not part of the evaluation's flags (adding them would change every stored
+degenerate rate) but decide which failed answers are sound enough to be repaired and trained on
+(ReST-EM's `repair_failed`): `leaks_turn` (the answer begins a new chat turn) and `restates_prompt`
+(8 words of the prompt in a row anywhere in the answer).
+
 All functions are pure and cheap; `degeneration_metrics` returns rates over a list of answers.
 """
 from __future__ import annotations
@@ -37,17 +42,26 @@ _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
 _RUN = re.compile(r"(.{2,20}?)\1{%d,}" % (RUN_REPEATS - 1), re.DOTALL)
 _CHAR_RUN = re.compile(r"([^\W\d_])\1{%d,}|([\W\d_])\2{%d,}" % (LETTER_RUN - 1, MARK_RUN - 1), re.DOTALL)
 _IDENT = re.compile(r"\b(?:[a-z]+[A-Z][A-Za-z]*|[A-Za-z]+_[A-Za-z_]+)\b")
+# A new chat turn begun inside the answer: the template's "model" / "user" line, whose turn markers
+# the decoder strips, on a line of its own.
+_TURN_LEAK = re.compile(r"(?:^|\n)(?:model|user)[ \t]*\n")
+PROMPT_SPAN = 8  # words in a row taken from the prompt
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
+    """The text's words, lower-cased (letters and digits, inner apostrophes kept)."""
     return [w.lower() for w in _WORD.findall(text or "")]
+
+
+def _asks_repeat(constraints: list[dict] | None) -> bool:
+    return any(c.get("id") == "combination:repeat_prompt" for c in constraints or [])
 
 
 def echoes_prompt(response: str, prompt: str, constraints: list[dict] | None = None) -> bool:
     """Whether the answer begins by repeating the prompt (case and punctuation ignored)."""
-    if any(c.get("id") == "combination:repeat_prompt" for c in constraints or []):
+    if _asks_repeat(constraints):
         return False
-    p, r = _words(prompt), _words(response)
+    p, r = words(prompt), words(response)
     k = min(ECHO_WORDS, len(p))
     return k >= 3 and r[:k] == p[:k]
 
@@ -57,11 +71,11 @@ def hit_limit(finish_reason: str | None) -> bool:
 
 
 def repetitive(text: str) -> bool:
-    words = _words(text)
-    grams = Counter(tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1))
+    w = words(text)
+    grams = Counter(tuple(w[i:i + NGRAM]) for i in range(len(w) - NGRAM + 1))
     if grams and max(grams.values()) >= NGRAM_REPEATS:
         return True
-    if any(len(set(words[i:i + WORD_RUN])) == 1 for i in range(len(words) - WORD_RUN + 1)):
+    if any(len(set(w[i:i + WORD_RUN])) == 1 for i in range(len(w) - WORD_RUN + 1)):
         return True
     return bool(_RUN.search(text or "") or _CHAR_RUN.search(text or ""))
 
@@ -91,6 +105,21 @@ def junk_tokens(response: str, prompt: str) -> list[str]:
 
 def is_junk(response: str, prompt: str) -> bool:
     return bool(junk_tokens(response, prompt))
+
+
+def leaks_turn(response: str) -> bool:
+    """Whether the answer begins a new chat turn ("model" or "user" alone on a line)."""
+    return bool(_TURN_LEAK.search(response or ""))
+
+
+def restates_prompt(response: str, prompt: str, constraints: list[dict] | None = None) -> bool:
+    """Whether the answer contains PROMPT_SPAN words of the prompt in a row, anywhere (not only at
+    its start, as `echoes_prompt` checks); never for prompts that ask for the prompt repeated."""
+    if _asks_repeat(constraints):
+        return False
+    q, t = words(prompt), words(response)
+    spans = {tuple(q[i:i + PROMPT_SPAN]) for i in range(len(q) - PROMPT_SPAN + 1)}
+    return any(tuple(t[i:i + PROMPT_SPAN]) in spans for i in range(len(t) - PROMPT_SPAN + 1))
 
 
 def degeneration_flags(response: str, prompt: str, finish_reason: str | None = None,

@@ -21,7 +21,6 @@ held-out case prompts); the repair shows it its own answer written the way the p
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from services.methods.base import (
@@ -86,25 +85,16 @@ def select_correct(samples: list[dict], k: int, keep_truncated: bool = False) ->
     return kept, {"correct": correct, "kept": len(kept), "prompts_with_correct": len(seen), "truncated": truncated}
 
 
-_TURN_LEAK = re.compile(r"(?:^|\n)(?:model|user)[ \t]*\n")  # a new chat turn begun inside the answer
-_PROMPT_SPAN = 8  # words in a row taken from the prompt
-
-
 def repairable(text: str, prompt: dict) -> bool:
     """Whether a failed answer is worth repairing: it did not degenerate (echo, runaway repetition,
-    junk tokens), did not begin a new chat turn (the template's "model" / "user" line, its markers
-    stripped in decoding) and does not restate the prompt (8 of its words in a row) unless asked to.
-    A fix edits only the broken instructions, so whatever else is wrong would be trained as right."""
-    from services.judging.degeneration import _words, degeneration_flags
+    junk tokens), did not begin a new chat turn and does not restate the prompt (8 of its words in a
+    row) unless asked to (services/judging/degeneration.py). A fix edits only the broken
+    instructions, so whatever else is wrong would be trained as right."""
+    from services.judging.degeneration import degeneration_flags, leaks_turn, restates_prompt
 
-    question = prompt["messages"][-1]["content"]
-    if any(degeneration_flags(text, question, None, prompt["constraints"]).values()) or _TURN_LEAK.search(text):
-        return False
-    if any(c["id"] == "combination:repeat_prompt" for c in prompt["constraints"]):
-        return True
-    q, t = _words(question), _words(text)
-    spans = {tuple(q[i:i + _PROMPT_SPAN]) for i in range(len(q) - _PROMPT_SPAN + 1)}
-    return not any(tuple(t[i:i + _PROMPT_SPAN]) in spans for i in range(len(t) - _PROMPT_SPAN + 1))
+    question, constraints = prompt["messages"][-1]["content"], prompt["constraints"]
+    return not (any(degeneration_flags(text, question, None, constraints).values()) or leaks_turn(text)
+                or restates_prompt(text, question, constraints))
 
 
 def repairs(samples: list[dict], prompts: dict[int, dict]) -> list[dict]:

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.judging.degeneration import degeneration_flags, degeneration_metrics, echoes_prompt, junk_tokens
+from services.judging.degeneration import (
+    degeneration_flags,
+    degeneration_metrics,
+    echoes_prompt,
+    junk_tokens,
+    leaks_turn,
+    restates_prompt,
+)
 
 PROMPT = "Explain why bread dough rises. Your answer must contain a title wrapped in double angular brackets."
 
@@ -56,3 +63,23 @@ def test_rates_over_a_list():
     unknown = degeneration_metrics([{"response": "fine", "prompt": "x"}])
     assert unknown["limit_rate"] is None and unknown["echo_rate"] == 0
     assert degeneration_metrics([])["junk_rate"] is None
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("A fine answer.\nmodel\nPut your whole reply in quotes.", True),   # the template's turn line
+    ("user\nAnd now another question", True),                          # at the very start
+    ("The model\nworks well.", False),                                 # the word inside a line
+    ("Our model is small.\nUsers like it.", False),
+    ("A fine answer.\nmodel", False),                                  # no line after it: no new turn
+])
+def test_leaked_turn(text, expected):
+    assert leaks_turn(text) is expected
+
+
+def test_restated_prompt_is_eight_words_in_a_row_anywhere():
+    prompt = "Write a short poem about the sea at night without using any commas please."
+    assert restates_prompt("Here it is. A short poem about the sea at night without using any.", prompt)
+    assert not restates_prompt("Short poem about the sea at night, no commas.", prompt)  # 7 words in a row
+    assert not restates_prompt("Waves fold under the moon.", prompt)
+    asked = [{"id": "combination:repeat_prompt", "kwargs": {}}]
+    assert not restates_prompt("Write a short poem about the sea at night without using any commas", prompt, asked)
