@@ -66,6 +66,7 @@ def select_correct(samples: list[dict], k: int, keep_truncated: bool = False) ->
     correct, kept, prompts with any kept sample, and correct responses dropped as truncated.
     """
     from services.judging.degeneration import hit_limit
+    from services.refinement.search import normalise
 
     kept, seen = [], {}
     correct = truncated = 0
@@ -77,7 +78,7 @@ def select_correct(samples: list[dict], k: int, keep_truncated: bool = False) ->
             truncated += 1
             continue
         texts = seen.setdefault(s["prompt_id"], set())
-        norm = " ".join(s["text"].split())
+        norm = normalise(s["text"])
         if len(texts) >= k or norm in texts:
             continue
         texts.add(norm)
