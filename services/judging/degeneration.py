@@ -122,6 +122,16 @@ def restates_prompt(response: str, prompt: str, constraints: list[dict] | None =
     return any(tuple(t[i:i + PROMPT_SPAN]) in spans for i in range(len(t) - PROMPT_SPAN + 1))
 
 
+def editable(response: str, prompt: str, constraints: list[dict] | None = None) -> bool:
+    """Whether a failed answer is sound apart from its broken instructions, so that a minimal edit
+    of those (services/curriculum/refinements.py) makes it an answer worth training as right: it did
+    not degenerate (echo, runaway repetition, junk tokens), does not begin a new chat turn and does
+    not restate the prompt unless asked to. An edit fixes only what the verifier checks, so whatever
+    else is wrong would be trained as right along with it (ReST-EM's repairs, SPaR-hybrid's fixes)."""
+    return not (any(degeneration_flags(response, prompt, None, constraints).values()) or leaks_turn(response)
+                or restates_prompt(response, prompt, constraints))
+
+
 def degeneration_flags(response: str, prompt: str, finish_reason: str | None = None,
                        constraints: list[dict] | None = None) -> dict[str, bool]:
     return {"echo": echoes_prompt(response, prompt, constraints), "limit": hit_limit(finish_reason),

@@ -86,27 +86,15 @@ def select_correct(samples: list[dict], k: int, keep_truncated: bool = False) ->
     return kept, {"correct": correct, "kept": len(kept), "prompts_with_correct": len(seen), "truncated": truncated}
 
 
-def repairable(text: str, prompt: dict) -> bool:
-    """Whether a failed answer is worth repairing: it did not degenerate (echo, runaway repetition,
-    junk tokens), did not begin a new chat turn and does not restate the prompt (8 of its words in a
-    row) unless asked to (services/judging/degeneration.py). A fix edits only the broken
-    instructions, so whatever else is wrong would be trained as right."""
-    from services.judging.degeneration import degeneration_flags, leaks_turn, restates_prompt
-
-    question, constraints = prompt["messages"][-1]["content"], prompt["constraints"]
-    return not (any(degeneration_flags(text, question, None, constraints).values()) or leaks_turn(text)
-                or restates_prompt(text, question, constraints))
-
-
 def repairs(samples: list[dict], prompts: dict[int, dict]) -> list[dict]:
     """One repaired answer per prompt of `prompts` that has constraints: the verified mechanical fix
-    of its first failed (reward 0.0) answer that ended, is `repairable` and has a fix, lowest index
-    first.
+    of its first failed (reward 0.0) answer that ended, is `editable` (services/judging/degeneration.py:
+    sound apart from its broken instructions) and has a fix, lowest index first.
 
     samples: as for select_correct; prompts: {prompt_id: prompt dict} of the prompts to repair.
     Returns [{"prompt_id", "index", "text"}] with the fixed text."""
     from services.curriculum.refinements import refine
-    from services.judging.degeneration import hit_limit
+    from services.judging.degeneration import editable, hit_limit
     from services.refinement.search import normalise
 
     failed: dict[int, list[dict]] = {}
@@ -118,7 +106,7 @@ def repairs(samples: list[dict], prompts: dict[int, dict]) -> list[dict]:
         if not prompt.get("constraints"):
             continue
         for s in failed.get(pid, []):
-            if not repairable(s["text"], prompt):
+            if not editable(s["text"], prompt["messages"][-1]["content"], prompt["constraints"]):
                 continue
             fixed = refine(s["text"], prompt["constraints"], prompt["messages"][-1]["content"])
             if fixed and normalise(fixed) != normalise(s["text"]):

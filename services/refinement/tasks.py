@@ -13,7 +13,8 @@ constraints whose broken instructions all have a mechanical fix (services/curric
 the edits that bootstrap the refiner) gets that verified minimal fix as its one candidate instead of
 the refiner's rewrites (the expansion still costs `branching` of the budget; its empty slots
 count as dropped); a root cut at the token limit is never fixed that way (the fix would keep the
-cut text as a chosen answer), and everything else goes to the refiner. Every node of every tree is
+cut text as a chosen answer), nor a text unsound beyond its broken instructions (degenerate, a
+leaked chat turn, the prompt restated), and everything else goes to the refiner. Every node of every tree is
 upserted as a RefinementNode (path is the natural key, and a redelivered task replaces its samples'
 trees).
 """
@@ -47,16 +48,23 @@ def rewrite_of(completion) -> str | None:
 
 def mechanical_fix(prompt: dict, text: str) -> str | None:
     """The verified minimal programmatic fix of `text` for a prompt with constraints, or None (no
-    constraints, an instruction without a mechanical fix, a fix that changes only whitespace, or
-    `text` is the root that was cut at its limit). Only the cut root itself is kept from the fix: a
-    rewrite of it the refiner ended is an answer of the refiner's like any other."""
+    constraints, an instruction without a mechanical fix, a fix that changes only whitespace,
+    `text` is the root that was cut at its limit, or `text` is unsound beyond its broken
+    instructions: degenerate, a leaked chat turn, the prompt restated; `editable` in
+    services/judging/degeneration.py). Only the cut root itself is kept from the fix: a rewrite of
+    it the refiner ended is an answer of the refiner's like any other. An unsound text goes to the
+    refiner, since its fix would become a chosen answer with the rest trained as right."""
     from services.curriculum.refinements import refine
+    from services.judging.degeneration import editable
     from services.refinement.search import normalise
 
     cut_root = prompt.get("cut_root")
     if not prompt.get("constraints") or (cut_root is not None and normalise(text) == normalise(cut_root)):
         return None
-    fix = refine(text, prompt["constraints"], prompt["messages"][-1]["content"])
+    question = prompt["messages"][-1]["content"]
+    if not editable(text, question, prompt["constraints"]):
+        return None
+    fix = refine(text, prompt["constraints"], question)
     # a fix that only moves whitespace would be dropped by the search as a copy of its parent
     # (and end the search with no child): the refiner gets the turn instead
     return None if fix is None or normalise(fix) == normalise(text) else fix

@@ -94,14 +94,17 @@ def test_rest_em_can_repair_the_prompts_it_never_solved():
     ("lake lake lake lake lake lake lake lake lake lake lake lake", False),  # runaway repetition
 ])
 def test_only_answers_that_are_otherwise_sound_are_repaired(text, ok):
-    from services.methods.rest_em import repairable
+    from services.judging.degeneration import editable
+    from services.methods.rest_em import repairs
 
-    prompt = {"messages": [{"role": "user", "content": "Write about the lake in lowercase and say why it is calm today."}],
-              "constraints": LOWER}
-    assert repairable(text, prompt) is ok
-    asked = {**prompt, "constraints": LOWER + [{"id": "combination:repeat_prompt", "kwargs": {
-        "prompt_to_repeat": "Write about the lake in lowercase and say why it is calm today."}}]}
-    assert repairable("Write about the lake in lowercase and say why it is calm today. It is.", asked)
+    question = "Write about the lake in lowercase and say why it is calm today."
+    assert editable(text, question, LOWER) is ok
+    asked = LOWER + [{"id": "combination:repeat_prompt", "kwargs": {"prompt_to_repeat": question}}]
+    assert editable("Write about the lake in lowercase and say why it is calm today. It is.", question, asked)
+    # ReST-EM repairs only what is editable
+    prompts = {1: {"messages": [{"role": "user", "content": question}], "constraints": LOWER}}
+    got = repairs([{"prompt_id": 1, "index": 0, "text": text, "reward": 0.0, "finish_reason": "stop"}], prompts)
+    assert bool(got) is ok
 
 
 ONE_PAIR = {"pairs": 1, "cut_best_passed_over": 0, "rejected_longer": 0, "chosen_words_mean": 1.0,

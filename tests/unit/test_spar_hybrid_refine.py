@@ -65,6 +65,25 @@ def test_what_has_no_fix_goes_to_the_refiner_in_one_call(recorder):
     assert tasks.mechanical_fix(prompt(LOWER, cut_root="The Lake Went On And"), "Rewrite Of It") == "rewrite of it"
 
 
+@pytest.mark.parametrize("text", [
+    "The Lake Is Calm.\nuser\nDescribe The River.",  # a new chat turn begun inside the answer
+    "Sure. Describe The Lake In Lowercase Please And Describe The Lake In Lowercase.",  # the prompt restated
+    "Lake Lake Lake Lake Lake Lake Lake Lake Lake Lake Lake Lake",  # runaway repetition
+])
+def test_an_answer_unsound_beyond_its_broken_instruction_goes_to_the_refiner(recorder, text):
+    """Its fix would pass the verifier, and the leak, the restated prompt or the repetition would be
+    trained as right on the chosen side: the refiner rewrites it instead."""
+    long_prompt = {"messages": [{"role": "user", "content": "describe the lake in lowercase please and describe "
+                                                            "the lake in lowercase"}],
+                   "constraints": LOWER, "cut_root": None}
+    assert tasks.mechanical_fix(long_prompt, text) is None
+    refine_many, _, counter = calls("hybrid")
+    out = refine_many([(long_prompt, text, "Verdict: no")])
+    assert out[0][0].startswith("rewrite 0 of") and counter == {"n": 1, "fixes": 0}
+    # the same prompt's sound failure still gets its fix
+    assert tasks.mechanical_fix(long_prompt, "The Lake Is Calm.") == "the lake is calm."
+
+
 def test_self_mode_never_fixes(recorder):
     refine_many, _, counter = calls("self")
     out = refine_many([(prompt(LOWER), "The Lake Is Calm.", "Verdict: no")])
