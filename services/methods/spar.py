@@ -219,9 +219,10 @@ def _solved_by_fix(data, trees: list[dict]) -> int:
     """How many solutions are a mechanical fix (refine_mode hybrid) rather than a refiner's rewrite:
     the solution's last step is the fix of its parent, at any depth, unless that parent is a root
     cut at the limit (which hybrid never fixes, so the refiner wrote it). Under hybrid a parent that
-    has a fix is never handed to the refiner, so equality with the fix tells the two apart."""
-    from services.curriculum.refinements import refine
+    `mechanical_fix` fixes is never handed to the refiner, so equality with that fix tells the two
+    apart (the same function, so a parent it refuses as unsound counts as the refiner's)."""
     from services.refinement.search import solution_path
+    from services.refinement.tasks import mechanical_fix
 
     prompts = data.prompts(sorted({t["prompt_id"] for t in trees}))
     n = 0
@@ -233,7 +234,7 @@ def _solved_by_fix(data, trees: list[dict]) -> int:
         if parent["depth"] == 0 and t.get("root_cut"):
             continue
         prompt = prompts[t["prompt_id"]]
-        n += node["text"] == refine(parent["text"], prompt["constraints"], prompt["messages"][-1]["content"])
+        n += node["text"] == mechanical_fix({**prompt, "cut_root": None}, parent["text"])
     return n
 
 

@@ -135,12 +135,15 @@ def test_round_stats_count_the_solutions_that_are_mechanical_fixes():
              tree(2, "The Pond.", ("a calm pond.", True)),  # the refiner's own rewrite
              tree(3, "The Sea.", ("The Sea Again", False), ("the sea again", True)),  # the fix of a rewrite
              tree(4, "The River", ("the river", True), cut=True),  # a cut root: the refiner wrote it
-             tree(5, "The Bay.")]  # unsolved
+             tree(5, "The Bay."),  # unsolved
+             # a leaked turn is never fixed mechanically: a rewrite equal to its fix is the refiner's
+             tree(6, "The Hill.\nuser\nMore", ("the hill.\nuser\nmore", True))]
     pairs, stats = round_pairs(Trees(trees), SPaRConfig(refine_mode="hybrid"))
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [
-        ("the lake.", "The Lake."), ("a calm pond.", "The Pond."), ("the sea again", "The Sea."), ("the river", "The River")]
+        ("the lake.", "The Lake."), ("a calm pond.", "The Pond."), ("the sea again", "The Sea."), ("the river", "The River"),
+        ("the hill.\nuser\nmore", "The Hill.\nuser\nMore")]
     assert {k: stats[k] for k in ("searched", "solved", "solved_by_fix", "dropped_for_length")} == {
-        "searched": 5, "solved": 4, "solved_by_fix": 2, "dropped_for_length": 0}
+        "searched": 6, "solved": 5, "solved_by_fix": 2, "dropped_for_length": 0}
     assert "solved_by_fix" not in round_pairs(Trees(trees), SPaRConfig())[1]
 
 
