@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from services.gateway import run_tracking
 from services.judging.regression import regression_verdict
-from services.methods import get_recipe, parse_config
+from services.methods import get_recipe, parse_stored_config
 from services.methods.base import PlanInput
 from shared import crud, logs, metrics
 from shared.config import get_settings
@@ -168,7 +168,7 @@ def _advance_locked(session: Session, rnd: Round, to_send: list, to_track: list)
         to_track.append(run_tracking.finished(run))
         return
     recipe = get_recipe(run.method)
-    config, errors = parse_config(recipe.config_cls, run.config)
+    config, errors = parse_stored_config(recipe.config_cls, run.config)
     if errors:
         _fail(run, rnd, "config", str(errors), to_track)
         return
@@ -295,6 +295,6 @@ def _stages_of(session: Session, round_id: int):
     rnd = session.get(Round, round_id)
     run = session.get(Run, rnd.run_id)
     recipe = get_recipe(run.method)
-    config, _ = parse_config(recipe.config_cls, run.config)
+    config, _ = parse_stored_config(recipe.config_cls, run.config)
     return recipe.stages(config, bool(run.eval_prompt_set_ids))
 

@@ -17,7 +17,7 @@ from services.gateway.schemas import (
     AddPromptSets, BaseModels, ModelPage, RoundDetail, RunDetail, RunPage, RunRequest, RunSummary, TrainSteps,
 )
 from services.judging.evaluation import eval_series
-from services.methods import get_recipe, parse_config, runs
+from services.methods import get_recipe, parse_stored_config, runs
 from shared import crud
 from shared.config import get_settings
 from shared.models import ModelVersion, ModelVersionPublic, PromptSet, Round, Run, utcnow
@@ -119,7 +119,7 @@ def add_prompt_sets(run_id: RunId, body: AddPromptSets, session: SessionDep, key
         missing.append({"loc": ["prompt_set_ids"], "msg": "held-out sets of this run cannot be trained on"})
     if missing:
         raise HTTPException(422, missing)
-    config, _ = parse_config(get_recipe(run.method).config_cls, run.config)
+    config, _ = parse_stored_config(get_recipe(run.method).config_cls, run.config)
     problems = runs.data_errors(session, key.workspace_id, run.method, ids, config)
     if problems:
         raise HTTPException(422, problems)

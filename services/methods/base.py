@@ -73,8 +73,9 @@ class Recipe:
     training_job: Callable[[Any, Any, str], Any] | None = None
 
     def load_config(self, data: dict | None) -> Any:
-        """The config from stored JSON; ValueError naming the fields when it does not validate."""
-        cfg, errors = parse_config(self.config_cls, data)
+        """The config from stored JSON (parse_stored_config); ValueError naming the fields when it
+        does not validate."""
+        cfg, errors = parse_stored_config(self.config_cls, data)
         if errors:
             raise ValueError(str(errors))
         return cfg
@@ -119,6 +120,26 @@ def parse_config(config_cls: type, data: dict | None) -> tuple[Any, list[dict]]:
     except (TypeError, ValueError) as exc:
         field = getattr(exc, "field", None) or _field_in_message(str(exc), names)
         return None, [{"loc": ["config"] + ([field] if field else []), "msg": str(exc)}]
+
+
+def parse_stored_config(config_cls: type, data: dict | None) -> tuple[Any, list[dict]]:
+    """parse_config for a config already stored on a run. Configs stored before switches were typed
+    may hold a loose value in a bool field (`"mix_previous_pairs": 0`, `"train": {"lora": 1}`), which
+    the code then read by truth; such a value is read the same way here (bool(value)), so a run
+    submitted then still advances, doing what it did. A submission is never parsed this way: a loose
+    switch there is a 422 (parse_config)."""
+    from services.methods.bounds import _kind
+    from services.training.config import TrainConfig
+
+    def switches(cls: type, values: dict) -> dict:
+        kinds = {f.name: _kind(f.type) for f in dataclasses.fields(cls)}
+        return {k: bool(v) if kinds.get(k) is bool and v is not None and not isinstance(v, bool) else v
+                for k, v in values.items()}
+
+    data = switches(config_cls, dict(data or {}))
+    if isinstance(data.get("train"), dict):
+        data["train"] = switches(TrainConfig, data["train"])
+    return parse_config(config_cls, data)
 
 
 def config_json(config: Any) -> dict:

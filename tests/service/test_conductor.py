@@ -135,6 +135,27 @@ def test_a_conductor_error_fails_the_run_instead_of_wedging_it(api, tiny_model, 
         assert _round(run_id).status == "failed"
 
 
+def test_a_run_stored_with_loose_switches_still_advances_reading_them_as_before(api, tiny_model, inline):
+    """Configs stored before switches were typed may hold 0 / 1 in a bool field; the code then read
+    them by truth, and the conductor and the workers still do, while a submission with them is a 422."""
+    from services.methods import get_recipe, parse_stored_config
+
+    client, a, _ = api
+    run_id = _start(api, tiny_model)
+    with session_scope() as s:  # as an older version stored it
+        run = s.get(Run, run_id)
+        run.config = {**run.config, "mix_previous_pairs": 0, "train": {"lora": 1}}
+    cfg, errors = parse_stored_config(get_recipe("spin").config_cls, {"mix_previous_pairs": 0, "train": {"lora": 1}})
+    assert errors == [] and cfg.mix_previous_pairs is False and cfg.train == {"lora": True}
+    queue.run_inline()
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        assert run.status == "succeeded", run.error
+    r = client.post("/v1/runs", headers=a, json={"method": "spin", "base_model": tiny_model, "prompt_set_ids": [1],
+                                                  "config": {"mix_previous_pairs": 0}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "mix_previous_pairs"
+
+
 def test_transient_errors_go_back_to_pending_until_attempts_run_out(api, tiny_model, inline):
     from services.generation.base import TransientBackendError
     from shared.stages import MAX_ATTEMPTS, execute
