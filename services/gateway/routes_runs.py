@@ -119,7 +119,9 @@ def add_prompt_sets(run_id: RunId, body: AddPromptSets, session: SessionDep, key
         missing.append({"loc": ["prompt_set_ids"], "msg": "held-out sets of this run cannot be trained on"})
     if missing:
         raise HTTPException(422, missing)
-    config, _ = parse_stored_config(get_recipe(run.method).config_cls, run.config)
+    config, invalid = parse_stored_config(get_recipe(run.method).config_cls, run.config)
+    if invalid:  # the run's own stored config, not this request: its next advance fails the run
+        raise HTTPException(409, f"run {run_id} has a stored config that no longer validates: {invalid}")
     problems = runs.data_errors(session, key.workspace_id, run.method, ids, config)
     if problems:
         raise HTTPException(422, problems)

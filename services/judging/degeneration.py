@@ -15,9 +15,11 @@ each answer is also checked for:
   exchange) or code-identifier words (camelCase, snake_case) that the prompt does not contain.
 
 Two further checks are not part of the evaluation's flags (adding them would change every stored
-degenerate rate) but decide which failed answers are sound enough to be repaired and trained on
-(ReST-EM's `repair_failed`): `leaks_turn` (the answer begins a new chat turn) and `restates_prompt`
-(8 words of the prompt in a row anywhere in the answer).
+degenerate rate): `leaks_turn` (the answer begins a new chat turn) and `restates_prompt` (8 words of
+the prompt in a row anywhere in the answer). With the flags they make `editable`: whether a failed
+answer is sound enough that a minimal edit of its broken instructions gives an answer worth training
+as right (ReST-EM's `repair_failed`, SPaR-hybrid's mechanical fixes), and whether a chosen answer
+the verifier passed is sound (SPaR's pairs).
 
 All functions are pure and cheap; `degeneration_metrics` returns rates over a list of answers.
 """

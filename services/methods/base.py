@@ -126,13 +126,16 @@ def parse_stored_config(config_cls: type, data: dict | None) -> tuple[Any, list[
     """parse_config for a config already stored on a run. Configs stored before switches were typed
     may hold a loose value in a bool field (`"mix_previous_pairs": 0`, `"train": {"lora": 1}`), which
     the code then read by truth; such a value is read the same way here (bool(value)), so a run
-    submitted then still advances, doing what it did. A submission is never parsed this way: a loose
-    switch there is a 422 (parse_config)."""
-    from services.methods.bounds import _kind
+    submitted then still advances, doing what it did. One exception: a falsy `train.lora` (0, "")
+    did full fine-tuning then, which runs no longer do (they publish and chain LoRA adapters), so it
+    reads as false and the run stops with that config error. Only switches are relaxed; any other
+    stored value is checked as on submission. A submission is never parsed this way: a loose switch
+    there is a 422 (parse_config)."""
+    from services.methods.bounds import field_kind
     from services.training.config import TrainConfig
 
     def switches(cls: type, values: dict) -> dict:
-        kinds = {f.name: _kind(f.type) for f in dataclasses.fields(cls)}
+        kinds = {f.name: field_kind(f.type) for f in dataclasses.fields(cls)}
         return {k: bool(v) if kinds.get(k) is bool and v is not None and not isinstance(v, bool) else v
                 for k, v in values.items()}
 

@@ -49,7 +49,7 @@ def bound(name: str, kind: type) -> tuple[float, float]:
     return (0, 1_000_000) if kind is int else (-1e6, 1e6)
 
 
-def _kind(annotation: Any) -> type | None:
+def field_kind(annotation: Any) -> type | None:
     """int, float, bool or str for fields of that plain (or Optional) type, else None. Annotations may be strings
     (modules use `from __future__ import annotations`)."""
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
@@ -86,7 +86,7 @@ def check_numbers(obj: Any, values: dict | None = None, cls: type | None = None)
     `cls`, checking `values`) whose value has the wrong type or, numeric, is out of bounds."""
     cls = cls or type(obj)
     for f in dataclasses.fields(cls):
-        kind = _kind(f.type)
+        kind = field_kind(f.type)
         if kind is None:
             continue
         if values is not None and f.name not in values:

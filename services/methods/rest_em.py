@@ -13,8 +13,9 @@ round's answers cut at the limit rose from 18 % to 44 %). The paper's learning r
 models.
 
 `repair_failed` (ours, off by default): a prompt with constraints none of whose samples was kept
-contributes one repaired answer instead — the first of its failed answers that ended whose broken
-instructions all have a mechanical fix (services/curriculum/refinements.py, SPaR-hybrid's edits),
+contributes one repaired answer instead — the first of its failed answers that ended, is sound
+apart from its broken instructions (degeneration.editable) and whose broken instructions all have a
+mechanical fix (services/curriculum/refinements.py, SPaR-hybrid's edits),
 kept only when the verifier passes the fix. A policy that never writes a whole answer in capitals
 never samples a correct one, so the E-step alone can never teach it (every measured run: 0 of the
 held-out case prompts); the repair shows it its own answer written the way the prompt asked.

@@ -58,7 +58,8 @@ class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
     # constraints, a failed answer whose broken instructions all have a mechanical fix gets that
     # verified minimal edit (services/curriculum/refinements.py) instead of the refiner's rewrites,
     # as judge "hybrid" lets the verifier judge them; an answer cut at the token limit is never fixed
-    # itself (only the refiner's ended rewrite of it), and the refiner refines the rest (ours, not the paper's).
+    # itself (only the refiner's ended rewrite of it), nor one unsound beyond its broken instructions
+    # (degeneration.editable), and the refiner refines the rest (ours, not the paper's).
     refine_mode: str = "self"
     # At most this share of the pairs whose sides differ in word count on one side (chosen longer or
     # rejected longer), the widest gaps dropped first (base.balance_lengths, as in Self-Rewarding).
@@ -207,6 +208,9 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
     if cfg.refine_mode == "hybrid":
         stats["solved_by_fix"] = _solved_by_fix(data, trees)
     pairs = refined_pairs(trees)
+    pairs, unsound = drop_unsound(pairs, data.prompts(sorted({p["prompt_id"] for p in pairs})),
+                                  _verifier_judged(cfg, data))
+    stats["dropped_as_unsound"] = unsound
     if cfg.drop_continuations:
         pairs, dropped = drop_continuations(
             pairs, cut={(t["prompt_id"], t["sample_index"]) for t in trees if t.get("root_cut")})
@@ -215,14 +219,32 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
     return pairs, {**stats, "pairs": len(pairs), **dropped, **pair_length_counts(pairs)}
 
 
+def drop_unsound(pairs: list[dict], prompts: dict[int, dict], verifier_judged: Callable[[dict], bool]
+                 ) -> tuple[list[dict], int]:
+    """The pairs whose chosen answer is sound (`editable`: no echo, runaway repetition, junk,
+    leaked chat turn or restated prompt), where the verifier judged the prompt, and how many were
+    dropped. The verifier checks only the prompt's instructions, so a refinement that keeps a leaked
+    turn but fixes the case passes it; a model judge reads the whole answer and is left to decide."""
+    from services.judging.degeneration import editable
+
+    kept = []
+    for p in pairs:
+        prompt = prompts[p["prompt_id"]]
+        if verifier_judged(prompt) and not editable(p["chosen"], prompt["messages"][-1]["content"],
+                                                    prompt["constraints"]):
+            continue
+        kept.append(p)
+    return kept, len(pairs) - len(kept)
+
+
 def _solved_by_fix(data, trees: list[dict]) -> int:
     """How many solutions are a mechanical fix (refine_mode hybrid) rather than a refiner's rewrite:
     the solution's last step is the fix of its parent, at any depth, unless that parent is a root
     cut at the limit (which hybrid never fixes, so the refiner wrote it). Under hybrid a parent that
     `mechanical_fix` fixes is never handed to the refiner, so equality with that fix tells the two
     apart (the same function, so a parent it refuses as unsound counts as the refiner's)."""
+    from services.refinement.fixes import mechanical_fix
     from services.refinement.search import solution_path
-    from services.refinement.tasks import mechanical_fix
 
     prompts = data.prompts(sorted({t["prompt_id"] for t in trees}))
     n = 0
@@ -231,10 +253,9 @@ def _solved_by_fix(data, trees: list[dict]) -> int:
         if not steps:
             continue
         parent, node = steps[0]
-        if parent["depth"] == 0 and t.get("root_cut"):
-            continue
-        prompt = prompts[t["prompt_id"]]
-        n += node["text"] == mechanical_fix({**prompt, "cut_root": None}, parent["text"])
+        # the prompt as the search saw it: the cut root (any depth's copy of it) is never fixed
+        seen = {**prompts[t["prompt_id"]], "cut_root": t["root"] if t.get("root_cut") else None}
+        n += node["text"] == mechanical_fix(seen, parent["text"])
     return n
 
 

@@ -147,6 +147,10 @@ def test_a_run_stored_with_loose_switches_still_advances_reading_them_as_before(
         run.config = {**run.config, "mix_previous_pairs": 0, "train": {"lora": 1}}
     cfg, errors = parse_stored_config(get_recipe("spin").config_cls, {"mix_previous_pairs": 0, "train": {"lora": 1}})
     assert errors == [] and cfg.mix_previous_pairs is False and cfg.train == {"lora": True}
+    more = client.post("/v1/prompt-sets", headers=a, json={"name": "more", "items": [
+        {"prompt": "say more", "reference": "more ."}]}).json()["id"]
+    added = client.post(f"/v1/runs/{run_id}/prompt-sets", headers=a, json={"prompt_set_ids": [more]})
+    assert added.status_code == 200, added.text  # the stored config is read as the conductor reads it
     queue.run_inline()
     with session_scope() as s:
         run = s.get(Run, run_id)

@@ -91,7 +91,7 @@ def test_rest_em_can_repair_the_prompts_it_never_solved():
     ("The Lake Is Calm. Birds Sing.", True),
     ('"The Lake Is Calm."\nmodel\nWrite about the lake.', False),  # a new turn begun inside the answer
     ("Write about the lake in lowercase and say why it is calm today. It is.", False),  # restates the prompt
-    ("lake lake lake lake lake lake lake lake lake lake lake lake", False),  # runaway repetition
+    ("The Lake Is Calm And Clear Today. " * 4, False),  # runaway repetition
 ])
 def test_only_answers_that_are_otherwise_sound_are_repaired(text, ok):
     from services.judging.degeneration import editable
@@ -308,3 +308,38 @@ def test_stage_lists():
                                                         "generate", "judge", "pairs", "train"]
     assert names("spar", SPaRConfig()) == ["generate", "bootstrap_samples", "bootstrap_judge", "judge_check", "judge",
                                            "refine", "pairs", "train", "train_refiner"]
+
+
+@pytest.mark.parametrize("stored,read", [
+    ({"mix_previous_pairs": 0}, {"mix_previous_pairs": False}),
+    ({"mix_previous_pairs": "no"}, {"mix_previous_pairs": True}),  # a non-empty string was truthy then
+    ({"mix_previous_pairs": True, "train": {"lora": 1, "share_prompt": 0}},
+     {"mix_previous_pairs": True, "train": {"lora": True, "share_prompt": False}}),
+])
+def test_a_stored_config_reads_loose_switches_by_their_truth(stored, read):
+    from services.methods.base import parse_config, parse_stored_config
+    from services.methods.spin import SPINConfig
+
+    cfg, errors = parse_stored_config(SPINConfig, stored)
+    assert errors == [] and {k: getattr(cfg, k) for k in read} == read
+    assert parse_config(SPINConfig, stored)[1]  # a submission with the same values is refused
+    assert get_recipe_config("spin", stored) == cfg  # the workers read it the same way
+
+
+@pytest.mark.parametrize("stored,field", [
+    ({"train": {"lora": 0}}, "train"),  # full fine-tuning then; runs no longer do it
+    ({"learning_rate": "fast"}, "learning_rate"),  # only switches are relaxed
+    ({"epochs": 2.0}, "epochs"),
+])
+def test_a_stored_config_that_is_still_invalid_names_its_field(stored, field):
+    from services.methods.base import parse_stored_config
+    from services.methods.spin import SPINConfig
+
+    cfg, errors = parse_stored_config(SPINConfig, stored)
+    assert cfg is None and errors[0]["loc"] == ["config", field]
+
+
+def get_recipe_config(method, stored):
+    from services.methods import get_recipe
+
+    return get_recipe(method).load_config(stored)

@@ -68,7 +68,7 @@ def test_what_has_no_fix_goes_to_the_refiner_in_one_call(recorder):
 @pytest.mark.parametrize("text", [
     "The Lake Is Calm.\nuser\nDescribe The River.",  # a new chat turn begun inside the answer
     "Sure. Describe The Lake In Lowercase Please And Describe The Lake In Lowercase.",  # the prompt restated
-    "Lake Lake Lake Lake Lake Lake Lake Lake Lake Lake Lake Lake",  # runaway repetition
+    "The Lake Is Calm And Clear Today. " * 4,  # runaway repetition
 ])
 def test_an_answer_unsound_beyond_its_broken_instruction_goes_to_the_refiner(recorder, text):
     """Its fix would pass the verifier, and the leak, the restated prompt or the repetition would be
@@ -111,6 +111,7 @@ class Trees:
 
     def __init__(self, trees):
         self.trees = trees
+        self.metrics = {}  # no judge check this round
 
     def refinement_trees(self):
         return self.trees
@@ -137,13 +138,20 @@ def test_round_stats_count_the_solutions_that_are_mechanical_fixes():
              tree(4, "The River", ("the river", True), cut=True),  # a cut root: the refiner wrote it
              tree(5, "The Bay."),  # unsolved
              # a leaked turn is never fixed mechanically: a rewrite equal to its fix is the refiner's
-             tree(6, "The Hill.\nuser\nMore", ("the hill.\nuser\nmore", True))]
-    pairs, stats = round_pairs(Trees(trees), SPaRConfig(refine_mode="hybrid"))
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [
-        ("the lake.", "The Lake."), ("a calm pond.", "The Pond."), ("the sea again", "The Sea."), ("the river", "The River"),
-        ("the hill.\nuser\nmore", "The Hill.\nuser\nMore")]
-    assert {k: stats[k] for k in ("searched", "solved", "solved_by_fix", "dropped_for_length")} == {
-        "searched": 6, "solved": 5, "solved_by_fix": 2, "dropped_for_length": 0}
+             tree(6, "The Hill.\nuser\nMore", ("the hill.\nuser\nmore", True)),
+             # a cut root copied back by a rewrite is still the cut root: its solution is no fix
+             tree(7, "The Dune Went", ("The Dune Is", False), ("The Dune Went", False), ("the dune went", True),
+                  cut=True)]
+    sound = [("the lake.", "The Lake."), ("a calm pond.", "The Pond."), ("the sea again", "The Sea."),
+             ("the river", "The River"), ("the dune went", "The Dune Went")]
+    pairs, stats = round_pairs(Trees(trees), SPaRConfig(refine_mode="hybrid"))  # the refiner judged
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == sound[:4] + [
+        ("the hill.\nuser\nmore", "The Hill.\nuser\nMore")] + sound[4:]
+    assert {k: stats[k] for k in ("searched", "solved", "solved_by_fix", "dropped_for_length", "dropped_as_unsound")} == {
+        "searched": 7, "solved": 6, "solved_by_fix": 2, "dropped_for_length": 0, "dropped_as_unsound": 0}
+    # under the verifier, which checks only the instructions, the leaked turn is no chosen answer
+    pairs, stats = round_pairs(Trees(trees), SPaRConfig(refine_mode="hybrid", judge="verifier"))
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == sound and stats["dropped_as_unsound"] == 1
     assert "solved_by_fix" not in round_pairs(Trees(trees), SPaRConfig())[1]
 
 
