@@ -205,11 +205,11 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
         solved = first_solved(t["nodes"])
         trees.append({**t, "solution": solved["text"] if solved else None})
     stats = {"searched": len(trees), "solved": sum(t["solution"] is not None for t in trees)}
+    prompts = data.prompts(sorted({t["prompt_id"] for t in trees}))
     if cfg.refine_mode == "hybrid":
-        stats["solved_by_fix"] = _solved_by_fix(data, trees)
+        stats["solved_by_fix"] = _solved_by_fix(prompts, trees)
     pairs = refined_pairs(trees)
-    pairs, unsound = drop_unsound(pairs, data.prompts(sorted({p["prompt_id"] for p in pairs})),
-                                  _verifier_judged(cfg, data))
+    pairs, unsound = drop_unsound(pairs, prompts, _verifier_judged(cfg, data))
     stats["dropped_as_unsound"] = unsound
     if cfg.drop_continuations:
         pairs, dropped = drop_continuations(
@@ -237,7 +237,7 @@ def drop_unsound(pairs: list[dict], prompts: dict[int, dict], verifier_judged: C
     return kept, len(pairs) - len(kept)
 
 
-def _solved_by_fix(data, trees: list[dict]) -> int:
+def _solved_by_fix(prompts: dict[int, dict], trees: list[dict]) -> int:
     """How many solutions are a mechanical fix (refine_mode hybrid) rather than a refiner's rewrite:
     the solution's last step is the fix of its parent, at any depth, unless that parent is a root
     cut at the limit (which hybrid never fixes, so the refiner wrote it). Under hybrid a parent that
@@ -246,7 +246,6 @@ def _solved_by_fix(data, trees: list[dict]) -> int:
     from services.refinement.fixes import mechanical_fix
     from services.refinement.search import solution_path
 
-    prompts = data.prompts(sorted({t["prompt_id"] for t in trees}))
     n = 0
     for t in trees:
         steps = solution_path(t["nodes"])
