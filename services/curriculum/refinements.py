@@ -23,20 +23,24 @@ from services.judging import verifier
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _BULLET = re.compile(r"^\s*(?:[*-]\s+)", re.MULTILINE)
+_HEADER = re.compile(r"^\W*(?:section|paragraph|part|chapter)\s+\d+\W*$", re.IGNORECASE)
 Fix = Callable[[str, dict, str], str | None]
 
 
 def _sentences(text: str) -> list[str]:
-    flat = " ".join(line.strip() for line in text.replace("***", " ").splitlines() if line.strip())
-    flat = _BULLET.sub("", flat)
+    """The text's sentences with its old layout taken out: bullet marks at line starts, "***"
+    separators and lines that are only a section header ("SECTION 2"), so that regrouping a text
+    that already had some layout does not keep stray marks ("* * its shape", a doubled header)."""
+    lines = [_BULLET.sub("", line).strip() for line in text.replace("***", "\n").splitlines()]
+    flat = " ".join(line for line in lines if line and not _HEADER.match(line))
     return [s for s in _SENTENCE.split(flat) if s.strip()]
 
 
 def _groups(text: str, n: int) -> list[str] | None:
-    """The text's sentences in n non-empty consecutive groups (words when there are too few sentences)."""
+    """The text's sentences in n non-empty consecutive groups, or None when it has fewer than n
+    sentences: cutting sentences into pieces to make up the count ("causes the\n* tides.") gives an
+    answer nobody would write, which is worse training data than no fix at all."""
     parts = _sentences(text)
-    if len(parts) < n:
-        parts = " ".join(parts).split()
     if len(parts) < n:
         return None
     size, extra = divmod(len(parts), n)
@@ -46,6 +50,19 @@ def _groups(text: str, n: int) -> list[str] | None:
         out.append(" ".join(parts[start:end]))
         start = end
     return out
+
+
+def _unquoted(layout: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    """Lay out the text inside a pair of wrapping double quotes and put the quotes back around the
+    result, so the quotes stay the answer's first and last characters instead of landing inside a
+    bullet or after a section header."""
+    def apply(t: str) -> str | None:
+        s = t.strip()
+        if len(s) > 1 and s[0] == s[-1] == '"':
+            out = layout(s[1:-1])
+            return None if out is None else f'"{out}"'
+        return layout(t)
+    return apply
 
 
 def _plain(text: str) -> str:
@@ -125,19 +142,19 @@ def _highlights(t: str, kw: dict, p: str) -> str:
 
 # ---------------------------------------------------------------- layout
 def _bullets(t: str, kw: dict, p: str) -> str | None:
-    groups = _groups(t, int(kw["num_bullets"]))
-    return None if groups is None else "\n".join(f"* {g}" for g in groups)
+    return _unquoted(lambda x: None if (g := _groups(x, int(kw["num_bullets"]))) is None
+                     else "\n".join(f"* {s}" for s in g))(t)
 
 
 def _paragraphs(t: str, kw: dict, p: str) -> str | None:
-    groups = _groups(t, int(kw["num_paragraphs"]))
-    return None if groups is None else "\n\n***\n\n".join(groups)
+    return _unquoted(lambda x: None if (g := _groups(x, int(kw["num_paragraphs"]))) is None
+                     else "\n\n***\n\n".join(g))(t)
 
 
 def _sections(t: str, kw: dict, p: str) -> str | None:
-    groups = _groups(t, int(kw["num_sections"]))
     marker = kw["section_spliter"]
-    return None if groups is None else "\n\n".join(f"{marker} {i}\n{g}" for i, g in enumerate(groups, 1))
+    return _unquoted(lambda x: None if (g := _groups(x, int(kw["num_sections"]))) is None
+                     else "\n\n".join(f"{marker} {i}\n{s}" for i, s in enumerate(g, 1)))(t)
 
 
 def _title(t: str, kw: dict, p: str) -> str:
@@ -174,6 +191,26 @@ def _capital_words(t: str, kw: dict, p: str) -> str | None:
     return re.sub(r"\b[A-Za-z]{2,}\b", up, t)
 
 
+def _quotation(t: str, kw: dict, p: str) -> str:
+    """Only the missing quote marks: an answer that opened its quote and forgot to close it gets a
+    closing mark, not a second opening one."""
+    s = t.strip()
+    return ("" if s.startswith('"') else '"') + s + ("" if s.endswith('"') and len(s) > 1 else '"')
+
+
+def _json(t: str, kw: dict, p: str) -> str:
+    """The JSON object the answer already holds, with what it wrote around it cut away (a closing
+    tag, a line of chatter); the whole answer as a string value only when it holds none."""
+    start, end = t.find("{"), t.rfind("}")
+    if 0 <= start < end:
+        try:
+            json.loads(t[start:end + 1])
+            return t[start:end + 1]
+        except ValueError:
+            pass
+    return json.dumps({"answer": t})
+
+
 FIXES: list[tuple[str, Fix]] = [  # applied in this order
     ("keywords:forbidden_words", _forbidden),
     ("keywords:frequency", _keyword_frequency),
@@ -193,8 +230,8 @@ FIXES: list[tuple[str, Fix]] = [  # applied in this order
     ("change_case:capital_word_frequency", _capital_words),
     ("change_case:english_lowercase", lambda t, kw, p: t.lower()),
     ("change_case:english_capital", lambda t, kw, p: t.upper()),
-    ("startend:quotation", lambda t, kw, p: f'"{t.strip()}"'),
-    ("detectable_format:json_format", lambda t, kw, p: json.dumps({"answer": t})),
+    ("startend:quotation", _quotation),
+    ("detectable_format:json_format", _json),
 ]
 FIXABLE = {ident for ident, _ in FIXES}
 

@@ -16,10 +16,10 @@ each answer is also checked for:
 
 Two further checks are not part of the evaluation's flags (adding them would change every stored
 degenerate rate): `leaks_turn` (the answer begins a new chat turn) and `restates_prompt` (8 words of
-the prompt in a row anywhere in the answer). With the flags they make `editable`: whether a failed
-answer is sound enough that a minimal edit of its broken instructions gives an answer worth training
-as right (ReST-EM's `repair_failed`, SPaR-hybrid's mechanical fixes), and whether a chosen answer
-the verifier passed is sound (SPaR's pairs).
+the prompt in a row, or a whole prompt sentence of 5 words or more, anywhere in the answer). With the
+flags they make `editable`: whether a failed answer is sound enough that a minimal edit of its broken
+instructions gives an answer worth training as right (ReST-EM's `repair_failed`, SPaR-hybrid's
+mechanical fixes), and whether a chosen answer the verifier passed is sound (SPaR's pairs).
 
 All functions are pure and cheap; `degeneration_metrics` returns rates over a list of answers.
 """
@@ -48,6 +48,8 @@ _IDENT = re.compile(r"\b(?:[a-z]+[A-Z][A-Za-z]*|[A-Za-z]+_[A-Za-z_]+)\b")
 # the decoder strips, on a line of its own.
 _TURN_LEAK = re.compile(r"(?:^|\n)(?:model|user)[ \t]*\n")
 PROMPT_SPAN = 8  # words in a row taken from the prompt
+PROMPT_SENTENCE = 5  # a whole prompt sentence this long, restated, counts as well
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def words(text: str) -> list[str]:
@@ -115,13 +117,19 @@ def leaks_turn(response: str) -> bool:
 
 
 def restates_prompt(response: str, prompt: str, constraints: list[dict] | None = None) -> bool:
-    """Whether the answer contains PROMPT_SPAN words of the prompt in a row, anywhere (not only at
-    its start, as `echoes_prompt` checks); never for prompts that ask for the prompt repeated."""
+    """Whether the answer contains PROMPT_SPAN words of the prompt in a row, or a whole sentence of
+    the prompt of PROMPT_SENTENCE words or more ("Put your whole reply inside double quotes."),
+    anywhere (not only at its start, as `echoes_prompt` checks); never for prompts that ask for the
+    prompt repeated."""
     if _asks_repeat(constraints):
         return False
     q, t = words(prompt), words(response)
     spans = {tuple(q[i:i + PROMPT_SPAN]) for i in range(len(q) - PROMPT_SPAN + 1)}
-    return any(tuple(t[i:i + PROMPT_SPAN]) in spans for i in range(len(t) - PROMPT_SPAN + 1))
+    if any(tuple(t[i:i + PROMPT_SPAN]) in spans for i in range(len(t) - PROMPT_SPAN + 1)):
+        return True
+    sentences = {s for s in (tuple(words(x)) for x in _SENTENCE_END.split(prompt or ""))
+                 if PROMPT_SENTENCE <= len(s) < PROMPT_SPAN}  # longer ones contain a span
+    return any(tuple(t[i:i + n]) in sentences for n in {len(x) for x in sentences} for i in range(len(t) - n + 1))
 
 
 def editable(response: str, prompt: str, constraints: list[dict] | None = None) -> bool:

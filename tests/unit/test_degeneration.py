@@ -83,3 +83,15 @@ def test_restated_prompt_is_eight_words_in_a_row_anywhere():
     assert not restates_prompt("Waves fold under the moon.", prompt)
     asked = [{"id": "combination:repeat_prompt", "kwargs": {}}]
     assert not restates_prompt("Write a short poem about the sea at night without using any commas", prompt, asked)
+
+
+def test_restated_prompt_is_also_a_whole_prompt_sentence_of_five_words():
+    """An instruction copied into the answer ("Put your whole reply inside double quotes.", 7 words)
+    is shorter than eight words but still a restatement; four-word sentences and pieces are not."""
+    prompt = "Describe the heart. Put your whole reply inside double quotes. Write 3 sentences."
+    assert restates_prompt("The heart pumps blood.\n\nPut your whole reply inside double quotes.", prompt)
+    assert restates_prompt("put your WHOLE reply inside double quotes", prompt)  # case and marks ignored
+    assert not restates_prompt("Write 3 sentences. Describe the heart.", prompt)  # sentences under 5 words
+    assert not restates_prompt("Your whole reply is about the heart.", prompt)  # a piece of the sentence
+    asked = [{"id": "combination:repeat_prompt", "kwargs": {}}]
+    assert not restates_prompt("Put your whole reply inside double quotes.", prompt, asked)

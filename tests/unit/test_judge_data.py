@@ -116,3 +116,30 @@ def test_rubric_score_follows_the_checks():
     assert rubric_score(s2, checks(s2)) == 3  # 1 of 2
     echo = {**s, "response": "Tell me about bees. Tell me more"}
     assert rubric_score(echo, checks(echo)) == 0
+
+
+@pytest.mark.parametrize("text,constraints,want", [
+    # bullets over an answer that already had some: the old marks go, none doubled ("* * its shape")
+    ("* the moon orbits the earth.\n* its gravity moves the tides.\n* its shape changes.\n* it shines.\n* it is old.",
+     [c("detectable_format:number_bullet_lists", num_bullets=4)],
+     "* the moon orbits the earth. its gravity moves the tides.\n* its shape changes.\n* it shines.\n* it is old."),
+    # sections inside wrapping quotes: the old header is not kept as text, the quotes stay outside
+    ('"SECTION 1\nLighthouses warn ships. False alarms turn ships around."',
+     [c("detectable_format:multiple_sections", section_spliter="SECTION", num_sections=2), c("startend:quotation")],
+     '"SECTION 1\nLighthouses warn ships.\n\nSECTION 2\nFalse alarms turn ships around."'),
+    # a quote opened and never closed: only the closing mark is added
+    ('"A heart pumps blood. It beats all day.', [c("startend:quotation")], '"A heart pumps blood. It beats all day."'),
+    # JSON the answer already wrote, with chatter after it: the chatter is cut, the object kept as is
+    ('{\n  "title": "Octopus"\n}\n</share>', [c("detectable_format:json_format")], '{\n  "title": "Octopus"\n}'),
+])
+def test_a_fix_of_an_answer_with_some_layout_changes_only_what_it_must(text, constraints, want):
+    assert refine(text, constraints, "") == want
+
+
+def test_no_layout_fix_cuts_sentences_to_make_up_a_count():
+    """Two sentences cannot be three bullets or paragraphs without splitting a sentence: no fix."""
+    two = "Bees make honey. They live in hives."
+    assert refine(two, [c("detectable_format:number_bullet_lists", num_bullets=3)]) is None
+    assert refine(two, [c("length_constraints:number_paragraphs", num_paragraphs=3)]) is None
+    assert refine(two, [c("detectable_format:number_bullet_lists", num_bullets=2)]) == \
+        "* Bees make honey.\n* They live in hives."

@@ -241,3 +241,31 @@ def test_a_fix_the_judge_refuses_is_refined_by_the_refiner_one_level_down(record
     assert len(recorder.asked) == 1 and "the lake is calm." in str(recorder.asked[0])
     assert result.solution is not None and result.solution.depth == 2 and result.solution.text.startswith("rewrite")
     assert counter["fixes"] == 1
+
+
+def test_spar_can_drop_the_pairs_whose_refinement_is_a_new_text():
+    """A refinement edits the failed answer: min_shared_words drops a pair only when the chosen
+    answer neither takes that share of its words from the rejected one nor keeps that share of the
+    rejected one's words. Cases from a measured round: the refiner restating its own prompt and a
+    bare tag go; a case change, a long addition and a long cut stay."""
+    from services.methods.spar import drop_unrelated, round_pairs, shared_words
+
+    answer = "Wolves live in packs. They hunt together at night. Pups stay near the den."
+    cases = [
+        ("* A response to the user's request below was judged not to follow all of its instructions.", False),
+        ("<reply>(juliette@wireless.net)</reply>", False),
+        (answer.upper(), True),  # case ignored: every word shared
+        (answer + " Wolves howl to keep in touch over long distances, and a pack can cover many miles "
+                  "in one day while it follows its prey across the snow.", True),  # keeps all of the original
+        ("Wolves live in packs.", True),  # all of its words come from the original
+    ]
+    trees = [{"sample_id": i, "prompt_id": 7, "sample_index": i, "root": answer, "root_cut": False,
+              "nodes": [node(10 * i, 0, answer, False), node(10 * i + 1, 1, text, True)]}
+             for i, (text, _) in enumerate(cases, 1)]
+    pairs, stats = round_pairs(Trees(trees), SPaRConfig(min_shared_words=0.6))
+    assert [p["index"] for p in pairs] == [i for i, (_, keep) in enumerate(cases, 1) if keep]
+    assert stats["dropped_as_unrelated"] == 2
+    assert len(round_pairs(Trees(trees), SPaRConfig())[0]) == 5  # 0 (the default) keeps every pair
+    assert shared_words("a a b", "a c") == (1 / 3, 1 / 2)  # repeats count once per occurrence
+    assert shared_words("", "a") == (0.0, 0.0) and drop_unrelated([], 0.6) == ([], 0)
+    assert parse_config(SPaRConfig, {"min_shared_words": 1.5})[1][0]["loc"] == ["config", "min_shared_words"]
