@@ -20,8 +20,8 @@ import re
 from collections.abc import Callable
 
 from services.judging import verifier
+from services.judging.degeneration import SENTENCE_BREAK
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _BULLET = re.compile(r"^\s*(?:[*-]\s+)", re.MULTILINE)
 _HEADER = re.compile(r"^\W*(?:section|paragraph|part|chapter)\s+\d+\W*$", re.IGNORECASE)
 Fix = Callable[[str, dict, str], str | None]
@@ -33,7 +33,7 @@ def _sentences(text: str) -> list[str]:
     that already had some layout does not keep stray marks ("* * its shape", a doubled header)."""
     lines = [_BULLET.sub("", line).strip() for line in text.replace("***", "\n").splitlines()]
     flat = " ".join(line for line in lines if line and not _HEADER.match(line))
-    return [s for s in _SENTENCE.split(flat) if s.strip()]
+    return [s for s in SENTENCE_BREAK.split(flat) if s.strip()]
 
 
 def _groups(text: str, n: int) -> list[str] | None:
@@ -52,17 +52,16 @@ def _groups(text: str, n: int) -> list[str] | None:
     return out
 
 
-def _unquoted(layout: Callable[[str], str | None]) -> Callable[[str], str | None]:
-    """Lay out the text inside a pair of wrapping double quotes and put the quotes back around the
-    result, so the quotes stay the answer's first and last characters instead of landing inside a
-    bullet or after a section header."""
-    def apply(t: str) -> str | None:
-        s = t.strip()
-        if len(s) > 1 and s[0] == s[-1] == '"':
-            out = layout(s[1:-1])
-            return None if out is None else f'"{out}"'
-        return layout(t)
-    return apply
+def _regroup(text: str, n: int, lay_out: Callable[[list[str]], str]) -> str | None:
+    """The text's sentences in n groups (`_groups`) laid out by `lay_out`, or None. Inside a pair of
+    wrapping double quotes the quotes are put back around the result, so they stay the answer's
+    first and last characters instead of landing inside a bullet or after a section header."""
+    s = text.strip()
+    quoted = len(s) > 1 and s[0] == s[-1] == '"'
+    groups = _groups(s[1:-1] if quoted else text, n)
+    if groups is None:
+        return None
+    return f'"{lay_out(groups)}"' if quoted else lay_out(groups)
 
 
 def _plain(text: str) -> str:
@@ -100,7 +99,7 @@ def _number_words(t: str, kw: dict, p: str) -> str | None:
         return None
     limit = int(kw["num_words"])
     kept = []
-    for s in _SENTENCE.split(t.strip()):
+    for s in SENTENCE_BREAK.split(t.strip()):
         if verifier.count_words(" ".join(kept + [s])) >= limit:
             break
         kept.append(s)
@@ -112,7 +111,7 @@ def _number_words(t: str, kw: dict, p: str) -> str | None:
 def _number_sentences(t: str, kw: dict, p: str) -> str | None:
     if kw["relation"] != "less than":
         return None
-    parts = _SENTENCE.split(t.strip())
+    parts = SENTENCE_BREAK.split(t.strip())
     while len(parts) > 1 and verifier.count_sentences(" ".join(parts)) >= int(kw["num_sentences"]):
         parts.pop()
     return " ".join(parts)
@@ -142,19 +141,16 @@ def _highlights(t: str, kw: dict, p: str) -> str:
 
 # ---------------------------------------------------------------- layout
 def _bullets(t: str, kw: dict, p: str) -> str | None:
-    return _unquoted(lambda x: None if (g := _groups(x, int(kw["num_bullets"]))) is None
-                     else "\n".join(f"* {s}" for s in g))(t)
+    return _regroup(t, int(kw["num_bullets"]), lambda g: "\n".join(f"* {s}" for s in g))
 
 
 def _paragraphs(t: str, kw: dict, p: str) -> str | None:
-    return _unquoted(lambda x: None if (g := _groups(x, int(kw["num_paragraphs"]))) is None
-                     else "\n\n***\n\n".join(g))(t)
+    return _regroup(t, int(kw["num_paragraphs"]), "\n\n***\n\n".join)
 
 
 def _sections(t: str, kw: dict, p: str) -> str | None:
     marker = kw["section_spliter"]
-    return _unquoted(lambda x: None if (g := _groups(x, int(kw["num_sections"]))) is None
-                     else "\n\n".join(f"{marker} {i}\n{s}" for i, s in enumerate(g, 1)))(t)
+    return _regroup(t, int(kw["num_sections"]), lambda g: "\n\n".join(f"{marker} {i}\n{s}" for i, s in enumerate(g, 1)))
 
 
 def _title(t: str, kw: dict, p: str) -> str:

@@ -49,7 +49,7 @@ _IDENT = re.compile(r"\b(?:[a-z]+[A-Z][A-Za-z]*|[A-Za-z]+_[A-Za-z_]+)\b")
 _TURN_LEAK = re.compile(r"(?:^|\n)(?:model|user)[ \t]*\n")
 PROMPT_SPAN = 8  # words in a row taken from the prompt
 PROMPT_SENTENCE = 5  # a whole prompt sentence this long, restated, counts as well
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")  # between sentences (also the refinements' splitter)
 
 
 def words(text: str) -> list[str]:
@@ -127,7 +127,7 @@ def restates_prompt(response: str, prompt: str, constraints: list[dict] | None =
     spans = {tuple(q[i:i + PROMPT_SPAN]) for i in range(len(q) - PROMPT_SPAN + 1)}
     if any(tuple(t[i:i + PROMPT_SPAN]) in spans for i in range(len(t) - PROMPT_SPAN + 1)):
         return True
-    sentences = {s for s in (tuple(words(x)) for x in _SENTENCE_END.split(prompt or ""))
+    sentences = {s for s in (tuple(words(x)) for x in SENTENCE_BREAK.split(prompt or ""))
                  if PROMPT_SENTENCE <= len(s) < PROMPT_SPAN}  # longer ones contain a span
     return any(tuple(t[i:i + n]) in sentences for n in {len(x) for x in sentences} for i in range(len(t) - n + 1))
 
