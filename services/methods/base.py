@@ -418,24 +418,42 @@ def balance_lengths(pairs: list[dict], max_share: float) -> tuple[list[dict], di
     return [p for i, p in enumerate(pairs) if i not in drop], {"dropped_for_length": len(drop)}
 
 
+END_CHARS = 24  # how much of the rejected answer's ending (whitespace collapsed) marks where it ended
+
+
 def is_continuation(chosen: str, rejected: str) -> bool:
-    """Whether `chosen` is `rejected` with text added after its end (whitespace aside): the only
-    place the two differ is where the rejected answer ends its turn and the chosen one goes on."""
+    """Whether `chosen` writes the rejected answer's ending and then goes on (whitespace aside): the
+    rejected text with more appended, or wrapped (a quote, a JSON string value) so that something
+    still follows where the rejected answer ended its turn. The ending is the rejected text's last
+    `END_CHARS` characters, as written or as escaped inside a JSON string."""
+    import json
+
     from services.refinement.search import normalise
 
     c, r = normalise(chosen), normalise(rejected)
-    return len(c) > len(r) and c.startswith(r)
+    if not r:
+        return False
+    if len(c) > len(r) and c.startswith(r):
+        return True
+    for form in {r, normalise(json.dumps(rejected.strip())[1:-1])}:
+        tail = form[-END_CHARS:]
+        at = c.rfind(tail)
+        if at >= 0 and at + len(tail) < len(c):
+            return True
+    return False
 
 
 def drop_continuations(pairs: list[dict], cut: set[tuple[int, int]] = frozenset()) -> tuple[list[dict], dict]:
     """Drop the pairs whose chosen answer continues the rejected one (`is_continuation`), unless
     the rejected answer was cut at the token limit (`cut`: its (prompt_id, index) keys).
 
-    DPO on such a pair has one contrast: end of turn after the rejected text against any more text.
-    It lowers the probability of ending after a finished answer and does not say what to add, so a
-    model trained on many of them keeps writing after it is done (loops to the token limit). SPaR's
-    mechanical fixes that append (a keyword sentence, the end phrase, a postscript, placeholders)
-    make exactly these pairs (docs/results.md). A cut rejected answer has no end of turn to lower
+    DPO on such a pair has one contrast at the end: end of turn after the rejected text against any
+    more text. Scored, the rejected end lowers ending after a finished answer, and a model trained on
+    many of them keeps writing after it is done (loops to the token limit); unscored, the chosen
+    side's added ending is raised wherever an answer ends. SPaR's mechanical fixes that append (a
+    keyword sentence, the end phrase, a postscript, placeholders) make the first kind, and the ones
+    that wrap (quotes, a JSON string) the second: a closing `"` learned as an ending on prompts that
+    never asked for quotes (docs/results.md). A cut rejected answer has no end of turn to lower
     (the trainer leaves a cut answer's end unscored), so its continuation only raises the finished
     text and is kept. The prefix test is on characters, as tokens are ("4" → "42" continues)."""
     kept = [p for p in pairs

@@ -66,10 +66,12 @@ class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
     # Fixes that add material after a finished answer make the chosen side the longer one, and DPO on
     # such pairs taught the model not to end (docs/results.md). 1.0 keeps every pair (the paper).
     length_balance: float = 1.0
-    # Drop the pairs whose refined answer is the failed one with text appended after its end
-    # (base.drop_continuations): their one contrast is "end here" against "go on", which taught loops
-    # when fixes appended the end phrase or a postscript. A failed answer cut at the limit has no end
-    # to lower, so its continuations stay. False keeps them all (the paper). Applied before length_balance.
+    # Drop the pairs whose refined answer writes the failed one's ending and goes on: text appended
+    # after its end, or a wrap around it (base.drop_continuations). Their one contrast at the end is
+    # "end here" against "go on", which taught loops when fixes appended the end phrase or a
+    # postscript, and taught a closing quote as an ending when fixes wrapped answers in quotes. A
+    # failed answer cut at the limit has no end to lower, so its continuations stay. False keeps
+    # them all (the paper). Applied before length_balance.
     drop_continuations: bool = False
     # A refinement edits the failed answer (the method's point: a pair free of unrelated
     # differences). Drop a pair when its refined answer neither takes this share of its words from

@@ -3,6 +3,8 @@ one candidate, without a refiner call; a root cut at its limit, a prompt without
 instruction without a fix still go to the refiner."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from services.generation.base import Completion
@@ -173,9 +175,10 @@ def test_spar_can_balance_the_lengths_of_its_pairs():
 
 
 def test_spar_can_drop_the_pairs_whose_fix_only_appends_after_the_answer():
-    """Real fixes: an end phrase and a postscript are appended after the finished answer (dropped: the
-    pair's one contrast is "end here" against "go on"); lowercase, a title and a JSON wrap change
-    the answer itself (kept). Length balancing applies to what is left."""
+    """Real fixes: an end phrase and a postscript are appended after the finished answer, and quotes
+    and a JSON string wrap it (dropped: the pair's one contrast at the end is "end here" against
+    "go on", or an added closing mark raised as an ending); lowercase and a title change the answer
+    itself (kept). Length balancing applies to what is left."""
     from services.curriculum.refinements import refine
     from services.methods.base import drop_continuations, is_continuation
     from services.methods.spar import round_pairs
@@ -184,7 +187,7 @@ def test_spar_can_drop_the_pairs_whose_fix_only_appends_after_the_answer():
     cases = {"startend:end_checker": {"end_phrase": "Any other questions?"},
              "detectable_content:postscript": {"postscript_marker": "P.S."},
              "change_case:english_lowercase": {}, "detectable_format:title": {},
-             "detectable_format:json_format": {}}
+             "detectable_format:json_format": {}, "startend:quotation": {}}
     trees = []
     for sid, (ident, kwargs) in enumerate(cases.items(), 1):
         fixed = refine(answer, [{"id": ident, "kwargs": kwargs}])
@@ -192,21 +195,29 @@ def test_spar_can_drop_the_pairs_whose_fix_only_appends_after_the_answer():
         trees.append({"sample_id": sid, "prompt_id": 7, "sample_index": sid, "root": answer, "root_cut": False,
                       "nodes": [node(10 * sid, 0, answer, False), node(10 * sid + 1, 1, fixed, True)]})
     pairs, stats = round_pairs(Trees(trees), SPaRConfig(drop_continuations=True))
-    assert [p["index"] for p in pairs] == [3, 4, 5] and stats["dropped_as_continuation"] == 2
-    assert stats["pairs"] == 3
+    assert [p["index"] for p in pairs] == [3, 4] and stats["dropped_as_continuation"] == 4
+    assert stats["pairs"] == 2
     kept, _ = round_pairs(Trees(trees), SPaRConfig())
-    assert len(kept) == 5 and "dropped_as_continuation" not in round_pairs(Trees(trees), SPaRConfig())[1]
-    # length balancing sees only what is left: of the three, only the title changes the word count
+    assert len(kept) == 6 and "dropped_as_continuation" not in round_pairs(Trees(trees), SPaRConfig())[1]
+    # length balancing sees only what is left: of the two, only the title changes the word count
     # (chosen longer, no pair the other way), so at 0.5 it goes
     pairs, stats = round_pairs(Trees(trees), SPaRConfig(drop_continuations=True, length_balance=0.5))
-    assert [p["index"] for p in pairs] == [3, 5] and stats["dropped_for_length"] == 1
+    assert [p["index"] for p in pairs] == [3] and stats["dropped_for_length"] == 1
     # a root cut at the limit has no end of turn to lower: its continuation stays
     trees[0]["root_cut"] = True
     pairs, stats = round_pairs(Trees(trees), SPaRConfig(drop_continuations=True))
-    assert [p["index"] for p in pairs] == [1, 3, 4, 5] and stats["dropped_as_continuation"] == 1
-    # whitespace aside, and only a strict extension counts
+    assert [p["index"] for p in pairs] == [1, 3, 4] and stats["dropped_as_continuation"] == 3
+    # whitespace aside, and only text after the rejected ending counts (before it, or a cut, does not)
     assert is_continuation("a b\n\nc", "a  b ") and not is_continuation("a b", "a b\n")
-    assert not is_continuation("x a b c", "a b") and not is_continuation("a", "a b")
+    assert is_continuation("x a b c", "a b") and not is_continuation("x a b", "a b") and not is_continuation("a", "a b")
+    # a wrap: the rejected ending, then a closing mark (as written, or escaped in a JSON string);
+    # an edit of the ending itself (a case change, a cut, a layout around the same last words) is not one
+    long = 'He said "go".\nThen the rain stopped over the hills.'
+    assert is_continuation('"' + long + '"', long) and is_continuation('{"answer": ' + json.dumps(long) + "}", long)
+    assert is_continuation('"' + long + '\n\nP.S. Stay dry."', long)
+    assert not is_continuation(long.lower(), long) and not is_continuation("<<Rain>>\n\n" + long, long)
+    assert not is_continuation("* He said go.\n* Then the rain stopped over the hills.", long)
+    assert not is_continuation('{"a": 1}', '{"a": 1}\nHope this helps with the weather!') and not is_continuation("", "")
     assert drop_continuations([]) == ([], {"dropped_as_continuation": 0})
     assert parse_config(SPaRConfig, {"drop_continuations": "sometimes"})[1][0]["loc"] == ["config", "drop_continuations"]
 
