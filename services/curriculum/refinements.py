@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 
 from services.judging import verifier
-from services.judging.degeneration import SENTENCE_BREAK
+from services.judging.degeneration import SENTENCE_BREAK, words
 
 _BULLET = re.compile(r"^\s*(?:[*-]\s+)", re.MULTILINE)
 _HEADER = re.compile(r"^\W*(?:section|paragraph|part|chapter)\s+\d+\W*$", re.IGNORECASE)
@@ -154,8 +154,8 @@ def _sections(t: str, kw: dict, p: str) -> str | None:
 
 
 def _title(t: str, kw: dict, p: str) -> str:
-    words = _plain(_sentences(t)[0] if _sentences(t) else t).split()[:4] or ["Answer"]
-    return f"<<{' '.join(w.capitalize() for w in words)}>>\n\n{t}"
+    head = _plain(_sentences(t)[0] if _sentences(t) else t).split()[:4] or ["Answer"]
+    return f"<<{' '.join(w.capitalize() for w in head)}>>\n\n{t}"
 
 
 def _repeat_prompt(t: str, kw: dict, p: str) -> str:
@@ -196,12 +196,14 @@ def _quotation(t: str, kw: dict, p: str) -> str:
 
 def _json(t: str, kw: dict, p: str) -> str:
     """The JSON object the answer already holds, with what it wrote around it cut away (a closing
-    tag, a line of chatter); the whole answer as a string value only when it holds none."""
+    tag, a line of chatter); the whole answer as a string value when it holds none, or only a small
+    one inside its prose (fewer than half of its words: keeping it would cut the answer, not fix it)."""
     start, end = t.find("{"), t.rfind("}")
     if 0 <= start < end:
         try:
             json.loads(t[start:end + 1])
-            return t[start:end + 1]
+            if 2 * len(words(t[start:end + 1])) >= len(words(t)):
+                return t[start:end + 1]
         except ValueError:
             pass
     return json.dumps({"answer": t})

@@ -131,6 +131,9 @@ def test_rubric_score_follows_the_checks():
     ('"A heart pumps blood. It beats all day.', [c("startend:quotation")], '"A heart pumps blood. It beats all day."'),
     # JSON the answer already wrote, with chatter after it: the chatter is cut, the object kept as is
     ('{\n  "title": "Octopus"\n}\n</share>', [c("detectable_format:json_format")], '{\n  "title": "Octopus"\n}'),
+    # a small object inside prose is part of the answer, not the answer: the whole text is wrapped
+    ('Set it to {"mode": "fast"} and the pump runs all night without a break.', [c("detectable_format:json_format")],
+     '{"answer": "Set it to {\\"mode\\": \\"fast\\"} and the pump runs all night without a break."}'),
 ])
 def test_a_fix_of_an_answer_with_some_layout_changes_only_what_it_must(text, constraints, want):
     assert refine(text, constraints, "") == want
