@@ -45,8 +45,9 @@ _RUN = re.compile(r"(.{2,20}?)\1{%d,}" % (RUN_REPEATS - 1), re.DOTALL)
 _CHAR_RUN = re.compile(r"([^\W\d_])\1{%d,}|([\W\d_])\2{%d,}" % (LETTER_RUN - 1, MARK_RUN - 1), re.DOTALL)
 _IDENT = re.compile(r"\b(?:[a-z]+[A-Z][A-Za-z]*|[A-Za-z]+_[A-Za-z_]+)\b")
 # A new chat turn begun inside the answer: the template's "model" / "user" line, whose turn markers
-# the decoder strips, on a line of its own.
-_TURN_LEAK = re.compile(r"(?:^|\n)(?:model|user)[ \t]*\n")
+# the decoder strips, on a line of its own, or glued to the end of the last sentence where the
+# model ended it with an end-of-turn and went on ("… for years.model\nThank you for reading.").
+_TURN_LEAK = re.compile(r"(?:^|\n|(?<=[.!?]))(?:model|user)[ \t]*\n")
 PROMPT_SPAN = 8  # words in a row taken from the prompt
 PROMPT_SENTENCE = 5  # a whole prompt sentence this long, restated, counts as well
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")  # between sentences (also the refinements' splitter)
@@ -112,7 +113,8 @@ def is_junk(response: str, prompt: str) -> bool:
 
 
 def leaks_turn(response: str) -> bool:
-    """Whether the answer begins a new chat turn ("model" or "user" alone on a line)."""
+    """Whether the answer begins a new chat turn ("model" or "user" alone on a line, or right after
+    a sentence's closing mark)."""
     return bool(_TURN_LEAK.search(response or ""))
 
 

@@ -71,6 +71,9 @@ def test_rates_over_a_list():
     ("The model\nworks well.", False),                                 # the word inside a line
     ("Our model is small.\nUsers like it.", False),
     ("A fine answer.\nmodel", False),                                  # no line after it: no new turn
+    ("It stood for years.model\nThank you for reading.", True),        # glued to the last sentence
+    ("Which one?user\nThe red one.", True),
+    ("Train the model\nthen test it.", False),                        # a word, not after a closing mark
 ])
 def test_leaked_turn(text, expected):
     assert leaks_turn(text) is expected
