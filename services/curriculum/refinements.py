@@ -23,6 +23,9 @@ from services.judging import verifier
 from services.judging.degeneration import SENTENCE_BREAK, words
 
 _BULLET = re.compile(r"^\s*(?:[*-]\s+)", re.MULTILINE)
+# a "***" paragraph separator: three marks standing alone, not a run of them inside a sentence
+# ("write to me at *******." is the answer's own masking, kept as written)
+_SEPARATOR = re.compile(r"(?:^|(?<=\s))\*\*\*(?=\s|$)", re.MULTILINE)
 _HEADER = re.compile(r"^\W*(?:section|paragraph|part|chapter)\s+\d+\W*$", re.IGNORECASE)
 Fix = Callable[[str, dict, str], str | None]
 
@@ -31,7 +34,7 @@ def _sentences(text: str) -> list[str]:
     """The text's sentences with its old layout taken out: bullet marks at line starts, "***"
     separators and lines that are only a section header ("SECTION 2"), so that regrouping a text
     that already had some layout does not keep stray marks ("* * its shape", a doubled header)."""
-    lines = [_BULLET.sub("", line).strip() for line in text.replace("***", "\n").splitlines()]
+    lines = [_BULLET.sub("", line).strip() for line in _SEPARATOR.sub("\n", text).splitlines()]
     flat = " ".join(line for line in lines if line and not _HEADER.match(line))
     return [s for s in SENTENCE_BREAK.split(flat) if s.strip()]
 

@@ -131,6 +131,10 @@ def test_rubric_score_follows_the_checks():
     ('"A heart pumps blood. It beats all day.', [c("startend:quotation")], '"A heart pumps blood. It beats all day."'),
     # JSON the answer already wrote, with chatter after it: the chatter is cut, the object kept as is
     ('{\n  "title": "Octopus"\n}\n</share>', [c("detectable_format:json_format")], '{\n  "title": "Octopus"\n}'),
+    # "***" paragraph separators go, a run of marks inside a sentence is the answer's own text
+    ("Storms form at sea.\n\n***\n\nThey move west. Write to me at *******.\n* Or call at ***.",
+     [c("detectable_format:number_bullet_lists", num_bullets=2)],
+     "* Storms form at sea. They move west.\n* Write to me at *******. Or call at ***."),
     # a small object inside prose is part of the answer, not the answer: the whole text is wrapped
     ('Set it to {"mode": "fast"} and the pump runs all night without a break.', [c("detectable_format:json_format")],
      '{"answer": "Set it to {\\"mode\\": \\"fast\\"} and the pump runs all night without a break."}'),
