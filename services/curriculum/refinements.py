@@ -26,6 +26,7 @@ _BULLET = re.compile(r"^\s*(?:[*-]\s+)", re.MULTILINE)
 # a "***" paragraph separator: three marks standing alone, not a run of them inside a sentence
 # ("write to me at *******." is the answer's own masking, kept as written)
 _SEPARATOR = re.compile(r"(?:^|(?<=\s))\*\*\*(?=\s|$)", re.MULTILINE)
+_LEADING_TITLE = re.compile(r"(<<[^\n<>]+>>)[ \t]*(?:\n|$)")
 _HEADER = re.compile(r"^\W*(?:section|paragraph|part|chapter)\s+\d+\W*$", re.IGNORECASE)
 Fix = Callable[[str, dict, str], str | None]
 
@@ -58,13 +59,17 @@ def _groups(text: str, n: int) -> list[str] | None:
 def _regroup(text: str, n: int, lay_out: Callable[[list[str]], str]) -> str | None:
     """The text's sentences in n groups (`_groups`) laid out by `lay_out`, or None. Inside a pair of
     wrapping double quotes the quotes are put back around the result, so they stay the answer's
-    first and last characters instead of landing inside a bullet or after a section header."""
+    first and last characters instead of landing inside a bullet or after a section header; a
+    <<title>> line that opens the answer stays its first line, above the new layout."""
     s = text.strip()
     quoted = len(s) > 1 and s[0] == s[-1] == '"'
-    groups = _groups(s[1:-1] if quoted else text, n)
+    body = s[1:-1].strip() if quoted else s
+    title = _LEADING_TITLE.match(body)
+    groups = _groups(body[title.end():] if title else body, n)
     if groups is None:
         return None
-    return f'"{lay_out(groups)}"' if quoted else lay_out(groups)
+    out = (title.group(1) + "\n\n" if title else "") + lay_out(groups)
+    return f'"{out}"' if quoted else out
 
 
 def _plain(text: str) -> str:

@@ -135,6 +135,10 @@ def test_rubric_score_follows_the_checks():
     ("Storms form at sea.\n\n***\n\nThey move west. Write to me at *******.\n* Or call at ***.",
      [c("detectable_format:number_bullet_lists", num_bullets=2)],
      "* Storms form at sea. They move west.\n* Write to me at *******. Or call at ***."),
+    # a title that opens the answer stays above the new layout, not inside the first bullet
+    ('"<<Vaccines>>\n\nA vaccine trains the body. It fights germs faster. It works best early."',
+     [c("detectable_format:number_bullet_lists", num_bullets=2), c("detectable_format:title"), c("startend:quotation")],
+     '"<<Vaccines>>\n\n* A vaccine trains the body. It fights germs faster.\n* It works best early."'),
     # a small object inside prose is part of the answer, not the answer: the whole text is wrapped
     ('Set it to {"mode": "fast"} and the pump runs all night without a break.', [c("detectable_format:json_format")],
      '{"answer": "Set it to {\\"mode\\": \\"fast\\"} and the pump runs all night without a break."}'),
