@@ -162,7 +162,8 @@ def _sections(t: str, kw: dict, p: str) -> str | None:
 
 
 def _title(t: str, kw: dict, p: str) -> str:
-    head = _plain(_sentences(t)[0] if _sentences(t) else t).split()[:4] or ["Answer"]
+    first = next(iter(_sentences(t)), t)
+    head = _plain(first).split()[:4] or ["Answer"]
     return f"<<{' '.join(w.capitalize() for w in head)}>>\n\n{t}"
 
 
