@@ -353,3 +353,18 @@ def test_the_demo_settings_are_valid_configs_of_their_method(method):
     assert errors == [] and cfg is not None
     if method == "rest_em":  # the demo runs the setting that met the target (docs/results.md)
         assert cfg.repair_failed is True
+
+
+def test_spar_later_learning_rate_applies_from_its_round_and_defaults_to_the_paper():
+    assert [SPaRConfig().train_config(r, 3).learning_rate for r in (1, 2, 3)] == [1e-5] * 3
+    cfg = SPaRConfig(learning_rate=2e-5, later_learning_rate=5e-6, later_from_round=3)
+    assert [cfg.train_config(r, 3).learning_rate for r in (1, 2, 3)] == [2e-5, 2e-5, 5e-6]
+    assert cfg.train_config(5, 0).learning_rate == 5e-6  # a continuous run: no known last round
+    assert cfg.refiner_config().learning_rate == cfg.refiner_learning_rate  # the actor's schedule only
+
+
+@pytest.mark.parametrize("data, field", [({"later_learning_rate": 0}, "later_learning_rate"),
+                                         ({"later_learning_rate": "slow"}, "later_learning_rate"),
+                                         ({"later_from_round": 1}, "later_from_round")])
+def test_spar_later_learning_rate_errors_name_the_field(data, field):
+    assert parse_config(SPaRConfig, data)[1][0]["loc"] == ["config", field]
