@@ -29,6 +29,29 @@ _SEPARATOR = re.compile(r"(?:^|(?<=\s))\*\*\*(?=\s|$)", re.MULTILINE)
 _LEADING_TITLE = re.compile(r"(<<[^\n<>]+>>)[ \t]*(?:\n|$)")
 _HEADER = re.compile(r"^\W*(?:section|paragraph|part|chapter)\s+\d+\W*$", re.IGNORECASE)
 Fix = Callable[[str, dict, str], str | None]
+# a line that opens a postscript: "P.S.", "P.P.S", "p. s." at its start
+_POSTSCRIPT = re.compile(r"^[ \t]*P\.[ \t]?(?:P\.[ \t]?)*S\b", re.IGNORECASE | re.MULTILINE)
+
+
+def _split_postscript(text: str) -> tuple[str, str]:
+    """(body, postscript): the postscript block that closes the answer, from the first line that
+    opens with a P.S. marker to the end, and what stands before it. ("", …) never: an answer that
+    is nothing but a postscript has no body to keep apart, so it comes back whole with tail ''."""
+    m = _POSTSCRIPT.search(text)
+    if not m or not text[:m.start()].strip():
+        return text, ""
+    return text[:m.start()].rstrip(), text[m.start():].strip()
+
+
+def _with_postscript(body: str, tail: str) -> str:
+    return f"{body.rstrip()}\n\n{tail}" if tail else body
+
+
+def _append(text: str, extra: str) -> str:
+    """`extra` added at the end of the answer's body: a closing postscript stays the last thing in
+    it, rather than having words, a keyword or placeholders land inside the P.S."""
+    body, tail = _split_postscript(text)
+    return _with_postscript(body.rstrip() + extra, tail)
 
 
 def _sentences(text: str) -> list[str]:
@@ -60,15 +83,18 @@ def _regroup(text: str, n: int, lay_out: Callable[[list[str]], str]) -> str | No
     """The text's sentences in n groups (`_groups`) laid out by `lay_out`, or None. Inside a pair of
     wrapping double quotes the quotes are put back around the result, so they stay the answer's
     first and last characters instead of landing inside a bullet or after a section header; a
-    <<title>> line that opens the answer stays its first line, above the new layout."""
+    <<title>> line that opens the answer stays its first line, above the new layout, and a closing
+    postscript stays below it (regrouped, a "P.P.S." became the last bullet or the end of the last
+    section's text, and answers trained on such fixes learned to fold the postscript away)."""
     s = text.strip()
     quoted = len(s) > 1 and s[0] == s[-1] == '"'
     body = s[1:-1].strip() if quoted else s
     title = _LEADING_TITLE.match(body)
-    groups = _groups(body[title.end():] if title else body, n)
+    rest, tail = _split_postscript(body[title.end():] if title else body)
+    groups = _groups(rest, n)
     if groups is None:
         return None
-    out = (title.group(1) + "\n\n" if title else "") + lay_out(groups)
+    out = _with_postscript((title.group(1) + "\n\n" if title else "") + lay_out(groups), tail)
     return f'"{out}"' if quoted else out
 
 
@@ -87,7 +113,7 @@ def _keyword_frequency(t: str, kw: dict, p: str) -> str | None:
     word, want, relation = kw["keyword"], int(kw["frequency"]), kw["relation"]
     have = len(re.findall(re.escape(word), t, flags=re.IGNORECASE))
     if relation == "at least":
-        return t.rstrip() + "".join(f" This is about {word}." for _ in range(want - have))
+        return _append(t, "".join(f" This is about {word}." for _ in range(want - have)))
     for _ in range(have - want + 1):  # "less than": drop the last occurrences
         matches = list(re.finditer(r"\s*\b" + re.escape(word) + r"\b", t, flags=re.IGNORECASE))
         if not matches:
@@ -99,37 +125,48 @@ def _keyword_frequency(t: str, kw: dict, p: str) -> str | None:
 
 def _existence(t: str, kw: dict, p: str) -> str:
     missing = [k for k in kw.get("keywords") or [] if not re.search(re.escape(k), t, flags=re.IGNORECASE)]
-    return t.rstrip() + "".join(f" This is about {k}." for k in missing)
+    return _append(t, "".join(f" This is about {k}." for k in missing))
 
 
 def _number_words(t: str, kw: dict, p: str) -> str | None:
     if kw["relation"] != "less than":
         return None
     limit = int(kw["num_words"])
+    body, tail = _split_postscript(t)
+    room = limit - verifier.count_words(tail)  # the words a closing postscript leaves to the body
+    if room < 2:  # the postscript alone is (nearly) over the limit: cut the answer as a whole
+        body, tail, room = t, "", limit
     kept = []
-    for s in SENTENCE_BREAK.split(t.strip()):
-        if verifier.count_words(" ".join(kept + [s])) >= limit:
+    for s in SENTENCE_BREAK.split(body.strip()):
+        if verifier.count_words(" ".join(kept + [s])) >= room:
             break
         kept.append(s)
     if not kept:
-        kept = [" ".join(t.split()[:max(1, limit - 1)])]
-    return " ".join(kept)
+        kept = [" ".join(body.split()[:max(1, room - 1)])]
+    return _with_postscript(" ".join(kept), tail)
 
 
 def _number_sentences(t: str, kw: dict, p: str) -> str | None:
     if kw["relation"] != "less than":
         return None
-    parts = SENTENCE_BREAK.split(t.strip())
-    while len(parts) > 1 and verifier.count_sentences(" ".join(parts)) >= int(kw["num_sentences"]):
+    limit = int(kw["num_sentences"])
+    body, tail = _split_postscript(t)
+    parts = SENTENCE_BREAK.split(body.strip())
+    while len(parts) > 1 and verifier.count_sentences(_with_postscript(" ".join(parts), tail)) >= limit:
         parts.pop()
-    return " ".join(parts)
+    if tail and verifier.count_sentences(_with_postscript(" ".join(parts), tail)) >= limit:
+        parts = SENTENCE_BREAK.split(t.strip())  # the postscript alone is too long: cut the whole answer
+        while len(parts) > 1 and verifier.count_sentences(" ".join(parts)) >= limit:
+            parts.pop()
+        return " ".join(parts)
+    return _with_postscript(" ".join(parts), tail)
 
 
 def _placeholders(t: str, kw: dict, p: str) -> str:
     need = int(kw["num_placeholders"]) - len(re.findall(r"\[.*?\]", t))
     names = ["name", "place", "date", "time", "address", "number", "topic", "email"]
     extra = " ".join(f"[{names[i % len(names)]}]" for i in range(max(0, need)))
-    return f"{t.rstrip()}\n\n{extra}" if extra else t
+    return _append(t, f"\n\n{extra}") if extra else t
 
 
 def _highlights(t: str, kw: dict, p: str) -> str:

@@ -118,6 +118,11 @@ def test_rubric_score_follows_the_checks():
     assert rubric_score(echo, checks(echo)) == 0
 
 
+VOLCANO = ("Volcanoes form where magma rises. They can erupt violently. Ash can travel far. Lava cools into rock."
+           "\n\nP.P.S. I hope this helps.")
+PPS = c("detectable_content:postscript", postscript_marker="P.P.S")
+
+
 @pytest.mark.parametrize("text,constraints,want", [
     # bullets over an answer that already had some: the old marks go, none doubled ("* * its shape")
     ("* the moon orbits the earth.\n* its gravity moves the tides.\n* its shape changes.\n* it shines.\n* it is old.",
@@ -142,6 +147,28 @@ def test_rubric_score_follows_the_checks():
     # a small object inside prose is part of the answer, not the answer: the whole text is wrapped
     ('Set it to {"mode": "fast"} and the pump runs all night without a break.', [c("detectable_format:json_format")],
      '{"answer": "Set it to {\\"mode\\": \\"fast\\"} and the pump runs all night without a break."}'),
+    # a closing postscript stays below a new layout: not the last bullet, not the end of the last section
+    (VOLCANO, [c("detectable_format:number_bullet_lists", num_bullets=3), PPS],
+     "* Volcanoes form where magma rises. They can erupt violently.\n* Ash can travel far.\n"
+     "* Lava cools into rock.\n\nP.P.S. I hope this helps."),
+    (VOLCANO, [c("detectable_format:multiple_sections", section_spliter="SECTION", num_sections=2), PPS],
+     "SECTION 1\nVolcanoes form where magma rises. They can erupt violently.\n\n"
+     "SECTION 2\nAsh can travel far. Lava cools into rock.\n\nP.P.S. I hope this helps."),
+    (VOLCANO, [c("length_constraints:number_paragraphs", num_paragraphs=2), PPS],
+     "Volcanoes form where magma rises. They can erupt violently.\n\n***\n\n"
+     "Ash can travel far. Lava cools into rock.\n\nP.P.S. I hope this helps."),
+    # what a fix adds goes into the body, above the postscript; a cut takes body sentences, not the P.S.
+    (VOLCANO, [c("keywords:existence", keywords=["pollen"]), PPS],
+     VOLCANO.replace("rock.", "rock. This is about pollen.")),
+    (VOLCANO, [c("keywords:frequency", keyword="ash", relation="at least", frequency=2), PPS],
+     VOLCANO.replace("rock.", "rock. This is about ash.")),
+    (VOLCANO, [c("detectable_content:number_placeholders", num_placeholders=2), PPS],
+     VOLCANO.replace("rock.", "rock.\n\n[name] [place]")),
+    (VOLCANO, [c("length_constraints:number_words", relation="less than", num_words=14), PPS],
+     "Volcanoes form where magma rises.\n\nP.P.S. I hope this helps."),
+    # a postscript that alone breaks the count is cut with the rest, as before
+    ("Bees make honey. They live in hives.\n\nP.S. " + "Bees are small and they are busy all day long. " * 3,
+     [c("length_constraints:number_words", relation="less than", num_words=8)], "Bees make honey. They live in hives."),
 ])
 def test_a_fix_of_an_answer_with_some_layout_changes_only_what_it_must(text, constraints, want):
     assert refine(text, constraints, "") == want
