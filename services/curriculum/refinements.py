@@ -82,7 +82,8 @@ def _groups(text: str, n: int) -> list[str] | None:
 def _regroup(text: str, n: int, lay_out: Callable[[list[str]], str]) -> str | None:
     """The text's sentences in n groups (`_groups`) laid out by `lay_out`, or None. Inside a pair of
     wrapping double quotes the quotes are put back around the result, so they stay the answer's
-    first and last characters instead of landing inside a bullet or after a section header; a
+    first and last characters instead of landing inside a bullet or after a section header (on
+    lines of their own above and below a list that opens with a bullet: `"* first` is no bullet); a
     <<title>> line that opens the answer stays its first line, above the new layout, and a closing
     postscript stays below it (regrouped, a "P.P.S." became the last bullet or the end of the last
     section's text, and answers trained on such fixes learned to fold the postscript away)."""
@@ -95,6 +96,8 @@ def _regroup(text: str, n: int, lay_out: Callable[[list[str]], str]) -> str | No
     if groups is None:
         return None
     out = _with_postscript((title.group(1) + "\n\n" if title else "") + lay_out(groups), tail)
+    if quoted and out.startswith("*"):  # a bullet must open its line: the quotes get lines of their own
+        return f'"\n{out}\n"'
     return f'"{out}"' if quoted else out
 
 

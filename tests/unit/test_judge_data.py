@@ -147,6 +147,13 @@ PPS = c("detectable_content:postscript", postscript_marker="P.P.S")
     # a small object inside prose is part of the answer, not the answer: the whole text is wrapped
     ('Set it to {"mode": "fast"} and the pump runs all night without a break.', [c("detectable_format:json_format")],
      '{"answer": "Set it to {\\"mode\\": \\"fast\\"} and the pump runs all night without a break."}'),
+    # bullets inside quotes: a line that opens with the quote is no bullet, so the quotes get lines of their own
+    ('"Bees make honey. They live in hives."', [c("detectable_format:number_bullet_lists", num_bullets=2),
+                                               c("startend:quotation")],
+     '"\n* Bees make honey.\n* They live in hives.\n"'),
+    ("Bees make honey. They live in hives.", [c("detectable_format:number_bullet_lists", num_bullets=2),
+                                              c("startend:quotation")],
+     '"\n* Bees make honey.\n* They live in hives.\n"'),
     # a closing postscript stays below a new layout: not the last bullet, not the end of the last section
     (VOLCANO, [c("detectable_format:number_bullet_lists", num_bullets=3), PPS],
      "* Volcanoes form where magma rises. They can erupt violently.\n* Ash can travel far.\n"
