@@ -281,6 +281,42 @@ FIXES: list[tuple[str, Fix]] = [  # applied in this order
     ("detectable_format:json_format", _json),
 ]
 FIXABLE = {ident for ident, _ in FIXES}
+# fixes that work on the whole answer even when it ends with the end phrase it was asked for: the
+# end fix itself, the wrappers (the end checker looks inside quotes) and the ones that change
+# characters in place
+_WHOLE = {"startend:end_checker", "startend:quotation", "detectable_format:json_format", "punctuation:no_comma",
+          "change_case:english_lowercase", "change_case:english_capital", "change_case:capital_word_frequency"}
+
+
+_CUTS = {"length_constraints:number_sentences": ("num_sentences", verifier.count_sentences),
+         "length_constraints:number_words": ("num_words", verifier.count_words)}
+
+
+def _end_phrase(constraints: list[dict]) -> str:
+    """The phrase an end_checker instruction asks the answer to end with ('' when none does)."""
+    for c in constraints:
+        if c["id"] == "startend:end_checker":
+            return str((c.get("kwargs") or {}).get("end_phrase") or "").strip()
+    return ""
+
+
+def _apply(ident: str, fix: Fix, text: str, kw: dict, prompt_text: str, end: str) -> str | None:
+    """`fix` on `text`. An answer that already ends with the end phrase it was asked for keeps it
+    last: the fix works on what stands before it. Otherwise a postscript, a keyword sentence or
+    placeholders land after the phrase, the end fix then writes the phrase a second time ("… Any
+    other questions? P.S. Thank you for reading. Any other questions?"), and a sentence cut takes
+    the phrase first."""
+    s = text.rstrip()
+    if end and ident not in _WHOLE and s.lower().endswith(end.lower()) and s[:-len(end)].strip():
+        if ident in _CUTS:  # the phrase counts toward the limit: the body gets what it leaves
+            key, count = _CUTS[ident]
+            left = int(kw[key]) - count(end)
+            if left < 2:  # the phrase alone (nearly) fills the limit: cut the answer as a whole
+                return fix(text, kw, prompt_text)
+            kw = {**kw, key: left}
+        out = fix(s[:-len(end)].rstrip(), kw, prompt_text)
+        return None if out is None else f"{out.rstrip()} {s[-len(end):]}"
+    return fix(text, kw, prompt_text)
 
 
 def refine(response: str, constraints: list[dict], prompt_text: str = "") -> str | None:
@@ -288,7 +324,7 @@ def refine(response: str, constraints: list[dict], prompt_text: str = "") -> str
     response already passes, a broken instruction has no mechanical fix, or the fix fails to verify."""
     if not constraints or not (response or "").strip():
         return None
-    text = response
+    text, end = response, _end_phrase(constraints)
     for attempt in range(3):  # a fix can break an instruction that passed (a title vs lowercase)
         verdict = verifier.verify(text, constraints, prompt_text)
         if verdict.strict:
@@ -299,7 +335,7 @@ def refine(response: str, constraints: list[dict], prompt_text: str = "") -> str
             return None
         for ident, fix in FIXES:
             if ident in broken:
-                out = fix(text, broken[ident], prompt_text)
+                out = _apply(ident, fix, text, broken[ident], prompt_text, end)
                 if out is None or not out.strip():
                     return None
                 text = out

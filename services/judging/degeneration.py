@@ -39,6 +39,7 @@ WORD_RUN = 4  # one word this many times in a row ("featuresMatrix featuresMatri
 RUN_REPEATS = 6  # a unit of 2..20 characters repeated back to back this many times
 LETTER_RUN = 6  # one letter repeated back to back this many times ("𒌒𒌒𒌒𒌒𒌒𒌒")
 MARK_RUN = 16  # one non-letter repeated this many times (a "-----" rule or "......" is shorter)
+LINE_REPEATS = 3  # a line of 3 words or more written this many times ("That is all for now." x 3)
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
 _RUN = re.compile(r"(.{2,20}?)\1{%d,}" % (RUN_REPEATS - 1), re.DOTALL)
@@ -138,10 +139,20 @@ def editable(response: str, prompt: str, constraints: list[dict] | None = None) 
     """Whether a failed answer is sound apart from its broken instructions, so that a minimal edit
     of those (services/curriculum/refinements.py) makes it an answer worth training as right: it did
     not degenerate (echo, runaway repetition, junk tokens), does not begin a new chat turn and does
-    not restate the prompt unless asked to. An edit fixes only what the verifier checks, so whatever
-    else is wrong would be trained as right along with it (ReST-EM's repairs, SPaR-hybrid's fixes)."""
+    not restate the prompt unless asked to, and does not write one line three times. An edit fixes
+    only what the verifier checks, so whatever else is wrong would be trained as right along with it
+    (ReST-EM's repairs, SPaR-hybrid's fixes)."""
     return not (any(degeneration_flags(response, prompt, None, constraints).values()) or leaks_turn(response)
-                or restates_prompt(response, prompt, constraints))
+                or restates_prompt(response, prompt, constraints) or repeats_a_line(response))
+
+
+def repeats_a_line(text: str) -> bool:
+    """Whether one line of three words or more comes LINE_REPEATS times or more (case and the
+    spaces around it ignored): a short loop that the n-gram test misses (three copies of a five-word
+    end phrase are not four copies of a 4-gram), and that a fix would otherwise train as right. Not
+    part of `degeneration_flags`, so the evaluation's repetition rate keeps its meaning across runs."""
+    lines = Counter(line.strip().lower() for line in (text or "").splitlines() if len(words(line)) >= 3)
+    return max(lines.values(), default=0) >= LINE_REPEATS
 
 
 def degeneration_flags(response: str, prompt: str, finish_reason: str | None = None,

@@ -121,6 +121,8 @@ def test_rubric_score_follows_the_checks():
 VOLCANO = ("Volcanoes form where magma rises. They can erupt violently. Ash can travel far. Lava cools into rock."
            "\n\nP.P.S. I hope this helps.")
 PPS = c("detectable_content:postscript", postscript_marker="P.P.S")
+ENDS = "Bees make honey. They live in hives. Bees dance. Any other questions?"
+END = c("startend:end_checker", end_phrase="Any other questions?")
 
 
 @pytest.mark.parametrize("text,constraints,want", [
@@ -173,6 +175,15 @@ PPS = c("detectable_content:postscript", postscript_marker="P.P.S")
      VOLCANO.replace("rock.", "rock.\n\n[name] [place]")),
     (VOLCANO, [c("length_constraints:number_words", relation="less than", num_words=14), PPS],
      "Volcanoes form where magma rises.\n\nP.P.S. I hope this helps."),
+    # an answer that already ends with its end phrase keeps it last: what a fix adds or cuts is above it
+    (ENDS, [END, c("detectable_content:postscript", postscript_marker="P.S.")],
+     "Bees make honey. They live in hives. Bees dance.\n\nP.S. Thank you for reading. Any other questions?"),
+    (ENDS, [END, c("keywords:existence", keywords=["pollen"])],
+     "Bees make honey. They live in hives. Bees dance. This is about pollen. Any other questions?"),
+    (ENDS, [END, c("length_constraints:number_sentences", relation="less than", num_sentences=3)],
+     "Bees make honey. Any other questions?"),
+    (ENDS, [END, c("length_constraints:number_words", relation="less than", num_words=9)],
+     "Bees make honey. Any other questions?"),
     # a postscript that alone breaks the count is cut with the rest, as before
     ("Bees make honey. They live in hives.\n\nP.S. " + "Bees are small and they are busy all day long. " * 3,
      [c("length_constraints:number_words", relation="less than", num_words=8)], "Bees make honey. They live in hives."),

@@ -92,6 +92,8 @@ def test_rest_em_can_repair_the_prompts_it_never_solved():
     ('"The Lake Is Calm."\nmodel\nWrite about the lake.', False),  # a new turn begun inside the answer
     ("Write about the lake in lowercase and say why it is calm today. It is.", False),  # restates the prompt
     ("The Lake Is Calm And Clear Today. " * 4, False),  # runaway repetition
+    ("The Lake Is Calm.\n\nThat Is All For Now.\nThat is all for now.\nThat Is All For Now.", False),  # a line x3
+    ("The Lake Is Calm.\n\nThat Is All For Now.\nThat Is All For Now.", True),  # twice is not yet a loop
 ])
 def test_only_answers_that_are_otherwise_sound_are_repaired(text, ok):
     from services.judging.degeneration import editable
