@@ -47,10 +47,15 @@ def _with_postscript(body: str, tail: str) -> str:
     return f"{body.rstrip()}\n\n{tail}" if tail else body
 
 
-def _append(text: str, extra: str) -> str:
-    """`extra` added at the end of the answer's body: a closing postscript stays the last thing in
-    it, rather than having words, a keyword or placeholders land inside the P.S."""
-    body, tail = _split_postscript(text)
+def _append(text: str, extra: str, above_postscript: bool = True) -> str:
+    """`extra` added at the end of the answer, inside the double quotes that wrap it (an answer the
+    model already quoted stays quoted, instead of getting `"…" [name] [place]"`), and by default
+    above a closing postscript, which stays the last thing in it rather than having a keyword
+    sentence or placeholders land inside the P.S."""
+    s = text.strip()
+    if len(s) > 1 and s[0] == s[-1] == '"':
+        return f'"{_append(s[1:-1], extra, above_postscript)}"'
+    body, tail = _split_postscript(text) if above_postscript else (text, "")
     return _with_postscript(body.rstrip() + extra, tail)
 
 
@@ -212,11 +217,11 @@ def _repeat_prompt(t: str, kw: dict, p: str) -> str:
 
 
 def _postscript(t: str, kw: dict, p: str) -> str:
-    return f"{t.rstrip()}\n\n{kw['postscript_marker']} Thank you for reading."
+    return _append(t, f"\n\n{kw['postscript_marker']} Thank you for reading.", above_postscript=False)
 
 
 def _end(t: str, kw: dict, p: str) -> str:
-    return f"{t.rstrip()} {kw['end_phrase']}"
+    return _append(t, f" {kw['end_phrase']}", above_postscript=False)  # the checker looks inside quotes
 
 
 # ---------------------------------------------------------------- characters and wrappers

@@ -47,8 +47,9 @@ _CHAR_RUN = re.compile(r"([^\W\d_])\1{%d,}|([\W\d_])\2{%d,}" % (LETTER_RUN - 1, 
 _IDENT = re.compile(r"\b(?:[a-z]+[A-Z][A-Za-z]*|[A-Za-z]+_[A-Za-z_]+)\b")
 # A new chat turn begun inside the answer: the template's "model" / "user" line, whose turn markers
 # the decoder strips, on a line of its own, or glued to the end of the last sentence where the
-# model ended it with an end-of-turn and went on ("… for years.model\nThank you for reading.").
-_TURN_LEAK = re.compile(r"(?:^|\n|(?<=[.!?]))(?:model|user)[ \t]*\n")
+# model ended it with an end-of-turn and went on ("… for years.model\nThank you for reading."), in
+# either case (a sampled answer wrote "…raw materials.\nModel\nRecycling turns…").
+_TURN_LEAK = re.compile(r"(?:^|\n|(?<=[.!?]))(?:model|user)[ \t]*\n", re.IGNORECASE)
 PROMPT_SPAN = 8  # words in a row taken from the prompt
 PROMPT_SENTENCE = 5  # a whole prompt sentence this long, restated, counts as well
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")  # between sentences (also the refinements' splitter)

@@ -73,6 +73,7 @@ def test_rates_over_a_list():
     ("A fine answer.\nmodel", False),                                  # no line after it: no new turn
     ("It stood for years.model\nThank you for reading.", True),        # glued to the last sentence
     ("Which one?user\nThe red one.", True),
+    ("Made from raw materials.\nModel\nRecycling turns used materials into new products.", True),  # capitalised
     ("Train the model\nthen test it.", False),                        # a word, not after a closing mark
 ])
 def test_leaked_turn(text, expected):

@@ -184,6 +184,13 @@ END = c("startend:end_checker", end_phrase="Any other questions?")
      "Bees make honey. Any other questions?"),
     (ENDS, [END, c("length_constraints:number_words", relation="less than", num_words=9)],
      "Bees make honey. Any other questions?"),
+    # what a fix adds to an answer the model already quoted goes inside the quotes
+    ('"Bees make honey."', [c("detectable_content:number_placeholders", num_placeholders=2), c("startend:quotation")],
+     '"Bees make honey.\n\n[name] [place]"'),
+    ('"Bees make honey."', [c("startend:end_checker", end_phrase="Any other questions?"), c("startend:quotation")],
+     '"Bees make honey. Any other questions?"'),
+    ('"Bees make honey."', [c("detectable_content:postscript", postscript_marker="P.S."), c("startend:quotation")],
+     '"Bees make honey.\n\nP.S. Thank you for reading."'),
     # a postscript that alone breaks the count is cut with the rest, as before
     ("Bees make honey. They live in hives.\n\nP.S. " + "Bees are small and they are busy all day long. " * 3,
      [c("length_constraints:number_words", relation="less than", num_words=8)], "Bees make honey. They live in hives."),
