@@ -9,7 +9,12 @@ the base); identical correct responses of one prompt are kept once, since duplic
 the data; a response cut at `max_new_tokens` earns no reward (`keep_truncated` turns that off): the
 verifier can pass a prefix of an answer that never ended, and fine-tuning on such prefixes taught
 Gemma 3 270M to run to the limit (docs/results.md: 29 of 91 correct samples were cut, and the
-round's answers cut at the limit rose from 18 % to 44 %). The paper's learning rates are for full fine-tuning of PaLM 2; ours suit LoRA on small
+round's answers cut at the limit rose from 18 % to 44 %). Nor does a correct response that is
+unsound (`sound`: junk tokens, runaway repetition, a line written three times, a new chat turn begun
+inside it, or, where the prompt has constraints, the prompt restated or echoed; `keep_unsound` turns
+that off): the IFEval checks look only at what they count, so "…the oxygen animals breathe.\nmodel\n…"
+or an answer with "getMainUI" glued to a sentence passes them, and 23 of the 121 correct answers
+that ended in one round-1 sample of 400 were such (docs/design.md). The paper's learning rates are for full fine-tuning of PaLM 2; ours suit LoRA on small
 models.
 
 `repair_failed` (ours, off by default): a prompt with constraints none of whose samples was kept
@@ -22,6 +27,7 @@ held-out case prompts); the repair shows it its own answer written the way the p
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.methods.base import (
@@ -39,6 +45,7 @@ class RestEMConfig(SamplingFields, TrainerFields):
     top_p: float = 1.0
     max_new_tokens: int = 256
     keep_truncated: bool = False  # reward responses cut at max_new_tokens too (see the module docstring)
+    keep_unsound: bool = False  # keep correct responses with junk, a leaked turn, a restated prompt (docstring)
     repair_failed: bool = False  # prompts without a kept sample get one verified mechanical fix (docstring)
     learning_rate: float = 1e-4
     epochs: int = 2
@@ -50,6 +57,7 @@ class RestEMConfig(SamplingFields, TrainerFields):
         check(self.max_correct_per_prompt >= 1, "max_correct_per_prompt", "must be >= 1")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
         check(type(self.keep_truncated) is bool, "keep_truncated", "must be true or false")
+        check(type(self.keep_unsound) is bool, "keep_unsound", "must be true or false")
         self.train_config(1, 1)
 
     def train_config(self, round_number: int, total_rounds: int):
@@ -58,19 +66,21 @@ class RestEMConfig(SamplingFields, TrainerFields):
         return trainer_config(self, loss="sft", learning_rate=self.learning_rate)
 
 
-def select_correct(samples: list[dict], k: int, keep_truncated: bool = False) -> tuple[list[dict], dict]:
+def select_correct(samples: list[dict], k: int, keep_truncated: bool = False,
+                   sound: Callable[[dict], bool] | None = None) -> tuple[list[dict], dict]:
     """The M-step's data: at most k distinct correct responses per prompt, lowest index first.
 
     samples: [{"prompt_id", "index", "text", "reward", "finish_reason" (optional)}] with reward
     1.0 / 0.0 / None (uncheckable). A correct response cut at the token limit (finish_reason
-    "length") is not kept unless `keep_truncated`. Returns (kept samples, counts) — counts of
-    correct, kept, prompts with any kept sample, and correct responses dropped as truncated.
+    "length") is not kept unless `keep_truncated`; with `sound` given, neither is one it refuses.
+    Returns (kept samples, counts) — counts of correct, kept, prompts with any kept sample, correct
+    responses dropped as truncated and (with `sound`) as unsound.
     """
     from services.judging.degeneration import hit_limit
     from services.refinement.search import normalise
 
     kept, seen = [], {}
-    correct = truncated = 0
+    correct = truncated = unsound = 0
     for s in sorted(samples, key=lambda s: (s["prompt_id"], s["index"])):
         if s.get("reward") != 1.0:
             continue
@@ -78,13 +88,30 @@ def select_correct(samples: list[dict], k: int, keep_truncated: bool = False) ->
         if hit_limit(s.get("finish_reason")) and not keep_truncated:
             truncated += 1
             continue
+        if sound is not None and not sound(s):
+            unsound += 1
+            continue
         texts = seen.setdefault(s["prompt_id"], set())
         norm = normalise(s["text"])
         if len(texts) >= k or norm in texts:
             continue
         texts.add(norm)
         kept.append(s)
-    return kept, {"correct": correct, "kept": len(kept), "prompts_with_correct": len(seen), "truncated": truncated}
+    counts = {"correct": correct, "kept": len(kept), "prompts_with_correct": len(seen), "truncated": truncated}
+    return kept, counts | ({"unsound": unsound} if sound is not None else {})
+
+
+def sound(text: str, prompt: dict) -> bool:
+    """Whether a correct response is fit to train on beyond what the reward checks: `editable` for a
+    prompt with constraints (no echo, runaway repetition, junk, line written three times, leaked
+    turn or restated prompt), and for one checked by its answer only no junk, runaway repetition,
+    repeated line or leaked turn (restating a problem is part of solving it)."""
+    from services.judging.degeneration import editable, is_junk, leaks_turn, repeats_a_line, repetitive
+
+    question = prompt["messages"][-1]["content"]
+    if prompt.get("constraints"):
+        return editable(text, question, prompt["constraints"])
+    return not (is_junk(text, question) or repetitive(text) or repeats_a_line(text) or leaks_turn(text))
 
 
 def repairs(samples: list[dict], prompts: dict[int, dict]) -> list[dict]:
@@ -131,9 +158,10 @@ def training_job(data, cfg: RestEMConfig, role: str):
         return None
     rewards = {j["sample_id"]: j["score"] for j in data.judgments("verifier", role="policy") if j["vote_index"] == 0}
     samples = [{**x, "reward": rewards.get(x["id"])} for x in data.samples("policy")]
-    kept, stats = select_correct(samples, cfg.max_correct_per_prompt, cfg.keep_truncated)
+    prompts = data.prompts(sorted({x["prompt_id"] for x in samples}))
+    kept, stats = select_correct(samples, cfg.max_correct_per_prompt, cfg.keep_truncated,
+                                 None if cfg.keep_unsound else lambda x: sound(x["text"], prompts[x["prompt_id"]]))
     solved = {k["prompt_id"] for k in kept}
-    prompts = data.prompts(sorted({x["prompt_id"] for x in samples} if cfg.repair_failed else solved))
     repaired: list[dict] = []
     if cfg.repair_failed:
         repaired = repairs(samples, {pid: p for pid, p in prompts.items() if pid not in solved})

@@ -32,6 +32,33 @@ def test_select_correct_drops_answers_cut_at_the_token_limit():
     assert len(kept) == 3 and counts["truncated"] == 0
 
 
+def test_select_correct_drops_unsound_answers_when_asked():
+    samples = [{"prompt_id": 1, "index": i, "text": t, "reward": 1.0} for i, t in enumerate(["junk", "fine", "fine 2"])]
+    kept, counts = select_correct(samples, k=1, sound=lambda x: x["text"] != "junk")
+    assert [s["text"] for s in kept] == ["fine"]  # the unsound one does not take the prompt's place
+    assert counts["unsound"] == 1 and counts["kept"] == 1
+    assert "unsound" not in select_correct(samples, k=1)[1]
+
+
+@pytest.mark.parametrize("text,constraints,ok", [
+    ("the lake is calm. the birds sing.", "LOWER", True),
+    ("the lake is calm.\nmodel\nwrite about the lake.", "LOWER", False),  # a new turn inside it
+    ("the lake is calm.getMainUI the birds sing.", "LOWER", False),  # an identifier glued on
+    ("write about the lake in lowercase and say why it is calm today. it is.", "LOWER", False),  # restated
+    # checked by its answer only: restating the problem is part of solving it, junk is not
+    ("A train goes 60 miles per hour for 3 hours, so it goes 180 miles.", None, True),
+    ("It goes 180 miles.getMainUI", None, False),
+])
+def test_sound_correct_answers(text, constraints, ok):
+    from services.methods.rest_em import sound
+
+    question = ("write about the lake in lowercase and say why it is calm today." if constraints else
+                "A train goes 60 miles per hour for 3 hours, so how far does it go?")
+    prompt = {"messages": [{"role": "user", "content": question}],
+              "constraints": LOWER if constraints else [], "answer": None if constraints else "180"}
+    assert sound(text, prompt) is ok
+
+
 LOWER = [{"id": "change_case:english_lowercase", "kwargs": {}}]
 
 
@@ -85,6 +112,22 @@ def test_rest_em_can_repair_the_prompts_it_never_solved():
     plain = training_job(data, RestEMConfig(), "policy")
     assert len(plain.items) == 1 and "repaired" not in plain.stats
     assert parse_config(RestEMConfig, {"repair_failed": 1})[1][0]["loc"] == ["config", "repair_failed"]
+
+
+def test_rest_em_trains_only_sound_correct_answers_unless_told():
+    from services.methods.rest_em import training_job
+
+    question = "write about the lake in lowercase and say why it is calm today."
+    prompts = {1: {"messages": [{"role": "user", "content": question}], "constraints": LOWER, "answer": None}}
+    rows = [(0, "the lake is calm.\nmodel\nwrite a poem."), (1, "the lake is calm. the wind is gone.")]
+    samples = [{"id": i, "prompt_id": 1, "index": i, "text": t, "finish_reason": "stop"} for i, t in rows]
+    data = RestData(samples, {0: 1.0, 1: 1.0}, prompts)
+    job = training_job(data, RestEMConfig(max_correct_per_prompt=1), "policy")
+    assert [i["response"] for i in job.items] == ["the lake is calm. the wind is gone."]
+    assert job.stats["unsound"] == 1 and job.stats["correct"] == 2
+    loose = training_job(data, RestEMConfig(max_correct_per_prompt=1, keep_unsound=True), "policy")
+    assert [i["response"] for i in loose.items] == ["the lake is calm.\nmodel\nwrite a poem."]
+    assert parse_config(RestEMConfig, {"keep_unsound": "no"})[1][0]["loc"] == ["config", "keep_unsound"]
 
 
 @pytest.mark.parametrize("text,ok", [
