@@ -188,6 +188,26 @@ def run(embedded: bool = typer.Option(False, "--embedded", help="run in-process 
                   config=config_dict, db=db)
 
 
+@app.command()
+def resume(run_id: int, db: Optional[Path] = typer.Option(None, help="SQLite file (default: user cache)")) -> None:
+    """Go on with an embedded run whose process stopped before the run ended (Ctrl-C, a crash, a
+    restart): what was finished is kept, the rest runs again in this process."""
+    from services import embedded
+
+    from shared.logs import configure_logging
+
+    configure_logging(default="WARNING")
+    embedded.configure(db)
+    try:
+        sent = embedded.resume(run_id)
+    except (LookupError, ValueError) as exc:
+        console.print(f"[red]cannot resume:[/red] {exc}")
+        raise typer.Exit(2)
+    console.print(f"run {run_id}: {sent} stage task(s) queued again")
+    embedded.drive(run_id)
+    _print_run(run_id)
+
+
 def _run_embedded(**kw) -> int:
     from services import embedded
 

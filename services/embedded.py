@@ -70,6 +70,25 @@ def create_run(*, method: str, prompts: Path, model: str, rounds: int, config: d
     return run_id
 
 
+def resume(run_id: int) -> int:
+    """Make a run whose embedded process stopped before the run ended (Ctrl-C, a crash, a restart)
+    ready to go on: the stage tasks of its open rounds that were pending or running are queued again
+    (finished shards keep their results, a shard cut off mid-way starts over); `drive` then drains
+    the queue. Returns how many tasks were queued. Raises LookupError for a run the database does
+    not hold and ValueError for one that has ended (its status says how)."""
+    from services.gateway.conductor import resend_open_tasks
+    from shared import crud
+    from shared.db import session_scope
+
+    with session_scope() as s:
+        run = crud.get_run(s, run_id=run_id)
+        if run is None:
+            raise LookupError(f"no run {run_id} in this database")
+        if run.status not in ("queued", "running"):
+            raise ValueError(f"run {run_id} has ended: {run.status}" + (f" ({run.error})" if run.error else ""))
+    return resend_open_tasks(run_id)
+
+
 def drive(run_id: int, show_progress: bool = True) -> None:
     """Drain the inline queue, drawing one progress bar per (round, stage)."""
     from shared import crud

@@ -291,6 +291,29 @@ def sweep() -> None:
         enqueue("conductor.advance", round_id)
 
 
+def resend_open_tasks(run_id: int) -> int:
+    """Send again every pending or running StageTask of the run's open rounds, then advance those
+    rounds: what `sweep` would do for this run once its beats were stale, for a driver that knows
+    the process that worked on them is gone (an embedded run whose process stopped: there is no beat
+    and no other worker). Finished tasks keep their results; one cut off mid-way starts over.
+    Returns how many tasks were sent."""
+    now = utcnow()
+    with session_scope() as session:
+        open_rounds = session.exec(select(Round.id).where(Round.run_id == run_id, Round.status == "running")).all()
+        tasks = session.exec(select(StageTask).where(StageTask.round_id.in_(open_rounds),
+                                                     StageTask.status.in_(("pending", "running")))).all()
+        resend = []
+        for st in tasks:
+            st.enqueued_at = now
+            stage = next(s for s in _stages_of(session, st.round_id) if s.name == st.stage)
+            resend.append((stage.task, st.id))
+    for name, arg in resend:
+        enqueue(name, arg)
+    for round_id in open_rounds:
+        enqueue("conductor.advance", round_id)
+    return len(resend)
+
+
 def _stages_of(session: Session, round_id: int):
     rnd = session.get(Round, round_id)
     run = session.get(Run, rnd.run_id)
