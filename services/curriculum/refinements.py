@@ -159,14 +159,18 @@ def _number_sentences(t: str, kw: dict, p: str) -> str | None:
         return None
     limit = int(kw["num_sentences"])
     body, tail = _split_postscript(t)
+    out = _drop_last_sentences(body, tail, limit)
+    if tail and verifier.count_sentences(out) >= limit:  # the postscript alone is too long: cut the whole answer
+        out = _drop_last_sentences(t, "", limit)
+    return out
+
+
+def _drop_last_sentences(body: str, tail: str, limit: int) -> str:
+    """`body`'s last sentences dropped (one is always kept) until the body with `tail` below it has
+    fewer than `limit` sentences, or only one body sentence is left."""
     parts = SENTENCE_BREAK.split(body.strip())
     while len(parts) > 1 and verifier.count_sentences(_with_postscript(" ".join(parts), tail)) >= limit:
         parts.pop()
-    if tail and verifier.count_sentences(_with_postscript(" ".join(parts), tail)) >= limit:
-        parts = SENTENCE_BREAK.split(t.strip())  # the postscript alone is too long: cut the whole answer
-        while len(parts) > 1 and verifier.count_sentences(" ".join(parts)) >= limit:
-            parts.pop()
-        return " ".join(parts)
     return _with_postscript(" ".join(parts), tail)
 
 

@@ -279,8 +279,8 @@ def sweep() -> None:
         resend = []
         for st in stale:
             st.enqueued_at = now
-            stage = next(s for s in _stages_of(session, st.round_id) if s.name == st.stage)
-            resend.append((stage.task, st.id, st.stage, "stale_heartbeat" if st.status == "running" else "pending"))
+            reason = "stale_heartbeat" if st.status == "running" else "pending"
+            resend.append((_task_of(session, st), st.id, st.stage, reason))
             if st.status == "running":
                 log.warning("stage task %s (%s) has not beaten since %s: resending", st.id, st.stage,
                             st.heartbeat_at or st.started_at)
@@ -305,13 +305,17 @@ def resend_open_tasks(run_id: int) -> int:
         resend = []
         for st in tasks:
             st.enqueued_at = now
-            stage = next(s for s in _stages_of(session, st.round_id) if s.name == st.stage)
-            resend.append((stage.task, st.id))
+            resend.append((_task_of(session, st), st.id))
     for name, arg in resend:
         enqueue(name, arg)
     for round_id in open_rounds:
         enqueue("conductor.advance", round_id)
     return len(resend)
+
+
+def _task_of(session: Session, st: StageTask) -> str:
+    """The task name that works on a StageTask: its stage's, in the run's recipe."""
+    return next(s for s in _stages_of(session, st.round_id) if s.name == st.stage).task
 
 
 def _stages_of(session: Session, round_id: int):
