@@ -147,6 +147,17 @@ def editable(response: str, prompt: str, constraints: list[dict] | None = None) 
                 or restates_prompt(response, prompt, constraints) or repeats_a_line(response))
 
 
+def sound(response: str, prompt: str, constraints: list[dict] | None = None) -> bool:
+    """Whether an answer the reward (or a judge) rated well is fit to train on as right, beyond what
+    that reward checks: `editable` for a prompt with constraints (no echo, runaway repetition, junk,
+    line written three times, leaked turn or restated prompt), and for one checked by its answer
+    only, or by a judge alone, no junk, runaway repetition, repeated line or leaked turn (restating
+    a problem is part of solving it). ReST-EM's kept answers, Self-Rewarding's chosen ones."""
+    if constraints:
+        return editable(response, prompt, constraints)
+    return not (is_junk(response, prompt) or repetitive(response) or repeats_a_line(response) or leaks_turn(response))
+
+
 def repeats_a_line(text: str) -> bool:
     """Whether one line of three words or more comes LINE_REPEATS times or more (case and the
     spaces around it ignored): a short loop that the n-gram test misses (three copies of a five-word

@@ -103,19 +103,6 @@ def select_correct(samples: list[dict], k: int, keep_truncated: bool = False,
     return kept, counts | ({"unsound": unsound} if sound is not None else {})
 
 
-def sound(text: str, prompt: dict) -> bool:
-    """Whether a correct response is fit to train on beyond what the reward checks: `editable` for a
-    prompt with constraints (no echo, runaway repetition, junk, line written three times, leaked
-    turn or restated prompt), and for one checked by its answer only no junk, runaway repetition,
-    repeated line or leaked turn (restating a problem is part of solving it)."""
-    from services.judging.degeneration import editable, is_junk, leaks_turn, repeats_a_line, repetitive
-
-    question = prompt["messages"][-1]["content"]
-    if prompt.get("constraints"):
-        return editable(text, question, prompt["constraints"])
-    return not (is_junk(text, question) or repetitive(text) or repeats_a_line(text) or leaks_turn(text))
-
-
 def repairs(samples: list[dict], prompts: dict[int, dict]) -> list[dict]:
     """One repaired answer per prompt of `prompts` that has constraints: the verified mechanical fix
     of its first failed (reward 0.0) answer that ended, is `editable` (services/judging/degeneration.py:
@@ -154,7 +141,7 @@ def check_data(check: DataCheck) -> list[dict]:
 
 def training_job(data, cfg: RestEMConfig, role: str):
     """M-step: SFT from the base on the verified samples of the round."""
-    from services.judging.degeneration import hit_limit
+    from services.judging.degeneration import hit_limit, sound
 
     if role != "policy":
         return None
@@ -162,7 +149,8 @@ def training_job(data, cfg: RestEMConfig, role: str):
     samples = [{**x, "reward": rewards.get(x["id"])} for x in data.samples("policy")]
     prompts = data.prompts(sorted({x["prompt_id"] for x in samples}))
     kept, stats = select_correct(samples, cfg.max_correct_per_prompt, cfg.keep_truncated,
-                                 None if cfg.keep_unsound else lambda x: sound(x["text"], prompts[x["prompt_id"]]))
+                                 None if cfg.keep_unsound else lambda x: sound(x["text"], prompts[x["prompt_id"]]["messages"][-1]["content"],
+                                                                                 prompts[x["prompt_id"]].get("constraints")))
     solved = {k["prompt_id"] for k in kept}
     repaired: list[dict] = []
     if cfg.repair_failed:

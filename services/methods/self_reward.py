@@ -7,7 +7,8 @@ prompts from the seed prompts, deduplicated), N candidates per new prompt from �
 judge (θ(t-1) itself unless `judge_version_id` names another version) sampled k times and averaged,
 pairs of highest vs lowest mean score with ties dropped, and DPO from θ(t-1) with reference θ(t-1).
 Where several candidates share the highest or lowest score, the pair closest in length is taken
-(`length_control`), an answer cut at the token limit is never chosen (`chosen_must_end`), the
+(`length_control`), an answer cut at the token limit is never chosen (`chosen_must_end`), nor one
+with junk, a leaked turn, a restated prompt or a repeated line (`chosen_must_be_sound`), the
 round's pairs can be balanced so that length alone does not predict which answer is chosen
 (`length_balance`), and an NLL term on the chosen answer can be added (`sft_weight`, 0 by default).
 
@@ -60,6 +61,9 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     length_control: bool = True
     # An answer cut at max_new_tokens is never chosen (it may be rejected); see best_worst_pairs.
     chosen_must_end: bool = True
+    # An unsound answer (junk, a leaked turn, a restated prompt, a line written three times) is never
+    # chosen either; see best_worst_pairs. Off, the judge's score alone decides (the paper).
+    chosen_must_be_sound: bool = True
     # The largest share of a round's pairs in which one side (chosen or rejected) is the longer
     # answer; above it, the pairs of the majority side with the largest word-count gap are dropped
     # (balance_lengths). 1.0 keeps every pair (the paper); 0.5 asks for as many of each.
@@ -97,6 +101,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(self.beta > 0, "beta", "must be > 0")
         check(isinstance(self.length_control, bool), "length_control", "must be true or false")
         check(isinstance(self.chosen_must_end, bool), "chosen_must_end", "must be true or false")
+        check(isinstance(self.chosen_must_be_sound, bool), "chosen_must_be_sound", "must be true or false")
         check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
         check(0 <= self.sft_weight <= 100, "sft_weight", "must be in [0, 100]")
         check(valid_end_share(self.score_rejected_end), "score_rejected_end",
@@ -156,7 +161,8 @@ def dedupe(candidates: list[str], existing: list[str], threshold: float) -> list
 
 # ---------------------------------------------------------------- pairs
 def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]], *,
-                     length_control: bool = True, cut: frozenset = frozenset()) -> tuple[list[dict], dict]:
+                     length_control: bool = True, cut: frozenset = frozenset(),
+                     unsound: frozenset | None = None) -> tuple[list[dict], dict]:
     """Per prompt: chosen = highest mean judge score, rejected = lowest; prompts whose extremes tie,
     or with fewer than two scored candidates, give no pair.
 
@@ -169,26 +175,32 @@ def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]],
     An answer in `cut` ((prompt_id, index) of answers that ran into the token limit) may be
     rejected but is never chosen: a judge scores the part it sees, so a cut answer can score as well
     as a whole one, and preferring it teaches the policy not to end (the next best answer that ended
-    is chosen instead, if it still scores above the worst).
+    is chosen instead, if it still scores above the worst). The same holds for an answer in `unsound`
+    (one with junk, a leaked turn, a restated prompt or a line written three times: `sound` in
+    services/judging/degeneration.py): the score rewards what the judge checks, and choosing such an
+    answer would teach the rest along with it.
 
     candidates: {prompt_id: [(index, text, mean score or None)]}. The counts report how many pairs
     have the longer answer rejected and the mean word counts, which is how a length drift shows, and
-    on how many prompts a cut answer had the best score (`cut_best_passed_over`).
+    on how many prompts a cut (`cut_best_passed_over`) or an unsound answer that ended
+    (`unsound_best_passed_over`, with `unsound` given) had the best score.
     """
-    pairs, ties, unscored, passed_over = [], 0, 0, 0
+    pairs, ties, unscored, passed_over, unsound_over = [], 0, 0, 0, 0
+    unfit = cut | (unsound or frozenset())
     for pid, cands in sorted(candidates.items()):
         scored = sorted((i, t, s) for i, t, s in cands if s is not None)
         if len(scored) < 2:
             unscored += 1
             continue
-        ended = [c for c in scored if (pid, c[0]) not in cut]
+        fit = [c for c in scored if (pid, c[0]) not in unfit]
         lo = min(s for _, _, s in scored)
-        hi = max((s for _, _, s in ended), default=lo)
-        passed_over += any(s > hi for _, _, s in scored)
+        hi = max((s for _, _, s in fit), default=lo)
+        passed_over += any(s > hi for i, _, s in scored if (pid, i) in cut)
+        unsound_over += any(s > hi for i, _, s in scored if (pid, i) in unfit - cut)
         if hi == lo:
             ties += 1
             continue
-        tops = [c for c in ended if c[2] == hi]
+        tops = [c for c in fit if c[2] == hi]
         bottoms = [c for c in scored if c[2] == lo]
         if length_control:
             best, worst = min(((b, w) for b in tops for w in bottoms), key=lambda bw: (
@@ -198,7 +210,8 @@ def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]],
         pairs.append({"prompt_id": pid, "index": 0, "source": "judge_best_worst", "chosen": best[1],
                       "rejected": worst[1], "margin": hi - lo})
     return pairs, {"pairs": len(pairs), "ties_dropped": ties, "unscored_prompts": unscored,
-                   "cut_best_passed_over": passed_over, **pair_length_counts(pairs)}
+                   "cut_best_passed_over": passed_over,
+                   **({"unsound_best_passed_over": unsound_over} if unsound is not None else {}), **pair_length_counts(pairs)}
 
 
 # ---------------------------------------------------------------- hooks
@@ -220,7 +233,7 @@ def check_data(check: DataCheck) -> list[dict]:
 
 
 def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
-    from services.judging.degeneration import hit_limit
+    from services.judging.degeneration import hit_limit, sound
     from services.judging.rubric import mean_score
 
     samples = data.samples("candidate")
@@ -232,7 +245,13 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
         cands.setdefault(x["prompt_id"], []).append((x["index"], x["text"], mean_score(scores.get(x["id"], []))))
     cut = frozenset((x["prompt_id"], x["index"]) for x in samples if hit_limit(x["finish_reason"])) \
         if cfg.chosen_must_end else frozenset()
-    pairs, counts = best_worst_pairs(cands, length_control=cfg.length_control, cut=cut)
+    unsound = None
+    if cfg.chosen_must_be_sound:
+        prompts = data.prompts(sorted({x["prompt_id"] for x in samples}))
+        unsound = frozenset((x["prompt_id"], x["index"]) for x in samples
+                            if not sound(x["text"], prompts[x["prompt_id"]]["messages"][-1]["content"],
+                                         prompts[x["prompt_id"]].get("constraints")))
+    pairs, counts = best_worst_pairs(cands, length_control=cfg.length_control, cut=cut, unsound=unsound)
     pairs, dropped = balance_lengths(pairs, cfg.length_balance)
     if dropped["dropped_for_length"]:  # the length counts describe the pairs that train
         counts = {**counts, **pair_length_counts(pairs), "pairs": len(pairs)}

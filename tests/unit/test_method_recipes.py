@@ -50,13 +50,11 @@ def test_select_correct_drops_unsound_answers_when_asked():
     ("It goes 180 miles.getMainUI", None, False),
 ])
 def test_sound_correct_answers(text, constraints, ok):
-    from services.methods.rest_em import sound
+    from services.judging.degeneration import sound
 
     question = ("write about the lake in lowercase and say why it is calm today." if constraints else
                 "A train goes 60 miles per hour for 3 hours, so how far does it go?")
-    prompt = {"messages": [{"role": "user", "content": question}],
-              "constraints": LOWER if constraints else [], "answer": None if constraints else "180"}
-    assert sound(text, prompt) is ok
+    assert sound(text, question, LOWER if constraints else []) is ok
 
 
 LOWER = [{"id": "change_case:english_lowercase", "kwargs": {}}]
@@ -204,7 +202,7 @@ def test_best_worst_pairs_never_choose_an_answer_cut_at_the_limit():
 def test_self_reward_round_pairs_read_the_cut_answers_from_finish_reason():
     from services.methods.self_reward import round_pairs
 
-    class Data:  # the two RoundData reads round_pairs makes
+    class Data:  # the three RoundData reads round_pairs makes
         def samples(self, role):
             return [{"id": 10 + i, "prompt_id": 1, "index": i, "text": t, "finish_reason": f}
                     for i, (t, f) in enumerate([("long cut", "length"), ("ended", "stop"), ("bad", "stop")])]
@@ -212,11 +210,56 @@ def test_self_reward_round_pairs_read_the_cut_answers_from_finish_reason():
         def judgments(self, kind, role=None):
             return [{"sample_id": sid, "score": s} for sid, s in ((10, 5), (10, 5), (11, 3), (12, 1), (12, None))]
 
+        def prompts(self, ids):
+            assert ids == [1]
+            return {1: {"messages": [{"role": "user", "content": "Write a line."}], "constraints": []}}
+
     pairs, counts = round_pairs(Data(), SelfRewardConfig())
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("ended", "bad")]
     assert counts["cut_best_passed_over"] == 1 and counts["judgments_unparsed"] == 1
+    assert counts["unsound_best_passed_over"] == 0
     pairs, _ = round_pairs(Data(), SelfRewardConfig(chosen_must_end=False))
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("long cut", "bad")]
+
+
+def test_self_reward_never_chooses_an_unsound_answer():
+    from services.methods.self_reward import round_pairs
+
+    question = "Write about the lake in lowercase and say why it is calm today."
+    texts = ["the lake is calm.\nmodel\nwrite about the lake.",  # best score, but a new turn inside it
+             "the lake is calm because the wind has dropped.",  # the next best: sound, chosen
+             "The Lake Is Calm."]
+
+    class Data:
+        def samples(self, role):
+            return [{"id": 10 + i, "prompt_id": 1, "index": i, "text": t, "finish_reason": "stop"}
+                    for i, t in enumerate(texts)]
+
+        def judgments(self, kind, role=None):
+            return [{"sample_id": 10 + i, "score": s} for i, s in enumerate((5, 4, 1))]
+
+        def prompts(self, ids):
+            return {1: {"messages": [{"role": "user", "content": question}], "constraints": LOWER}}
+
+    pairs, counts = round_pairs(Data(), SelfRewardConfig())
+    assert [(p["chosen"], p["rejected"], p["margin"]) for p in pairs] == [(texts[1], texts[2], 3)]
+    assert counts["unsound_best_passed_over"] == 1 and counts["cut_best_passed_over"] == 0
+    loose, counts = round_pairs(Data(), SelfRewardConfig(chosen_must_be_sound=False))
+    assert [p["chosen"] for p in loose] == [texts[0]] and "unsound_best_passed_over" not in counts
+    assert parse_config(SelfRewardConfig, {"chosen_must_be_sound": 1})[1][0]["loc"] == ["config", "chosen_must_be_sound"]
+
+
+def test_best_worst_pairs_pass_over_unsound_answers_but_may_reject_them():
+    cands = {1: [(0, "unsound best", 5.0), (1, "sound", 2.0), (2, "worst", 1.0)],
+             2: [(0, "unsound", 4.0), (1, "low", 1.0), (2, "low too", 1.0)],  # nothing sound beats the worst
+             3: [(0, "sound best", 4.0), (1, "unsound worst", 0.0)]}
+    pairs, counts = best_worst_pairs(cands, unsound=frozenset({(1, 0), (2, 0), (3, 1)}))
+    assert [(p["prompt_id"], p["chosen"], p["rejected"]) for p in pairs] == [
+        (1, "sound", "worst"), (3, "sound best", "unsound worst")]
+    assert counts["unsound_best_passed_over"] == 2 and counts["cut_best_passed_over"] == 0
+    # an answer both cut and unsound counts as cut only
+    _, counts = best_worst_pairs(cands, cut=frozenset({(1, 0)}), unsound=frozenset({(1, 0)}))
+    assert (counts["cut_best_passed_over"], counts["unsound_best_passed_over"]) == (1, 0)
 
 
 def _pair(pid: int, chosen_words: int, rejected_words: int) -> dict:
@@ -261,6 +304,9 @@ def test_self_reward_round_pairs_report_the_counts_of_the_balanced_pairs():
 
         def judgments(self, kind, role=None):
             return [{"sample_id": 10 * pid + i, "score": 5 - 4 * i} for pid in self.texts for i in (0, 1)]
+
+        def prompts(self, ids):
+            return {pid: {"messages": [{"role": "user", "content": "Say it."}]} for pid in ids}
 
     pairs, counts = round_pairs(Data(), SelfRewardConfig())
     assert len(pairs) == 3 and counts["rejected_longer"] == 2 and counts["dropped_for_length"] == 0
