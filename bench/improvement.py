@@ -189,7 +189,9 @@ def main() -> None:
                 print(f"{method} round {r['number']}: {ps['pairs']} pairs ({ps.get('ties_dropped', 0)} ties dropped, "
                       f"{ps.get('dropped_for_length', 0)} dropped for length), rejected longer in "
                       f"{ps['rejected_longer']}, words chosen / rejected {ps['chosen_words_mean']} / "
-                      f"{ps['rejected_words_mean']}, cut best passed over {ps.get('cut_best_passed_over', 0)}")
+                      f"{ps['rejected_words_mean']}, cut best passed over {ps.get('cut_best_passed_over', 0)}"
+                      + (f", unsound best passed over {ps['unsound_best_passed_over']}"
+                         if "unsound_best_passed_over" in ps else ""))
             if "searched" in ps:  # SPaR: how many failed answers were searched and how many refined
                 fixes = f" ({ps['solved_by_fix']} by a mechanical fix)" if "solved_by_fix" in ps else ""
                 print(f"{method} round {r['number']}: {ps['searched']} failed answers searched, {ps['solved']} "
