@@ -394,6 +394,14 @@ def judge_data_errors(check: DataCheck) -> list[dict]:
     return errors + set_errors
 
 
+def sound_answer(text: str, prompt: dict) -> bool:
+    """`sound` (services/judging/degeneration.py) of an answer to a stored prompt: its last message
+    is the question, its constraints (if any) what the verifier checks."""
+    from services.judging.degeneration import sound
+
+    return sound(text, prompt["messages"][-1]["content"], prompt.get("constraints"))
+
+
 def balance_lengths(pairs: list[dict], max_share: float) -> tuple[list[dict], dict]:
     """Keep at most `max_share` of the pairs (among those whose answers differ in word count) on the
     side where the rejected answer is the longer, or where the chosen one is; from the side over the

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from services.methods.base import (
     DataCheck, Recipe, SamplingFields, Stage, TrainerFields, check, evaluation_stages, register, shard_prompts, single,
+    sound_answer,
 )
 from services.methods.jobs import sft_from_base_job
 
@@ -141,7 +142,7 @@ def check_data(check: DataCheck) -> list[dict]:
 
 def training_job(data, cfg: RestEMConfig, role: str):
     """M-step: SFT from the base on the verified samples of the round."""
-    from services.judging.degeneration import hit_limit, sound
+    from services.judging.degeneration import hit_limit
 
     if role != "policy":
         return None
@@ -149,8 +150,7 @@ def training_job(data, cfg: RestEMConfig, role: str):
     samples = [{**x, "reward": rewards.get(x["id"])} for x in data.samples("policy")]
     prompts = data.prompts(sorted({x["prompt_id"] for x in samples}))
     kept, stats = select_correct(samples, cfg.max_correct_per_prompt, cfg.keep_truncated,
-                                 None if cfg.keep_unsound else lambda x: sound(x["text"], prompts[x["prompt_id"]]["messages"][-1]["content"],
-                                                                                 prompts[x["prompt_id"]].get("constraints")))
+                                 None if cfg.keep_unsound else lambda x: sound_answer(x["text"], prompts[x["prompt_id"]]))
     solved = {k["prompt_id"] for k in kept}
     repaired: list[dict] = []
     if cfg.repair_failed:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from services.methods.base import (
     DataCheck, JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, balance_lengths, check,
     evaluation_stages, judge_bootstrap_items, judge_check_plan, judge_data_errors, pair_length_counts, register, shards,
-    single,
+    single, sound_answer,
 )
 from services.methods.jobs import gold_examples, pairwise_job, sft_from_base_job
 from services.training.config import valid_end_share
@@ -186,7 +186,8 @@ def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]],
     (`unsound_best_passed_over`, with `unsound` given) had the best score.
     """
     pairs, ties, unscored, passed_over, unsound_over = [], 0, 0, 0, 0
-    unfit = cut | (unsound or frozenset())
+    unsound_only = (unsound or frozenset()) - cut
+    unfit = cut | unsound_only
     for pid, cands in sorted(candidates.items()):
         scored = sorted((i, t, s) for i, t, s in cands if s is not None)
         if len(scored) < 2:
@@ -196,7 +197,7 @@ def best_worst_pairs(candidates: dict[int, list[tuple[int, str, float | None]]],
         lo = min(s for _, _, s in scored)
         hi = max((s for _, _, s in fit), default=lo)
         passed_over += any(s > hi for i, _, s in scored if (pid, i) in cut)
-        unsound_over += any(s > hi for i, _, s in scored if (pid, i) in unfit - cut)
+        unsound_over += any(s > hi for i, _, s in scored if (pid, i) in unsound_only)
         if hi == lo:
             ties += 1
             continue
@@ -233,7 +234,7 @@ def check_data(check: DataCheck) -> list[dict]:
 
 
 def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
-    from services.judging.degeneration import hit_limit, sound
+    from services.judging.degeneration import hit_limit
     from services.judging.rubric import mean_score
 
     samples = data.samples("candidate")
@@ -249,8 +250,7 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
     if cfg.chosen_must_be_sound:
         prompts = data.prompts(sorted({x["prompt_id"] for x in samples}))
         unsound = frozenset((x["prompt_id"], x["index"]) for x in samples
-                            if not sound(x["text"], prompts[x["prompt_id"]]["messages"][-1]["content"],
-                                         prompts[x["prompt_id"]].get("constraints")))
+                            if not sound_answer(x["text"], prompts[x["prompt_id"]]))
     pairs, counts = best_worst_pairs(cands, length_control=cfg.length_control, cut=cut, unsound=unsound)
     pairs, dropped = balance_lengths(pairs, cfg.length_balance)
     if dropped["dropped_for_length"]:  # the length counts describe the pairs that train
