@@ -11,7 +11,7 @@ import random
 from services.generation.base import SamplingParams, shard_seed
 from services.generation.registry import backend
 from services.generation.versions import model_for
-from services.methods.self_reward import dedupe, instruct_messages, parse_new_prompt
+from services.methods.self_reward import dedupe, instruct_messages, parse_new_prompt, task_openers
 from shared import crud
 from shared.db import session_scope
 from shared.models import Round
@@ -38,15 +38,17 @@ def _self_instruct(ctx: StageContext) -> None:
     params = SamplingParams(n=1, temperature=cfg.instruct_temperature, top_p=cfg.instruct_top_p,
                             max_new_tokens=96, seed=shard_seed(cfg.seed, ctx.round_number, 1, 0))
     outs = backend().generate(requests, model_for(ctx, "policy"), params)
-    parsed = [parse_new_prompt(o[0].text) for o in outs]
+    openers = task_openers(seeds) if cfg.new_prompts_like_seeds else None
+    parsed = [parse_new_prompt(o[0].text, openers) for o in outs]
     new = dedupe([p for p in parsed if p], seeds + earlier, cfg.dedupe_threshold)[:want]
-    log.info("self-instruct: %d requests, %d parsed, %d kept", len(requests), sum(p is not None for p in parsed), len(new))
+    log.info("self-instruct: %d requests, %d usable, %d kept", len(requests), sum(p is not None for p in parsed), len(new))
     with session_scope() as s:
         crud.create_prompt_set(s, workspace_id=ctx.workspace_id, name=f"run{ctx.run_id}-round{ctx.round_number}-self-instruct",
                                items=[{"messages": [{"role": "user", "content": t}]} for t in new],
                                source_round_id=ctx.round_id)
         rnd = s.get(Round, ctx.round_id)
         rnd.metrics = {**rnd.metrics, "self_instruct": {"requested": len(requests), "kept": len(new),
+                                                        # no task text, or (new_prompts_like_seeds) not a request
                                                         "unparsed": sum(p is None for p in parsed)}}
 
 

@@ -49,6 +49,9 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     instruct_temperature: float = 0.6  # [0.6]
     instruct_top_p: float = 0.9  # [0.9]
     dedupe_threshold: float = 0.7  # Jaccard similarity above which a new prompt is a duplicate
+    # A new prompt must read as a request: begin with a word a seed prompt begins with, or ask a
+    # question (parse_new_prompt). Off, any 3–200 words after the "Task N:" header are kept.
+    new_prompts_like_seeds: bool = True
     samples_per_prompt: int = 4  # N [4]
     temperature: float = 0.7  # [0.7]
     top_p: float = 0.9  # [0.9]
@@ -102,6 +105,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(isinstance(self.length_control, bool), "length_control", "must be true or false")
         check(isinstance(self.chosen_must_end, bool), "chosen_must_end", "must be true or false")
         check(isinstance(self.chosen_must_be_sound, bool), "chosen_must_be_sound", "must be true or false")
+        check(isinstance(self.new_prompts_like_seeds, bool), "new_prompts_like_seeds", "must be true or false")
         check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
         check(0 <= self.sft_weight <= 100, "sft_weight", "must be in [0, 100]")
         check(valid_end_share(self.score_rejected_end), "score_rejected_end",
@@ -134,11 +138,38 @@ def instruct_messages(seed_prompts: list[str], rng: random.Random, k: int) -> li
              f"Reply with the task only, starting with 'Task {len(shots) + 1}:'."}]
 
 
-def parse_new_prompt(text: str) -> str | None:
-    """The task text from a self-instruction answer, or None when nothing usable came back."""
-    text = re.sub(r"^\s*(Task\s*\d*\s*:)\s*", "", text.strip(), flags=re.I)
-    text = text.split("\nTask")[0].split("\n\n")[0].strip()
-    return text if 3 <= len(text.split()) <= 200 else None
+_DECOR = "*>#<-\"'` \t\n"  # bullets, arrows, quotes and wrappers a small model puts around a task
+_TASK_HEADER = re.compile(r"^[*>#<\-\"'`\s]*task\s*\d*\s*[:.)\-]?\s*", re.I)
+_NEXT_TASK = re.compile(r"\n[*>#<\-\"'`\s]*(?:task\s*\d|answer\b|response\b)", re.I)
+
+
+def task_openers(seed_prompts: list[str]) -> frozenset[str]:
+    """The words the seed prompts begin with (lowercased): what a request looks like in this run."""
+    return frozenset(w for w in (_first_word(p) for p in seed_prompts) if w)
+
+
+def _first_word(text: str) -> str:
+    m = re.match(r"[^a-z0-9]*([a-z0-9']+)", text.lower())
+    return m.group(1) if m else ""
+
+
+def parse_new_prompt(text: str, openers: frozenset[str] | None = None) -> str | None:
+    """The task text from a self-instruction answer, or None when nothing usable came back.
+
+    The answer's "Task N" header (with or without its colon, behind a bullet or an arrow) and any
+    wrapping quotes or brackets are taken off, and the task ends at the next "Task N" or "Answer"
+    line or blank line. With `openers` (task_openers of the seeds) the task must also read as a request: begin
+    with a word some seed begins with ("Write …", "Explain …") or ask a question. A 270M policy
+    asked for a new task mostly writes a statement ("Owls are birds that mostly hunt at night."), a
+    bullet list or its judge's check format instead (27 of the 32 prompts one round stored before
+    this filter), and candidates for such a prompt teach nothing a user asks for."""
+    text = _TASK_HEADER.sub("", text.strip(), count=1)
+    text = _NEXT_TASK.split(text)[0].split("\n\n")[0].strip(_DECOR)
+    if not 3 <= len(text.split()) <= 200:
+        return None
+    if openers is not None and _first_word(text) not in openers and not text.rstrip().endswith("?"):
+        return None
+    return text
 
 
 def _words(text: str) -> set[str]:

@@ -73,6 +73,9 @@ def test_self_rewarding_bootstraps_m1_and_drops_ties(api, workers, tiny_model):
                     config={"eft_prompt_set_ids": [eft], "new_prompts_per_round": 6, "few_shot": 3,
                             "samples_per_prompt": 4, "max_new_tokens": 12, "judge_samples": 3,
                             "chosen_must_end": False,
+                            # nor does it write a request a seed could begin ("name a …"): any new
+                            # prompt is kept, so that the self-instruction path runs
+                            "new_prompts_like_seeds": False,
                             "bootstrap_learning_rate": 1e-3, **TRAIN})
     run = wait_run(client, a, run_id, workers)
     r1, r2 = run["round_details"]

@@ -8,7 +8,7 @@ import pytest
 from services.methods import get_recipe, parse_config
 from services.methods.rest_em import RestEMConfig, select_correct
 from services.methods.self_reward import (
-    SelfRewardConfig, balance_lengths, best_worst_pairs, dedupe, instruct_messages, parse_new_prompt,
+    SelfRewardConfig, balance_lengths, best_worst_pairs, dedupe, instruct_messages, parse_new_prompt, task_openers,
 )
 from services.methods.spar import SPaRConfig, refined_pairs
 
@@ -347,6 +347,27 @@ def test_self_instruction_prompt_parse_and_dedupe():
     assert msgs[0]["role"] == "user" and "Task 4:" in msgs[0]["content"]
     assert parse_new_prompt("Task 5: Write a haiku about snow.\nTask 6: more") == "Write a haiku about snow."
     assert parse_new_prompt("  ") is None and parse_new_prompt("Task 5: hi") is None
+
+
+
+@pytest.mark.parametrize("text,task", [
+    ("Task 5\nWrite a short note about wind turbines.", "Write a short note about wind turbines."),  # no colon
+    (">>Task 5: Write a few lines about the periodic table.<<", "Write a few lines about the periodic table."),
+    ("* Task 5: Write a few lines about owls\n* Task 6: 'What about first aid?'", "Write a few lines about owls"),
+    ("* Task 5: Tell me about the Great Wall.\n* Answer: It is long.", "Tell me about the Great Wall."),
+    ('Task 5: "Why do owls hunt at night?"', "Why do owls hunt at night?"),  # a question needs no opener
+    ("Task 5\nOwls are birds that mostly hunt at night.", None),  # a statement, not a request
+    ("Task 5\n<<Lighthouses>>", None),
+    ("Checks: 1. forbidden words: none of them appears, so it is followed.\nThe task is broken.", None),  # judge format
+    ("Task 5\nMy answer is yes.\nMy answer is maybe.", None),
+    ("Task 5\n* Let the butterfly flutter in your arms.\n* A butterfly can turn its head.", None),
+])
+def test_self_instructed_prompts_must_read_as_requests(text, task):
+    openers = task_openers(["Write a poem about the sea.", "Tell me a joke.", "  explain why the sky is blue"])
+    assert openers == {"write", "tell", "explain"}
+    assert parse_new_prompt(text, openers) == task
+    # without openers (new_prompts_like_seeds off) only the header and the length decide
+    assert parse_new_prompt("Task 5\nOwls are birds that mostly hunt at night.") == "Owls are birds that mostly hunt at night."
     kept = dedupe(["write a poem about the sea", "Write a poem about the sea!", "list three rivers in europe"],
                   ["write a poem about the moon"], threshold=0.7)
     assert kept == ["list three rivers in europe"]
