@@ -128,24 +128,33 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
 
 
 # ---------------------------------------------------------------- self-instruction
+_PREAMBLE = "Here are some tasks people ask an assistant to do:"
+_ASK = "Write one new task in the same spirit but on a different subject."
+
+
 def instruct_messages(seed_prompts: list[str], rng: random.Random, k: int) -> list[dict]:
-    """A few-shot request for one new task, with k seed tasks drawn by `rng`."""
+    """A few-shot request for one new task, with k seed tasks drawn by `rng`, one line each."""
     shots = rng.sample(seed_prompts, min(k, len(seed_prompts)))
     listing = "\n".join(f"Task {i + 1}: {' '.join(p.split())}" for i, p in enumerate(shots))
     return [{"role": "user", "content":
-             "Here are some tasks people ask an assistant to do:\n" + listing +
-             f"\n\nWrite one new task in the same spirit but on a different subject. "
-             f"Reply with the task only, starting with 'Task {len(shots) + 1}:'."}]
+             f"{_PREAMBLE}\n{listing}\n\n{_ASK} Reply with the task only, starting with 'Task {len(shots) + 1}:'."}]
 
 
 _DECOR = "*>#<-\"'` \t\n"  # bullets, arrows, quotes and wrappers a small model puts around a task
 _TASK_HEADER = re.compile(r"^[*>#<\-\"'`\s]*task\s*\d*\s*[:.)\-]?\s*", re.I)
-_NEXT_TASK = re.compile(r"\n[*>#<\-\"'`\s]*(?:task\s*\d|answer\b|response\b)", re.I)
+_NEXT_TASK = re.compile(r"\s(?:task\s*\d+\s*:)", re.I)
+# the judge's own output formats (services/judging/verifier_judge.py, rubric.py, refiner.py): a
+# policy that was taught to judge writes them where a task was asked for
+_JUDGE_TALK = re.compile(r"\bit is (?:followed|broken)\b|\b(?:score|verdict|checks)\s*:", re.I)
+# words that present material rather than ask for something ("Here is a claim about tea: …"): a seed
+# may begin so and go on to ask, but a new task that begins so must itself end in a question
+_PRESENTING = frozenset({"here", "this", "these", "the", "a", "an", "below", "following"})
 
 
 def task_openers(seed_prompts: list[str]) -> frozenset[str]:
-    """The words the seed prompts begin with (lowercased): what a request looks like in this run."""
-    return frozenset(w for w in (_first_word(p) for p in seed_prompts) if w)
+    """The words the seed prompts begin with (lowercased), less those that only present material:
+    what a request looks like in this run."""
+    return frozenset(w for w in (_first_word(p) for p in seed_prompts) if w and w not in _PRESENTING)
 
 
 def _first_word(text: str) -> str:
@@ -157,17 +166,21 @@ def parse_new_prompt(text: str, openers: frozenset[str] | None = None) -> str | 
     """The task text from a self-instruction answer, or None when nothing usable came back.
 
     The answer's "Task N" header (with or without its colon, behind a bullet or an arrow) and any
-    wrapping quotes or brackets are taken off, and the task ends at the next "Task N" or "Answer"
-    line or blank line. With `openers` (task_openers of the seeds) the task must also read as a request: begin
-    with a word some seed begins with ("Write …", "Explain …") or ask a question. A 270M policy
-    asked for a new task mostly writes a statement ("Owls are birds that mostly hunt at night."), a
-    bullet list or its judge's check format instead (27 of the 32 prompts one round stored before
-    this filter), and candidates for such a prompt teach nothing a user asks for."""
+    wrapping quotes or brackets are taken off, and the task is its first line (the request lists
+    every task on one line), up to a next "Task N:". With `openers` (task_openers of the seeds) the
+    task must also read as a request: begin with a word some seed begins with ("Write …",
+    "Explain …"; not "Here …") or end in a question, and be neither a line of the request itself
+    nor the judge's check format. A 270M policy asked for a new task mostly writes a statement ("Owls are birds
+    that mostly hunt at night."), a bullet list or its judge's checks instead (27 of the 32 prompts
+    one round stored before this filter), and candidates for such a prompt teach nothing a user
+    asks for."""
     text = _TASK_HEADER.sub("", text.strip(), count=1)
-    text = _NEXT_TASK.split(text)[0].split("\n\n")[0].strip(_DECOR)
+    text = _NEXT_TASK.split(text.split("\n")[0])[0].strip(_DECOR)
     if not 3 <= len(text.split()) <= 200:
         return None
-    if openers is not None and _first_word(text) not in openers and not text.rstrip().endswith("?"):
+    if openers is not None and (
+            (_first_word(text) not in openers and not text.endswith("?"))
+            or _JUDGE_TALK.search(text) or any(_words(text) <= _words(line) for line in (_PREAMBLE, _ASK))):
         return None
     return text
 

@@ -361,9 +361,18 @@ def test_self_instruction_prompt_parse_and_dedupe():
     ("Checks: 1. forbidden words: none of them appears, so it is followed.\nThe task is broken.", None),  # judge format
     ("Task 5\nMy answer is yes.\nMy answer is maybe.", None),
     ("Task 5\n* Let the butterfly flutter in your arms.\n* A butterfly can turn its head.", None),
+    ("Task 5: Write a few lines about the moon.\n* 'The moon orbits the Earth.', so it is broken.",
+     "Write a few lines about the moon."),  # the first line only
+    ("Task 5: Here are some tasks people ask an assistant to do:", None),  # the request's own line
+    ("Task 5: Here is a claim about tea: tea grows on bushes.", None),  # presents, asks nothing
+    ("Task 5: Here is a claim about tea: tea grows on bushes. Is this claim true?",
+     "Here is a claim about tea: tea grows on bushes. Is this claim true?"),
+    ("Task 5: Here is a claim about tea: tea grows on bushes. Is it true? No, it is broken.", None),  # answered
+    ("Task 5: Write a note about owls. Task 6: Write a note about bats.", "Write a note about owls."),
 ])
 def test_self_instructed_prompts_must_read_as_requests(text, task):
-    openers = task_openers(["Write a poem about the sea.", "Tell me a joke.", "  explain why the sky is blue"])
+    openers = task_openers(["Write a poem about the sea.", "Tell me a joke.", "  explain why the sky is blue",
+                             "Here is a claim about the sea: it is salty. Is this claim true?"])
     assert openers == {"write", "tell", "explain"}
     assert parse_new_prompt(text, openers) == task
     # without openers (new_prompts_like_seeds off) only the header and the length decide
