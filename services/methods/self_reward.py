@@ -49,8 +49,9 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     instruct_temperature: float = 0.6  # [0.6]
     instruct_top_p: float = 0.9  # [0.9]
     dedupe_threshold: float = 0.7  # Jaccard similarity above which a new prompt is a duplicate
-    # A new prompt must read as a request: begin with a word a seed prompt begins with, or ask a
-    # question (parse_new_prompt). Off, any 3–200 words after the "Task N:" header are kept.
+    # A new prompt must read as a request: begin with a word a seed prompt begins with, or end in a
+    # question, and not talk like the judge (parse_new_prompt). Off, the first line after the
+    # "Task N" header is kept whatever it says (3–200 words).
     new_prompts_like_seeds: bool = True
     samples_per_prompt: int = 4  # N [4]
     temperature: float = 0.7  # [0.7]
@@ -170,10 +171,10 @@ def parse_new_prompt(text: str, openers: frozenset[str] | None = None) -> str | 
     every task on one line), up to a next "Task N:". With `openers` (task_openers of the seeds) the
     task must also read as a request: begin with a word some seed begins with ("Write …",
     "Explain …"; not "Here …") or end in a question, and be neither a line of the request itself
-    nor the judge's check format. A 270M policy asked for a new task mostly writes a statement ("Owls are birds
-    that mostly hunt at night."), a bullet list or its judge's checks instead (27 of the 32 prompts
-    one round stored before this filter), and candidates for such a prompt teach nothing a user
-    asks for."""
+    nor the judge's check format. A 270M policy asked for a new task mostly writes a statement
+    ("Owls are birds that mostly hunt at night."), a bullet list or its judge's checks instead (27
+    of the 32 prompts one round stored before this filter), and candidates for such a prompt teach
+    nothing a user asks for."""
     text = _TASK_HEADER.sub("", text.strip(), count=1)
     text = _NEXT_TASK.split(text.split("\n")[0])[0].strip(_DECOR)
     if not 3 <= len(text.split()) <= 200:
