@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 
@@ -26,11 +25,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from services import embedded
-    from services.generation.base import SamplingParams, shard_seed
     from services.generation.registry import backend
     from services.generation.versions import version_ref
     from services.methods import parse_stored_config
-    from services.methods.self_reward import SelfRewardConfig, dedupe, instruct_messages, parse_new_prompt, task_openers
+    from services.methods.self_instruct import round_requests
+    from services.methods.self_reward import SelfRewardConfig, dedupe, parse_new_prompt, task_openers
     from shared.db import session_scope
     from shared.models import ModelVersion, Run
     from shared.round_data import RoundData
@@ -47,11 +46,8 @@ def main() -> None:
         ref = version_ref(s.get(ModelVersion, args.version))
     openers = task_openers(seeds)
     rows = []
-    for rnd in range(1, args.rounds + 1):  # as services/methods/self_instruct.py builds a round's requests
-        rng = random.Random(shard_seed(cfg.seed, rnd, 0, 0))
-        requests = [instruct_messages(seeds, rng, cfg.few_shot) for _ in range(2 * cfg.new_prompts_per_round)]
-        params = SamplingParams(n=1, temperature=cfg.instruct_temperature, top_p=cfg.instruct_top_p,
-                                max_new_tokens=96, seed=shard_seed(cfg.seed, rnd, 1, 0))
+    for rnd in range(1, args.rounds + 1):
+        requests, params = round_requests(cfg, seeds, rnd, cfg.new_prompts_per_round)
         for out in backend().generate(requests, ref, params):
             text = out[0].text
             rows.append({"round": rnd, "answer": text, "filtered": parse_new_prompt(text, openers),

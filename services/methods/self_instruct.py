@@ -22,6 +22,16 @@ from shared.stages import StageContext, execute
 log = logging.getLogger(__name__)
 
 
+def round_requests(cfg, seeds: list[str], round_number: int, want: int) -> tuple[list[list[dict]], SamplingParams]:
+    """A round's few-shot requests for new tasks (twice `want`: headroom for the answers the parser
+    rejects) and their sampling, seeded by the run's seed and the round."""
+    rng = random.Random(shard_seed(cfg.seed, round_number, 0, 0))
+    requests = [instruct_messages(seeds, rng, cfg.few_shot) for _ in range(2 * want)]
+    params = SamplingParams(n=1, temperature=cfg.instruct_temperature, top_p=cfg.instruct_top_p,
+                            max_new_tokens=96, seed=shard_seed(cfg.seed, round_number, 1, 0))
+    return requests, params
+
+
 def _self_instruct(ctx: StageContext) -> None:
     cfg = ctx.recipe_config()
     with session_scope() as s:
@@ -32,11 +42,8 @@ def _self_instruct(ctx: StageContext) -> None:
         earlier = [p["messages"][-1]["content"] for p in data.run_written_prompts()]
     if not seeds:
         raise ValueError("self-instruction needs seed prompts in the run's prompt sets")
-    rng = random.Random(shard_seed(cfg.seed, ctx.round_number, 0, 0))
     want = int(ctx.payload.get("count", cfg.new_prompts_per_round))
-    requests = [instruct_messages(seeds, rng, cfg.few_shot) for _ in range(2 * want)]  # headroom for rejects
-    params = SamplingParams(n=1, temperature=cfg.instruct_temperature, top_p=cfg.instruct_top_p,
-                            max_new_tokens=96, seed=shard_seed(cfg.seed, ctx.round_number, 1, 0))
+    requests, params = round_requests(cfg, seeds, ctx.round_number, want)
     outs = backend().generate(requests, model_for(ctx, "policy"), params)
     openers = task_openers(seeds) if cfg.new_prompts_like_seeds else None
     parsed = [parse_new_prompt(o[0].text, openers) for o in outs]

@@ -32,7 +32,7 @@ from typing import Callable
 from services.methods.base import (
     JudgeFields, PlanInput, Recipe, SamplingFields, Stage, TrainerFields, balance_lengths, check, drop_continuations,
     evaluation_stages, judge_bootstrap_items, judge_check_plan, judge_data_errors, pair_length_counts, register,
-    shard_prompts, shards, single, trainer_config,
+    shard_prompts, shards, single, sound_answer, trainer_config,
 )
 from services.methods.jobs import pairwise_job
 from services.training.job import TrainJob
@@ -242,19 +242,13 @@ def round_pairs(data, cfg: SPaRConfig) -> tuple[list[dict], dict]:
 
 def drop_unsound(pairs: list[dict], prompts: dict[int, dict], verifier_judged: Callable[[dict], bool]
                  ) -> tuple[list[dict], int]:
-    """The pairs whose chosen answer is sound (`editable`: no echo, runaway repetition, junk,
-    leaked chat turn or restated prompt), where the verifier judged the prompt, and how many were
-    dropped. The verifier checks only the prompt's instructions, so a refinement that keeps a leaked
-    turn but fixes the case passes it; a model judge reads the whole answer and is left to decide."""
-    from services.judging.degeneration import editable
-
-    kept = []
-    for p in pairs:
-        prompt = prompts[p["prompt_id"]]
-        if verifier_judged(prompt) and not editable(p["chosen"], prompt["messages"][-1]["content"],
-                                                    prompt["constraints"]):
-            continue
-        kept.append(p)
+    """The pairs whose chosen answer is sound (`sound_answer`; for a prompt with constraints, which
+    the verifier needs, `editable`: no echo, runaway repetition, junk, leaked chat turn or restated
+    prompt), where the verifier judged the prompt, and how many were dropped. The verifier checks
+    only the prompt's instructions, so a refinement that keeps a leaked turn but fixes the case
+    passes it; a model judge reads the whole answer and is left to decide."""
+    kept = [p for p in pairs if not verifier_judged(prompts[p["prompt_id"]])
+            or sound_answer(p["chosen"], prompts[p["prompt_id"]])]
     return kept, len(pairs) - len(kept)
 
 
