@@ -2,9 +2,10 @@
 
 Loads a model version of a bench run's embedded database (M1 is the run's `round:0:policy`), sends
 it the stage's own few-shot requests built from the run's seed prompts, with the stage's sampling
-settings and seeds, for rounds 1..N, and counts the answers `parse_new_prompt` accepts with the
-request filter (`new_prompts_like_seeds`, the default) and without it, and how many remain after
-deduplication against the seeds. Nothing is stored.
+settings and seeds, for rounds 1..N, batch after batch as the stage asks them (`instruct_batches`),
+and prints how many prompts the stage would keep each round; over every answer it was given, how
+many `parse_new_prompt` accepts with the request filter (`new_prompts_like_seeds`, the default) and
+without it, and how many remain after deduplication against the seeds. Nothing is stored.
 
     .venv/bin/python bench/self_instruct.py /tmp/autodidact-bench-XXXX/bench.db --version 2
 """
@@ -28,7 +29,7 @@ def main() -> None:
     from services.generation.registry import backend
     from services.generation.versions import version_ref
     from services.methods import parse_stored_config
-    from services.methods.self_instruct import round_requests
+    from services.methods.self_instruct import collect_new_prompts
     from services.methods.self_reward import SelfRewardConfig, dedupe, parse_new_prompt, task_openers
     from shared.db import session_scope
     from shared.models import ModelVersion, Run
@@ -47,11 +48,14 @@ def main() -> None:
     openers = task_openers(seeds)
     rows = []
     for rnd in range(1, args.rounds + 1):
-        requests, params = round_requests(cfg, seeds, rnd, cfg.new_prompts_per_round)
-        for out in backend().generate(requests, ref, params):
-            text = out[0].text
-            rows.append({"round": rnd, "answer": text, "filtered": parse_new_prompt(text, openers),
-                         "unfiltered": parse_new_prompt(text)})
+        def generate(requests, params, rnd=rnd):
+            texts = [out[0].text for out in backend().generate(requests, ref, params)]
+            rows.extend({"round": rnd, "answer": t, "filtered": parse_new_prompt(t, openers),
+                         "unfiltered": parse_new_prompt(t)} for t in texts)
+            return texts
+
+        _, stats = collect_new_prompts(generate, cfg, seeds, [], rnd, cfg.new_prompts_per_round)
+        print(f"round {rnd}: {json.dumps(stats)}", flush=True)
     for key in ("unfiltered", "filtered"):
         usable = [r[key] for r in rows if r[key]]
         print(f"{key}: {len(usable)} of {len(rows)} answers accepted, "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Callable
 
 from services.generation.base import SamplingParams, shard_seed
 from services.generation.registry import backend
@@ -22,14 +23,35 @@ from shared.stages import StageContext, execute
 log = logging.getLogger(__name__)
 
 
-def round_requests(cfg, seeds: list[str], round_number: int, want: int) -> tuple[list[list[dict]], SamplingParams]:
-    """A round's few-shot requests for new tasks (twice `want`: headroom for the answers the parser
-    rejects) and their sampling, seeded by the run's seed and the round."""
-    rng = random.Random(shard_seed(cfg.seed, round_number, 0, 0))
+def round_requests(cfg, seeds: list[str], round_number: int, want: int,
+                   batch: int = 0) -> tuple[list[list[dict]], SamplingParams]:
+    """One batch of a round's few-shot requests for new tasks (twice `want`: headroom for the
+    answers the parser rejects) and their sampling, seeded by the run's seed, the round and the
+    batch (batch 0 is the one request the stage made before it asked again)."""
+    rng = random.Random(shard_seed(cfg.seed, round_number, 0, batch))
     requests = [instruct_messages(seeds, rng, cfg.few_shot) for _ in range(2 * want)]
     params = SamplingParams(n=1, temperature=cfg.instruct_temperature, top_p=cfg.instruct_top_p,
-                            max_new_tokens=96, seed=shard_seed(cfg.seed, round_number, 1, 0))
+                            max_new_tokens=96, seed=shard_seed(cfg.seed, round_number, 1, batch))
     return requests, params
+
+
+def collect_new_prompts(generate: Callable[[list, SamplingParams], list[str]], cfg, seeds: list[str],
+                        earlier: list[str], round_number: int, want: int) -> tuple[list[str], dict]:
+    """Up to `want` new prompts: batches of requests (round_requests) answered by `generate`, each
+    answer parsed (parse_new_prompt, with the request filter when `new_prompts_like_seeds`) and
+    deduplicated against the seeds, earlier rounds' prompts and the prompts already kept, until
+    `want` are kept or `cfg.instruct_batches` batches were asked. The counts say how many requests
+    were made, in how many batches, how many answers held no task (or, with the filter, no request),
+    and how many prompts were kept."""
+    openers = task_openers(seeds) if cfg.new_prompts_like_seeds else None
+    requested, unparsed, batches, new = 0, 0, 0, []
+    while batches < cfg.instruct_batches and len(new) < want:
+        requests, params = round_requests(cfg, seeds, round_number, want, batches)
+        parsed = [parse_new_prompt(text, openers) for text in generate(requests, params)]
+        requested, unparsed, batches = requested + len(requests), unparsed + sum(p is None for p in parsed), batches + 1
+        new += dedupe([p for p in parsed if p], seeds + earlier + new, cfg.dedupe_threshold)
+    new = new[:want]
+    return new, {"requested": requested, "batches": batches, "kept": len(new), "unparsed": unparsed}
 
 
 def _self_instruct(ctx: StageContext) -> None:
@@ -43,20 +65,17 @@ def _self_instruct(ctx: StageContext) -> None:
     if not seeds:
         raise ValueError("self-instruction needs seed prompts in the run's prompt sets")
     want = int(ctx.payload.get("count", cfg.new_prompts_per_round))
-    requests, params = round_requests(cfg, seeds, ctx.round_number, want)
-    outs = backend().generate(requests, model_for(ctx, "policy"), params)
-    openers = task_openers(seeds) if cfg.new_prompts_like_seeds else None
-    parsed = [parse_new_prompt(o[0].text, openers) for o in outs]
-    new = dedupe([p for p in parsed if p], seeds + earlier, cfg.dedupe_threshold)[:want]
-    log.info("self-instruct: %d requests, %d usable, %d kept", len(requests), sum(p is not None for p in parsed), len(new))
+    model = model_for(ctx, "policy")
+    new, stats = collect_new_prompts(lambda requests, params: [o[0].text for o in backend().generate(requests, model, params)],
+                                     cfg, seeds, earlier, ctx.round_number, want)
+    log.info("self-instruct: %d requests in %d batches, %d unparsed, %d kept", stats["requested"], stats["batches"],
+             stats["unparsed"], len(new))
     with session_scope() as s:
         crud.create_prompt_set(s, workspace_id=ctx.workspace_id, name=f"run{ctx.run_id}-round{ctx.round_number}-self-instruct",
                                items=[{"messages": [{"role": "user", "content": t}]} for t in new],
                                source_round_id=ctx.round_id)
         rnd = s.get(Round, ctx.round_id)
-        rnd.metrics = {**rnd.metrics, "self_instruct": {"requested": len(requests), "kept": len(new),
-                                                        # no task text, or (new_prompts_like_seeds) not a request
-                                                        "unparsed": sum(p is None for p in parsed)}}
+        rnd.metrics = {**rnd.metrics, "self_instruct": stats}
 
 
 @task("generation.self_instruct")

@@ -53,6 +53,10 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     # question, and not talk like the judge (parse_new_prompt). Off, the first line after the
     # "Task N" header is kept whatever it says (3–200 words).
     new_prompts_like_seeds: bool = True
+    # The stage asks for 2 x new_prompts_per_round tasks at a time, at most this many times, until
+    # it holds new_prompts_per_round new prompts after parsing and deduplication: with the request
+    # filter a round's first batch kept 8 of 64 answers (docs/results.md). 1 asks once.
+    instruct_batches: int = 4
     samples_per_prompt: int = 4  # N [4]
     temperature: float = 0.7  # [0.7]
     top_p: float = 0.9  # [0.9]
@@ -107,6 +111,8 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(isinstance(self.chosen_must_end, bool), "chosen_must_end", "must be true or false")
         check(isinstance(self.chosen_must_be_sound, bool), "chosen_must_be_sound", "must be true or false")
         check(isinstance(self.new_prompts_like_seeds, bool), "new_prompts_like_seeds", "must be true or false")
+        check(type(self.instruct_batches) is int and 1 <= self.instruct_batches <= 32, "instruct_batches",
+              "must be an integer in 1..32")
         check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
         check(0 <= self.sft_weight <= 100, "sft_weight", "must be in [0, 100]")
         check(valid_end_share(self.score_rejected_end), "score_rejected_end",

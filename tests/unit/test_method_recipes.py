@@ -7,6 +7,7 @@ import pytest
 
 from services.methods import get_recipe, parse_config
 from services.methods.rest_em import RestEMConfig, select_correct
+from services.methods.self_instruct import collect_new_prompts, round_requests
 from services.methods.self_reward import (
     SelfRewardConfig, balance_lengths, best_worst_pairs, dedupe, instruct_messages, parse_new_prompt, task_openers,
 )
@@ -380,6 +381,55 @@ def test_self_instructed_prompts_must_read_as_requests(text, task):
     kept = dedupe(["write a poem about the sea", "Write a poem about the sea!", "list three rivers in europe"],
                   ["write a poem about the moon"], threshold=0.7)
     assert kept == ["list three rivers in europe"]
+
+
+class Scripted:
+    """Answers each batch of self-instruction requests with the next scripted list of answers, and
+    records the batches' sizes and sampling seeds."""
+
+    def __init__(self, batches: list[list[str]]):
+        self.batches, self.asked = list(batches), []
+
+    def __call__(self, requests, params):
+        self.asked.append((len(requests), params.seed))
+        answers = self.batches.pop(0)
+        return (answers + ["Task 5: the cat"] * len(requests))[:len(requests)]  # the rest: no task
+
+
+SEEDS = ["Write a poem about the sea.", "Tell me a joke about cats."]
+
+
+@pytest.mark.parametrize("batches,limit,kept,counts", [
+    # the first batch has enough: no second one is asked
+    ([["Task 5: Write a note about owls.", "Task 5: Tell me about bats.", "Task 5: Write about rain."]], 4,
+     ["Write a note about owls.", "Tell me about bats."], {"requested": 4, "batches": 1, "kept": 2, "unparsed": 1}),
+    # statements and duplicates (of a seed, of a prompt kept in the same batch or an earlier one) are
+    # not kept, so the stage asks again, with new seeds, until it has two
+    ([["Task 5: Owls hunt at night.", "Task 5: Write a poem about the sea!", "Task 5: Write a note about owls."],
+      ["Task 5: write a note about owls", "Task 5: Tell me about bats.", "Task 5: Tell me about bats?"]], 4,
+     ["Write a note about owls.", "Tell me about bats."], {"requested": 8, "batches": 2, "kept": 2, "unparsed": 3}),
+    # instruct_batches caps the asking: one batch keeps what it found
+    ([["Task 5: Owls hunt at night.", "Task 5: Write a note about owls."], ["Task 5: Tell me about bats."]], 1,
+     ["Write a note about owls."], {"requested": 4, "batches": 1, "kept": 1, "unparsed": 3}),
+    # nothing usable: every allowed batch is asked, and the round keeps none
+    ([[], [], []], 3, [], {"requested": 12, "batches": 3, "kept": 0, "unparsed": 12}),
+])
+def test_self_instruction_asks_again_until_it_has_enough(batches, limit, kept, counts):
+    generate = Scripted(batches)
+    cfg = SelfRewardConfig(instruct_batches=limit, seed=7)
+    new, stats = collect_new_prompts(generate, cfg, SEEDS, ["Tell me a story about a fox."], 3, want=2)
+    assert new == kept and stats == counts
+    assert [n for n, _ in generate.asked] == [4] * counts["batches"]  # twice `want` a batch
+    seeds = [seed for _, seed in generate.asked]
+    assert len(set(seeds)) == len(seeds)  # each batch samples anew
+    # batch 0 is the request the stage always made first (bench/self_instruct.py replays it)
+    assert round_requests(cfg, SEEDS, 3, 2)[1].seed == seeds[0]
+
+
+def test_instruct_batches_is_validated():
+    for bad in (0, 33, 1.5):
+        with pytest.raises(ValueError, match="instruct_batches"):
+            SelfRewardConfig(instruct_batches=bad)
 
 
 def test_refined_pairs_pair_each_solution_with_its_own_root():
