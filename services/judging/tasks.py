@@ -138,16 +138,22 @@ class JudgeBelowFloor(ValueError):
 
 
 def judge_check_verdict(report: dict, kind: str, floor: dict) -> tuple[bool, list[str]]:
-    """Whether a judge-agreement report clears `floor` ({"parseable", "accuracy"}): the refiner by
-    its balanced verdict accuracy, the rubric judge by its pairwise accuracy."""
+    """Whether a judge-agreement report clears `floor` ({"parseable", "accuracy", "decides_on"}):
+    the refiner by its balanced verdict accuracy, the rubric judge by its pairwise accuracy; that
+    accuracy's point estimate, or (decides_on: lower_bound) the lower end of its 95 % interval,
+    which a report without an interval cannot clear."""
     why = []
     parseable = report["parseable"].get(kind)
     accuracy, ci = _judge_accuracy(report, kind)
     if parseable is None or parseable < floor["parseable"]:
         why.append(f"parseable {0 if parseable is None else parseable:.2f} < {floor['parseable']:.2f}")
-    if accuracy is None or accuracy < floor["accuracy"]:
-        what = "balanced verdict accuracy" if kind == "refiner" else "pairwise accuracy"
-        shown = "none" if accuracy is None else f"{accuracy:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    what = "balanced verdict accuracy" if kind == "refiner" else "pairwise accuracy"
+    shown = "none" if accuracy is None else f"{accuracy:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    if floor.get("decides_on", "estimate") == "lower_bound":
+        if accuracy is None or not ci or ci[0] < floor["accuracy"]:
+            why.append(f"{what} {shown}: the interval's lower end "
+                       f"{'none' if not ci else format(ci[0], '.2f')} < {floor['accuracy']:.2f}")
+    elif accuracy is None or accuracy < floor["accuracy"]:
         why.append(f"{what} {shown} < {floor['accuracy']:.2f}")
     return not why, why
 

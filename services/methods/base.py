@@ -288,6 +288,9 @@ class JudgeFields:
       `judge_check_prompts` training prompts with constraints (kept out of the bootstrap data):
       parseable rate and accuracy against the verifier must reach the floors, else `on_weak_judge`:
       stop (the run fails with the numbers) or verifier (this round is judged by the verifier).
+      `judge_check_decides_on`: the accuracy's point estimate (default) or the lower end of its
+      95 % interval over the probe's prompts (`lower_bound`: trust only a judge the probe shows to
+      be above the floor; about 0.85 on 24 probe prompts clears a 0.7 floor).
     - `judge_prompt_set_ids`: prompt sets with verifiable constraints that only teach and probe the
       judge (never the policy's training data). A run whose own prompts have no constraints, or too
       few to teach a judge (a few dozen verdict examples do not teach a 270M model the format;
@@ -305,6 +308,7 @@ class JudgeFields:
     judge_floor_parseable: float = 0.9
     judge_floor_accuracy: float = 0.7
     on_weak_judge: str = "verifier"
+    judge_check_decides_on: str = "estimate"
     judge_prompt_set_ids: list = dataclasses.field(default_factory=list)
 
     def check_judge_fields(self) -> None:
@@ -319,6 +323,8 @@ class JudgeFields:
         check(0 <= self.judge_floor_parseable <= 1, "judge_floor_parseable", "must be in [0, 1]")
         check(0 <= self.judge_floor_accuracy <= 1, "judge_floor_accuracy", "must be in [0, 1]")
         check(self.on_weak_judge in ("stop", "verifier"), "on_weak_judge", "must be stop or verifier")
+        check(self.judge_check_decides_on in ("estimate", "lower_bound"), "judge_check_decides_on",
+              "must be estimate or lower_bound")
 
     def constrained_split(self, data, probe: bool = True) -> tuple[list[int], list[int]]:
         """(bootstrap prompt ids, probe prompt ids): the run's training prompts with constraints, then
@@ -357,7 +363,8 @@ def judge_check_plan(kind: str, model: str, votes_field: str,
         return [{"prompt_ids": probe, "kind": kind, "model": model if cfg.judge_version_id is None
                  else f"version:{cfg.judge_version_id}", "samples": 1, "votes": getattr(cfg, votes_field),
                  "max_new_tokens": cfg.judge_max_new_tokens,
-                 "floor": {"parseable": cfg.judge_floor_parseable, "accuracy": cfg.judge_floor_accuracy},
+                 "floor": {"parseable": cfg.judge_floor_parseable, "accuracy": cfg.judge_floor_accuracy,
+                           "decides_on": cfg.judge_check_decides_on},
                  "on_weak": cfg.on_weak_judge}]
 
     return plan

@@ -35,10 +35,39 @@ def test_judge_check_verdict_shows_the_interval_of_a_failed_accuracy():
     assert judge_check_verdict(rep, "refiner", FLOOR) == (False, ["balanced verdict accuracy 0.62 [0.48, 0.77] < 0.70"])
 
 
+LOWER = {**FLOOR, "decides_on": "lower_bound"}
+
+
+@pytest.mark.parametrize("kind,accuracy,ci,ok,words", [
+    # the estimate clears the floor, the interval's lower end does not: trusted on the estimate only
+    ("rubric", 0.71, [0.47, 0.91], False, ["pairwise accuracy 0.71 [0.47, 0.91]: the interval's lower end 0.47 < 0.70"]),
+    ("refiner", 0.88, [0.74, 0.97], True, []),
+    ("refiner", 0.88, None, False, ["balanced verdict accuracy 0.88: the interval's lower end none < 0.70"]),
+    ("rubric", None, None, False, ["pairwise accuracy none: the interval's lower end none < 0.70"]),
+])
+def test_judge_check_can_decide_on_the_intervals_lower_end(kind, accuracy, ci, ok, words):
+    rep = report(0.95, accuracy, accuracy)
+    rep["refiner"]["balanced_ci95"] = rep["rubric"]["ci95"] = ci
+    assert judge_check_verdict(rep, kind, LOWER) == (ok, words)
+    if accuracy is not None and ci:  # the point estimate clears 0.7 in both
+        assert judge_check_verdict(rep, kind, FLOOR) == (True, [])
+
+
+def test_the_judge_check_plan_carries_what_it_decides_on():
+    from services.methods.base import judge_check_plan
+
+    class Inp:
+        config, data = SelfRewardConfig(judge_check_decides_on="lower_bound"), Data(60)
+
+    (stage,) = judge_check_plan("rubric", "policy", "judge_samples")(Inp())
+    assert stage["floor"] == {"parseable": 0.9, "accuracy": 0.7, "decides_on": "lower_bound"}
+
+
 @pytest.mark.parametrize("cls", [SPaRConfig, SelfRewardConfig])
 @pytest.mark.parametrize("data,field", [({"judge": "oracle"}, "judge"), ({"on_weak_judge": "ignore"}, "on_weak_judge"),
                                         ({"judge_floor_accuracy": 2}, "judge_floor_accuracy"),
-                                        ({"judge_check_prompts": -1}, "judge_check_prompts")])
+                                        ({"judge_check_prompts": -1}, "judge_check_prompts"),
+                                        ({"judge_check_decides_on": "median"}, "judge_check_decides_on")])
 def test_judge_fields_are_validated(cls, data, field):
     cfg, errors = parse_config(cls, data)
     assert cfg is None and errors[0]["loc"] == ["config", field]
