@@ -153,6 +153,9 @@ _NEXT_TASK = re.compile(r"\s(?:task\s*\d+\s*:)", re.I)
 # the judge's own output formats (services/judging/verifier_judge.py, rubric.py, refiner.py): a
 # policy that was taught to judge writes them where a task was asked for
 _JUDGE_TALK = re.compile(r"\bit is (?:followed|broken)\b|\b(?:score|verdict|checks)\s*:", re.I)
+# The assistant's own closing offer, which asks the user nothing ("Is there anything else I can
+# help you with?"): it ends in a question, so the opener rule alone lets it through.
+_ASSISTANT_TALK = re.compile(r"\banything else\b|\b(?:help|assist)(?:ing)? you\b", re.I)
 # words that present material rather than ask for something ("Here is a claim about tea: …"): a seed
 # may begin so and go on to ask, but a new task that begins so must itself end in a question
 _PRESENTING = frozenset({"here", "this", "these", "the", "a", "an", "below", "following"})
@@ -176,8 +179,8 @@ def parse_new_prompt(text: str, openers: frozenset[str] | None = None) -> str | 
     wrapping quotes or brackets are taken off, and the task is its first line (the request lists
     every task on one line), up to a next "Task N:". With `openers` (task_openers of the seeds) the
     task must also read as a request: begin with a word some seed begins with ("Write …",
-    "Explain …"; not "Here …") or end in a question, and be neither a line of the request itself
-    nor the judge's check format. A 270M policy asked for a new task mostly writes a statement
+    "Explain …"; not "Here …") or end in a question, and be neither a line of the request itself,
+    the judge's check format nor the assistant's closing offer ("Anything else I can help you with?"). A 270M policy asked for a new task mostly writes a statement
     ("Owls are birds that mostly hunt at night."), a bullet list or its judge's checks instead (27
     of the 32 prompts one round stored before this filter), and candidates for such a prompt teach
     nothing a user asks for."""
@@ -187,7 +190,7 @@ def parse_new_prompt(text: str, openers: frozenset[str] | None = None) -> str | 
         return None
     if openers is not None and (
             (_first_word(text) not in openers and not text.endswith("?"))
-            or _JUDGE_TALK.search(text) or any(_words(text) <= _words(line) for line in (_PREAMBLE, _ASK))):
+            or _JUDGE_TALK.search(text) or _ASSISTANT_TALK.search(text) or any(_words(text) <= _words(line) for line in (_PREAMBLE, _ASK))):
         return None
     return text
 

@@ -370,6 +370,9 @@ def test_self_instruction_prompt_parse_and_dedupe():
      "Here is a claim about tea: tea grows on bushes. Is this claim true?"),
     ("Task 5: Here is a claim about tea: tea grows on bushes. Is it true? No, it is broken.", None),  # answered
     ("Task 5: Write a note about owls. Task 6: Write a note about bats.", "Write a note about owls."),
+    ("Task 5: Is there anything else I can help with?", None),  # the assistant's offer, not a request
+    ("Task 5: What else can I help you with today?", None),
+    ("Task 5: How can I help my dog sleep at night?", "How can I help my dog sleep at night?"),
 ])
 def test_self_instructed_prompts_must_read_as_requests(text, task):
     openers = task_openers(["Write a poem about the sea.", "Tell me a joke.", "  explain why the sky is blue",
