@@ -147,6 +147,8 @@ def main() -> None:
         for r in rounds:
             ev = r["metrics"].get("eval")
             r["vs_start"] = compare(start_eval, ev) if ev else None
+            if r["metrics"].get("eval_policy"):  # a policy round 1 made itself (Self-Rewarding's M1)
+                r["policy_vs_start"] = compare(start_eval, r["metrics"]["eval_policy"])
         results["methods"][method] = {"status": status, "error": error, "rounds": rounds,
                                       "seconds": round(time.monotonic() - t1)}
         args.out.write_text(json.dumps(results, indent=1, default=str))
@@ -165,6 +167,13 @@ def main() -> None:
                   f"{ev['mean_response_words']:.0f} | |")
     for method, res in results["methods"].items():
         for r in res["rounds"]:
+            if r.get("policy_vs_start"):
+                ev = r["metrics"]["eval_policy"]
+                print(f"| {method} | {r['number']}'s start (M1) | {fmt_acc(ev, 'prompt_strict_acc')} | "
+                      f"{fmt_acc(ev, 'instruction_strict_acc')} | {fmt_acc(ev, 'prompt_loose_acc')} | "
+                      f"{fmt_acc(ev, 'instruction_loose_acc')} | {fmt_diff(r['policy_vs_start']['prompt_strict_acc'])} | "
+                      f"{ev['echo_rate']:.0%} | {ev['limit_rate']:.0%} | {ev['junk_rate']:.0%} | "
+                      f"{ev['mean_response_words']:.0f} | |")
             ev, gate = r["metrics"].get("eval"), r["metrics"].get("gate") or {}
             if not ev:
                 print(f"| {method} | {r['number']} | not evaluated ({res['status']}: {res['error']}) |")

@@ -228,6 +228,11 @@ def build_pairs(stage_task_id: int) -> None:
 
 
 # ---------------------------------------------------------------- evaluation
+# The held-out answers' sample role → the model that wrote them (base.eval_shards) and the round
+# metric their aggregates are stored under.
+EVAL_MODELS = {"eval": "produced", "eval_base": "base", "eval_policy": "policy"}
+
+
 def _eval_judge_scores(ctx: StageContext, samples: list[Sample], prompts: dict, role: str) -> list:
     """Mean rubric score of each held-out answer, judged by the model that wrote it (None when
     no vote parsed); [] when the run does not ask for judge scores."""
@@ -236,7 +241,7 @@ def _eval_judge_scores(ctx: StageContext, samples: list[Sample], prompts: dict, 
     k = int(ctx.config.get("eval_judge_samples", 0))
     if k <= 0:
         return []
-    model = model_for(ctx, "produced" if role == "eval" else "base")
+    model = model_for(ctx, EVAL_MODELS[role])
     params = SamplingParams(n=k, temperature=0.7, max_new_tokens=int(ctx.config.get("judge_max_new_tokens", 256)),
                             seed=shard_seed(ctx.config.get("seed", 0), ctx.round_number, 0, 11))
     outs = backend().generate([rubric_messages(prompts[x.prompt_id].messages, x.text) for x in samples], model, params)
@@ -252,14 +257,14 @@ def _eval_judge_scores(ctx: StageContext, samples: list[Sample], prompts: dict, 
 
 
 def _evaluate(ctx: StageContext) -> None:
-    """Score the greedy held-out answers of this round (and of the base, in round 1) with the
-    verifier (and the rubric judge when the run asks for it); store one verifier Judgment per
-    sample and the aggregates on the round."""
+    """Score the greedy held-out answers of this round (and of the base, in round 1, and of a
+    policy round 1 made itself) with the verifier (and the rubric judge when the run asks for it);
+    store one verifier Judgment per sample and the aggregates on the round."""
     from services.judging.evaluation import aggregate
     from services.judging.verifier import verify
 
     results = {}
-    for role in ("eval", "eval_base"):
+    for role in EVAL_MODELS:
         with session_scope() as s:
             samples = crud.samples_of_round(s, round_id=ctx.round_id, role=role)
             prompts = crud.prompts_by_id(s, ids=sorted({x.prompt_id for x in samples}))

@@ -173,8 +173,12 @@ def check(cond: bool, field: str, msg: str) -> None:
 
 def eval_shards(inp: PlanInput) -> list[dict]:
     """Planner of the evaluation's generation: greedy answers to the held-out prompts from the
-    version the round produced, and in round 1 also from the base (the 'before' point)."""
+    version the round produced, and in round 1 also from the base (the 'before' point) and from the
+    policy the round trained from when round 1 made it itself (`eval_policy`: Self-Rewarding's M1),
+    so that what that step did is measured apart from the round's own training."""
     roles = [("eval", "produced")] + ([("eval_base", "base")] if inp.round_number == 1 else [])
+    if inp.round_number == 1 and inp.data is not None and inp.data.policy["adapter"]:
+        roles.append(("eval_policy", "policy"))
     budget = getattr(inp.config, "eval_max_new_tokens", None)
     extra = {"max_new_tokens": budget} if budget else {}
     return [shard for role, model in roles

@@ -1,8 +1,8 @@
 """Self-Rewarding Language Models (Yuan et al., 2024, arXiv 2401.10020).
 
-M1 = SFT of the base on instruction data (IFT: the run's prompts with references) plus evaluation
-data (EFT: judge requests answered with a justification and `Score: N`), done in round 1's
-`bootstrap` stage when `bootstrap_sft` is on. Each round then: self-instruction (few-shot new
+M1 = SFT of the base on instruction data (IFT: the run's prompts with references; `bootstrap_ift`)
+plus evaluation data (EFT: judge requests answered with a justification and `Score: N`), done in
+round 1's `bootstrap` stage when `bootstrap_sft` is on. Each round then: self-instruction (few-shot new
 prompts from the seed prompts, deduplicated), N candidates per new prompt from θ(t-1), the rubric
 judge (θ(t-1) itself unless `judge_version_id` names another version) sampled k times and averaged,
 pairs of highest vs lowest mean score with ties dropped, and DPO from θ(t-1) with reference θ(t-1).
@@ -42,6 +42,11 @@ from services.training.config import valid_end_share
 @dataclass
 class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     bootstrap_sft: bool = True  # round 1 first makes M1 by SFT on IFT + EFT data
+    # M1's instruction data (IFT): the run's prompts with their references, as the paper's seed
+    # IFT data. Off, M1 learns only to judge (EFT and the judge's bootstrap data): for a start that
+    # was already instruction-tuned on such data (the chat-capable start was, on the same
+    # curriculum), another pass over short references shortened its answers (docs/results.md).
+    bootstrap_ift: bool = True
     eft_prompt_set_ids: list = field(default_factory=list)  # judge-training sets (prompt → judgment)
     bootstrap_learning_rate: float = 1e-4
     new_prompts_per_round: int = 32
@@ -111,6 +116,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(isinstance(self.chosen_must_end, bool), "chosen_must_end", "must be true or false")
         check(isinstance(self.chosen_must_be_sound, bool), "chosen_must_be_sound", "must be true or false")
         check(isinstance(self.new_prompts_like_seeds, bool), "new_prompts_like_seeds", "must be true or false")
+        check(isinstance(self.bootstrap_ift, bool), "bootstrap_ift", "must be true or false")
         check(type(self.instruct_batches) is int and 1 <= self.instruct_batches <= 32, "instruct_batches",
               "must be an integer in 1..32")
         check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
@@ -315,10 +321,12 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
 
 def training_job(data, cfg: SelfRewardConfig, role: str):
     if role == "bootstrap":  # M1: SFT of the base on instruction (IFT) and evaluation (EFT) data
-        items = gold_examples(data, data.prompt_set_ids + list(cfg.eft_prompt_set_ids))
+        ift_sets = list(data.prompt_set_ids) if cfg.bootstrap_ift else []
+        items = gold_examples(data, ift_sets + list(cfg.eft_prompt_set_ids))
+        ift = len(gold_examples(data, ift_sets)) if ift_sets else 0
         judge_items, stats = judge_bootstrap_items(data, cfg, ("rubric",), ("bootstrap",))
         return sft_from_base_job(data, items + judge_items, cfg.bootstrap_config(),
-                                 {"sft_examples": len(items) + len(judge_items), **stats},
+                                 {"sft_examples": len(items) + len(judge_items), "ift_examples": ift, **stats},
                                  key_round=0, sets_policy=True)
     return pairwise_job(data, cfg) if role == "policy" else None
 

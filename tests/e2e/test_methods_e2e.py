@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlmodel import select
 
+from shared import crud
 from shared.db import session_scope
 from shared.models import (
     FINISH_AT_LIMIT, Judgment, ModelVersion, PreferencePair, Prompt, PromptSet, RefinementNode, Round, Sample,
@@ -67,7 +68,9 @@ def test_self_rewarding_bootstraps_m1_and_drops_ties(api, workers, tiny_model):
                                for w in ("red", "blue", "small", "large", "old")], name="ift")
     eft = upload(client, a, [{"prompt": "judge: is 'hi' a greeting?", "reference": "It is relevant.\nScore: 4"}],
                  name="eft")
+    heldout = upload(client, a, _prompts(2, constraints=NO_COMMA), name="sr-eval", split="heldout")
     run_id = submit(client, a, method="self_reward", base_model=tiny_model, prompt_set_ids=[seeds], rounds=2,
+                    eval_prompt_set_ids=[heldout],
                     # the tiny random model never ends an answer: every candidate is cut at the
                     # limit, so the rule that never chooses a cut answer is turned off here
                     config={"eft_prompt_set_ids": [eft], "new_prompts_per_round": 6, "few_shot": 3,
@@ -76,15 +79,24 @@ def test_self_rewarding_bootstraps_m1_and_drops_ties(api, workers, tiny_model):
                             # nor does it write a request a seed could begin ("name a …"): any new
                             # prompt is kept, so that the self-instruction path runs
                             "new_prompts_like_seeds": False,
-                            "bootstrap_learning_rate": 1e-3, **TRAIN})
+                            "eval_judge_samples": 1, "bootstrap_learning_rate": 1e-3, **TRAIN})
     run = wait_run(client, a, run_id, workers)
     r1, r2 = run["round_details"]
     # no seed prompt has constraints: no judge bootstrap samples and no judge check to run
-    assert stage_status(r1) == {**dict.fromkeys(["bootstrap", "self_instruct", "generate", "judge", "pairs", "train"],
-                                                "succeeded"), "bootstrap_samples": "skipped", "judge_check": "skipped"}
+    assert stage_status(r1) == {**dict.fromkeys(["bootstrap", "self_instruct", "generate", "judge", "pairs", "train",
+                                                 "eval_generate", "evaluate"], "succeeded"),
+                                "bootstrap_samples": "skipped", "judge_check": "skipped"}
     assert stage_status(r2)["bootstrap"] == "skipped"
     versions = _versions(run_id)
     m1 = versions["round:0:policy"]
+    # round 1 evaluates M1 apart from the start (θ0) and from what its DPO produced; round 2 only its own
+    assert {k: r1["metrics"][k]["n"] for k in ("eval", "eval_base", "eval_policy")} == dict.fromkeys(
+        ["eval", "eval_base", "eval_policy"], 2)
+    assert "eval_policy" not in r2["metrics"] and r2["metrics"]["eval"]["n"] == 2
+    with session_scope() as s:
+        row = s.exec(select(Round).where(Round.run_id == run_id, Round.number == 1)).one()
+        writers = {x.generator_version_id for x in crud.samples_of_round(s, round_id=row.id, role="eval_policy")}
+        assert writers == {m1.id}  # written by M1
     assert r1["policy_version_id"] == m1.id and r1["metrics"]["bootstrap"]["sft_examples"] == 6
     assert versions["round:1:policy"].parent_id == m1.id
     assert r2["policy_version_id"] == versions["round:1:policy"].id == versions["round:2:policy"].parent_id

@@ -429,6 +429,40 @@ def test_self_instruction_asks_again_until_it_has_enough(batches, limit, kept, c
     assert round_requests(cfg, SEEDS, 3, 2)[1].seed == seeds[0]
 
 
+class M1Data:
+    """The RoundData reads Self-Rewarding's M1 job makes: a run set of two prompts with references
+    and an EFT set of one judgment."""
+    round_number, total_rounds, base_version_id, prompt_set_ids = 1, 1, 1, [1]
+    SETS = {1: [{"id": 1, "messages": [{"role": "user", "content": "Tell me about owls."}], "reference": "Owls hunt.",
+                 "constraints": None},
+                {"id": 2, "messages": [{"role": "user", "content": "Tell me about bats."}], "reference": "Bats fly.",
+                 "constraints": None}],
+            2: [{"id": 3, "messages": [{"role": "user", "content": "Review this answer."}], "reference": "Score: 4",
+                 "constraints": None}]}
+
+    def prompts_of_sets(self, ids):
+        return [p for i in ids for p in self.SETS[i]]
+
+    def run_prompts(self):
+        return self.prompts_of_sets(self.prompt_set_ids)
+
+    def prompts(self, ids):
+        return {}
+
+    def samples(self, role):
+        return []
+
+
+@pytest.mark.parametrize("ift,responses", [(True, ["Owls hunt.", "Bats fly.", "Score: 4"]), (False, ["Score: 4"])])
+def test_m1_learns_the_runs_references_only_with_bootstrap_ift(ift, responses):
+    from services.methods.self_reward import training_job
+
+    job = training_job(M1Data(), SelfRewardConfig(eft_prompt_set_ids=[2], bootstrap_ift=ift), "bootstrap")
+    assert [i["response"] for i in job.items] == responses
+    assert job.stats["ift_examples"] == (2 if ift else 0) and job.stats["sft_examples"] == len(responses)
+    assert parse_config(SelfRewardConfig, {"bootstrap_ift": "no"})[1][0]["loc"] == ["config", "bootstrap_ift"]
+
+
 def test_instruct_batches_is_validated():
     for bad in (0, 33, 1.5):
         with pytest.raises(ValueError, match="instruct_batches"):

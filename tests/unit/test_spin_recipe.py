@@ -85,6 +85,19 @@ def test_stages_and_sharding():
     assert [(s["role"], s["max_new_tokens"]) for s in own] == [("eval", 64), ("eval", 64)]
     assert "max_new_tokens" not in eval_shards(PlanInput(prompt_ids=[], eval_prompt_ids=[1], round_number=1,
                                                          total_rounds=1, shard_size=2, config=SPINConfig()))[0]
+    # a round-1 policy the round made itself (Self-Rewarding's M1) is evaluated too; the base is not "made"
+    class Data:
+        def __init__(self, adapter):
+            self.policy = {"version_id": 7, "adapter": adapter}
+
+    def roles(round_number, adapter):
+        return {s["role"]: s["model"] for s in eval_shards(PlanInput(
+            prompt_ids=[], eval_prompt_ids=[1], round_number=round_number, total_rounds=2, shard_size=2,
+            config=None, data=Data(adapter)))}
+
+    assert roles(1, "/artifacts/round0-policy") == {"eval": "produced", "eval_base": "base", "eval_policy": "policy"}
+    assert roles(1, None) == {"eval": "produced", "eval_base": "base"}
+    assert roles(2, "/artifacts/round1-policy") == {"eval": "produced"}
     with pytest.raises(ValueError, match="unknown method"):
         get_recipe("alchemy")
 
