@@ -51,9 +51,11 @@ def _start_eval(rounds: list[Round]) -> dict | None:
 
 
 def _policy_eval(rounds: list[Round], rnd: Round) -> dict | None:
-    """The held-out evaluation of the policy this round started from: the round that produced it,
-    or the start's evaluation when it is the base (or a bootstrap of it with no evaluation of its own:
-    Self-Rewarding's M1)."""
+    """The held-out evaluation of the policy this round started from: its own when round 1 made it
+    (Self-Rewarding's M1, `eval_policy`), that of the round that produced it, or the start's
+    evaluation when it is the base."""
+    if rnd.metrics.get("eval_policy"):
+        return rnd.metrics["eval_policy"]
     for r in rounds:
         if r.number < rnd.number and r.produced_version_id == rnd.policy_version_id and r.metrics.get("eval"):
             return r.metrics["eval"]

@@ -93,6 +93,7 @@ def test_self_rewarding_bootstraps_m1_and_drops_ties(api, workers, tiny_model):
     assert {k: r1["metrics"][k]["n"] for k in ("eval", "eval_base", "eval_policy")} == dict.fromkeys(
         ["eval", "eval_base", "eval_policy"], 2)
     assert "eval_policy" not in r2["metrics"] and r2["metrics"]["eval"]["n"] == 2
+    assert r1["metrics"]["gate"]["compared_with_version"] == m1.id  # see test_regression.py
     with session_scope() as s:
         row = s.exec(select(Round).where(Round.run_id == run_id, Round.number == 1)).one()
         writers = {x.generator_version_id for x in crud.samples_of_round(s, round_id=row.id, role="eval_policy")}

@@ -88,3 +88,22 @@ def test_the_default_ceiling_catches_the_drift_a_self_rewarding_run_passed():
         "answers cut at the token limit rose from 21% to 32%",
         "since the run's start: answers cut at the token limit rose from 17% to 32%"]
     assert not regression_verdict(r2, r3, start=start, max_limit_rate_rise=0.25)["regressed"]
+
+
+def test_round_one_is_judged_against_the_policy_it_made_and_the_start():
+    """Self-Rewarding's round 1 trains from M1, which round 1 made and evaluated (`eval_policy`): the
+    gate compares the round's DPO with M1 and, since the run's start, with θ0."""
+    from services.gateway.conductor import _policy_eval, _start_eval
+    from shared.models import Round
+
+    start, m1, after = evaluation(80), evaluation(70), evaluation(68)
+    r1 = Round(run_id=1, number=1, metrics={"eval_base": start, "eval_policy": m1, "eval": after},
+               policy_version_id=5, produced_version_id=6)
+    r2 = Round(run_id=1, number=2, metrics={"eval": evaluation(75)}, policy_version_id=6, produced_version_id=7)
+    assert _policy_eval([r1, r2], r1) is m1 and _start_eval([r1, r2]) is start
+    assert _policy_eval([r1, r2], r2) is after  # round 2 trains from round 1's version
+    plain = Round(run_id=1, number=1, metrics={"eval_base": start, "eval": after}, policy_version_id=1,
+                  produced_version_id=2)
+    assert _policy_eval([plain], plain) is start  # a round 1 that trains from the base
+    v = regression_verdict(_policy_eval([r1], r1), after, start=start)
+    assert v["paired"]["prompt_strict_acc"]["lost"] == 2 and v["paired_start"]["prompt_strict_acc"]["lost"] == 12
