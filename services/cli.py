@@ -246,6 +246,9 @@ def _print_run(run_id: int) -> None:
         if rounds and rounds[0].metrics.get("eval_base"):
             table.add_row("start", "", "", "", "", _acc(rounds[0].metrics["eval_base"]),
                           _degen(rounds[0].metrics["eval_base"]), "", "")
+        if rounds and rounds[0].metrics.get("eval_policy"):  # a policy round 1 made itself (M1)
+            table.add_row("1: its start", "", "", "", "", _acc(rounds[0].metrics["eval_policy"]),
+                          _degen(rounds[0].metrics["eval_policy"]), "", "")
         for r in rounds:
             t = r.metrics.get("train", {})
             ev = r.metrics.get("eval", {})

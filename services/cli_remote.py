@@ -406,6 +406,8 @@ def run_view(run: "RunDetail", note: str = "") -> Group:
     rounds = run.round_details
     if rounds and rounds[0].metrics.get("eval_base"):
         table.add_row("start", "", "", "", "", _acc(rounds[0].metrics["eval_base"]), "")
+    if rounds and rounds[0].metrics.get("eval_policy"):  # a policy round 1 made itself (M1)
+        table.add_row("1: its start", "", "", "", "", _acc(rounds[0].metrics["eval_policy"]), "")
     for rnd in rounds:
         train, gate = rnd.metrics.get("train") or {}, rnd.metrics.get("gate")
         adopted = "" if gate is None else ("adopted" if gate.get("adopted") else "not adopted: " + "; ".join(gate.get("reasons", [])))

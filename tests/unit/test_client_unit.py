@@ -159,6 +159,15 @@ def test_the_run_view_shows_stages_progress_and_intervals():
     assert "✓ generate 4s" in text and "● verify" in text and "3/8" in text
     assert "0.250 [0.150, 0.360] n=60" in text and "gateway not answering" in text
     assert progress_line(_run()) == "run 4 running · round 1 running · verify running 3/8"
+    assert "its start" not in text
+    # Self-Rewarding's round 1 evaluates M1, the policy it made itself, apart from the start
+    run = _run()
+    run.round_details[0].metrics["eval_policy"] = {"prompt_strict_acc": 0.2, "n": 60,
+                                                   "ci95": {"prompt_strict_acc": [0.1, 0.3]}}
+    console = Console(record=True, width=160)
+    console.print(run_view(run))
+    text = console.export_text()
+    assert "1: its start" in text and "0.200 [0.100, 0.300] n=60" in text
 
 
 class FakeApi:
