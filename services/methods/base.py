@@ -294,7 +294,8 @@ class JudgeFields:
       stop (the run fails with the numbers) or verifier (this round is judged by the verifier).
       `judge_check_decides_on`: the accuracy's point estimate (default) or the lower end of its
       95 % interval over the probe's prompts (`lower_bound`: trust only a judge the probe shows to
-      be above the floor; about 0.85 on 24 probe prompts clears a 0.7 floor).
+      be above the floor; on the ~20 comparisons of a 24-prompt probe the interval spans about
+      ±0.2, 0.81 [0.61, 0.97] in one run, so raise `judge_check_prompts` with it).
     - `judge_prompt_set_ids`: prompt sets with verifiable constraints that only teach and probe the
       judge (never the policy's training data). A run whose own prompts have no constraints, or too
       few to teach a judge (a few dozen verdict examples do not teach a 270M model the format;
