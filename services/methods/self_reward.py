@@ -49,6 +49,12 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     # held-out prompts in the judge's check language and lost 22 points. The IFT is what keeps
     # M1 answering; leave it on unless the judge data cannot be mistaken for an answer.
     bootstrap_ift: bool = True
+    # Where that instruction data comes from: `references` (the run's prompts with their gold
+    # references, the paper's seed IFT data) or `own_answers`: θ0's own answers to the run's
+    # prompts with constraints that the verifier passes, that ended and are sound (the samples
+    # round 1 draws for the judge's data), so M1 keeps answering in the start's own voice instead
+    # of moving toward the references' length. Not measured yet.
+    ift_source: str = "references"
     eft_prompt_set_ids: list = field(default_factory=list)  # judge-training sets (prompt → judgment)
     bootstrap_learning_rate: float = 1e-4
     new_prompts_per_round: int = 32
@@ -119,6 +125,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(isinstance(self.chosen_must_be_sound, bool), "chosen_must_be_sound", "must be true or false")
         check(isinstance(self.new_prompts_like_seeds, bool), "new_prompts_like_seeds", "must be true or false")
         check(isinstance(self.bootstrap_ift, bool), "bootstrap_ift", "must be true or false")
+        check(self.ift_source in ("references", "own_answers"), "ift_source", "must be references or own_answers")
         check(type(self.instruct_batches) is int and 1 <= self.instruct_batches <= 32, "instruct_batches",
               "must be an integer in 1..32")
         check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
@@ -321,12 +328,36 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
     return pairs, {**counts, **dropped, "samples": len(samples), "judgments_unparsed": unparsed}
 
 
+def own_answer_examples(data) -> list[dict]:
+    """M1's instruction data from θ0 itself (`ift_source: own_answers`): its round-1 bootstrap
+    answers to the run's own prompts (never a judge set's: the actor does not train on those) that
+    the verifier passes, that ended before the token limit and that are sound (`sound_answer`)."""
+    from services.judging.degeneration import hit_limit
+    from services.judging.verifier import verify
+
+    run_ids = {p["id"] for p in data.run_prompts() if p["constraints"]}
+    samples = [x for x in data.samples("bootstrap") if x["prompt_id"] in run_ids and not hit_limit(x.get("finish_reason"))]
+    prompts = data.prompts(sorted({x["prompt_id"] for x in samples}))
+    out = []
+    for x in samples:
+        p = prompts[x["prompt_id"]]
+        if verify(x["text"], p["constraints"], p["messages"][-1]["content"]).strict and sound_answer(x["text"], p):
+            out.append({"messages": p["messages"], "response": x["text"]})
+    return out
+
+
 def training_job(data, cfg: SelfRewardConfig, role: str):
     if role == "bootstrap":  # M1: SFT of the base on instruction (IFT) and evaluation (EFT) data
-        ift_sets = list(data.prompt_set_ids) if cfg.bootstrap_ift else []
+        references = cfg.bootstrap_ift and cfg.ift_source == "references"
+        ift_sets = list(data.prompt_set_ids) if references else []
         items = gold_examples(data, ift_sets + list(cfg.eft_prompt_set_ids))
         ift = len(gold_examples(data, ift_sets)) if ift_sets else 0
+        if cfg.bootstrap_ift and cfg.ift_source == "own_answers":
+            own = own_answer_examples(data)
+            items, ift = own + items, len(own)
         judge_items, stats = judge_bootstrap_items(data, cfg, ("rubric",), ("bootstrap",))
+        if not (cfg.bootstrap_judge and cfg.judge != "verifier"):  # the samples were drawn for own_answers only
+            judge_items, stats = [], dict.fromkeys(stats, 0)
         return sft_from_base_job(data, items + judge_items, cfg.bootstrap_config(),
                                  {"sft_examples": len(items) + len(judge_items), "ift_examples": ift, **stats},
                                  key_round=0, sets_policy=True)
@@ -375,9 +406,11 @@ def _bootstrap_plan(inp: PlanInput) -> list[dict]:
 
 
 def _bootstrap_samples_plan(inp: PlanInput) -> list[dict]:
-    """Round 1, before M1: θ0's answers to the constrained training prompts, for the judge's data."""
+    """Round 1, before M1: θ0's answers to the constrained training prompts, for the judge's data
+    (and for M1's instruction data with `ift_source: own_answers`)."""
     cfg = inp.config
-    if not (inp.round_number == 1 and cfg.bootstrap_sft and cfg.bootstrap_judge and cfg.judge != "verifier"):
+    own = cfg.bootstrap_ift and cfg.ift_source == "own_answers"
+    if not (inp.round_number == 1 and cfg.bootstrap_sft and (own or (cfg.bootstrap_judge and cfg.judge != "verifier"))):
         return []
     boot, _ = cfg.constrained_split(inp.data)
     return shards(boot, inp.shard_size, role="bootstrap", n=2)

@@ -463,6 +463,61 @@ def test_m1_learns_the_runs_references_only_with_bootstrap_ift(ift, responses):
     assert parse_config(SelfRewardConfig, {"bootstrap_ift": "no"})[1][0]["loc"] == ["config", "bootstrap_ift"]
 
 
+class OwnData(M1Data):
+    """M1Data with constrained run prompts, a judge set, and θ0's round-1 bootstrap answers."""
+
+    def __init__(self):
+        def q(i, text, constraints):
+            return {"id": i, "messages": [{"role": "user", "content": text}], "reference": f"reference {i}",
+                    "constraints": constraints}
+
+        self.SETS = {1: [q(1, "write about the lake in lowercase", LOWER), q(2, "write about the hill in lowercase", LOWER),
+                         q(3, "Tell me about bats.", None)],
+                     2: M1Data.SETS[2], 7: [q(9, "write about the sea in lowercase", LOWER)]}
+        self._samples = [(1, "the lake is calm.", "stop"),  # passes, ended, sound: kept
+                         (1, "The Lake Is Calm.", "stop"),  # fails the verifier
+                         (2, "the hill went on and", "length"),  # passes, but cut at the limit
+                         (2, "the hill is green.\nuser\nwrite more.", "stop"),  # passes, but leaks a turn
+                         (9, "the sea is calm.", "stop")]  # a judge set's prompt: never the actor's data
+
+    def prompts(self, ids):
+        every = {p["id"]: p for ps in self.SETS.values() for p in ps}
+        return {i: every[i] for i in ids}
+
+    def samples(self, role):
+        return [{"id": k, "prompt_id": pid, "index": k, "text": t, "finish_reason": f}
+                for k, (pid, t, f) in enumerate(self._samples)] if role == "bootstrap" else []
+
+
+def test_m1_can_learn_from_the_starts_own_passing_answers():
+    from services.methods.self_reward import _bootstrap_samples_plan, training_job
+
+    cfg = SelfRewardConfig(eft_prompt_set_ids=[2], ift_source="own_answers", judge_prompt_set_ids=[7],
+                           judge_check_prompts=0)
+    job = training_job(OwnData(), cfg, "bootstrap")
+    own = [i for i in job.items if i["messages"][-1]["content"].startswith("write about the")]
+    assert [(i["messages"][-1]["content"], i["response"]) for i in own] == [
+        ("write about the lake in lowercase", "the lake is calm.")]
+    assert "reference 1" not in [i["response"] for i in job.items] and job.stats["ift_examples"] == 1
+    assert "Score: 4" in [i["response"] for i in job.items]  # the EFT data stays
+    # the judge's data is drawn from the same samples only when the judge is bootstrapped
+    assert job.stats["rubric_examples"] > 0
+    quiet = training_job(OwnData(), SelfRewardConfig(eft_prompt_set_ids=[2], ift_source="own_answers",
+                                                     bootstrap_judge=False, judge_check_prompts=0), "bootstrap")
+    assert quiet.stats["rubric_examples"] == 0 and len(quiet.items) == 2
+    # round 1 samples θ0 for them even when the verifier alone judges
+    from services.methods.base import PlanInput
+
+    def plan(config):
+        return _bootstrap_samples_plan(PlanInput(prompt_ids=[1, 2, 3], eval_prompt_ids=[], round_number=1,
+                                                 total_rounds=1, shard_size=8, config=config, data=OwnData()))
+
+    assert plan(SelfRewardConfig(judge="verifier", ift_source="own_answers", judge_check_prompts=0)) == [
+        {"prompt_ids": [1, 2], "role": "bootstrap", "n": 2}]
+    assert plan(SelfRewardConfig(judge="verifier", judge_check_prompts=0)) == []
+    assert parse_config(SelfRewardConfig, {"ift_source": "gold"})[1][0]["loc"] == ["config", "ift_source"]
+
+
 def test_instruct_batches_is_validated():
     for bad in (0, 33, 1.5):
         with pytest.raises(ValueError, match="instruct_batches"):
