@@ -139,6 +139,10 @@ class StageTask(SQLModel, table=True):
 
 # Sample.finish_reason of an answer cut at the generation limit (it never ended).
 FINISH_AT_LIMIT = "length"
+# Sample.role of a held-out answer → the model that wrote it (a `model_for` name); each role's
+# aggregates are stored under the round metric of the same name. Round 1 also answers with the
+# base ("before") and with a policy it made itself (Self-Rewarding's M1).
+EVAL_ROLES = {"eval": "produced", "eval_base": "base", "eval_policy": "policy"}
 
 
 class Sample(SQLModel, table=True):

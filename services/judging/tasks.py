@@ -17,7 +17,7 @@ from services.generation.versions import model_for
 from services.judging.verifier_judge import verifier_decides
 from shared import crud
 from shared.db import session_scope
-from shared.models import Prompt, Round, Sample
+from shared.models import EVAL_ROLES, Prompt, Round, Sample
 from shared.queue import task
 from shared.round_data import RoundData
 from shared.stages import StageContext, execute
@@ -228,11 +228,6 @@ def build_pairs(stage_task_id: int) -> None:
 
 
 # ---------------------------------------------------------------- evaluation
-# The held-out answers' sample role → the model that wrote them (base.eval_shards) and the round
-# metric their aggregates are stored under.
-EVAL_MODELS = {"eval": "produced", "eval_base": "base", "eval_policy": "policy"}
-
-
 def _eval_judge_scores(ctx: StageContext, samples: list[Sample], prompts: dict, role: str) -> list:
     """Mean rubric score of each held-out answer, judged by the model that wrote it (None when
     no vote parsed); [] when the run does not ask for judge scores."""
@@ -241,7 +236,7 @@ def _eval_judge_scores(ctx: StageContext, samples: list[Sample], prompts: dict, 
     k = int(ctx.config.get("eval_judge_samples", 0))
     if k <= 0:
         return []
-    model = model_for(ctx, EVAL_MODELS[role])
+    model = model_for(ctx, EVAL_ROLES[role])
     params = SamplingParams(n=k, temperature=0.7, max_new_tokens=int(ctx.config.get("judge_max_new_tokens", 256)),
                             seed=shard_seed(ctx.config.get("seed", 0), ctx.round_number, 0, 11))
     outs = backend().generate([rubric_messages(prompts[x.prompt_id].messages, x.text) for x in samples], model, params)
@@ -264,7 +259,7 @@ def _evaluate(ctx: StageContext) -> None:
     from services.judging.verifier import verify
 
     results = {}
-    for role in EVAL_MODELS:
+    for role in EVAL_ROLES:
         with session_scope() as s:
             samples = crud.samples_of_round(s, round_id=ctx.round_id, role=role)
             prompts = crud.prompts_by_id(s, ids=sorted({x.prompt_id for x in samples}))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 from shared import recipes as _registry
+from shared.models import EVAL_ROLES
 from shared.tracking import parse_backends
 
 ON_REGRESSION = ("keep_previous", "stop", "continue")
@@ -176,14 +177,14 @@ def eval_shards(inp: PlanInput) -> list[dict]:
     version the round produced, and in round 1 also from the base (the 'before' point) and from the
     policy the round trained from when round 1 made it itself (`eval_policy`: Self-Rewarding's M1),
     so that what that step did is measured apart from the round's own training."""
-    roles = [("eval", "produced")] + ([("eval_base", "base")] if inp.round_number == 1 else [])
+    roles = ["eval"] + (["eval_base"] if inp.round_number == 1 else [])
     if inp.round_number == 1 and inp.data is not None and inp.data.policy["adapter"]:
-        roles.append(("eval_policy", "policy"))
+        roles.append("eval_policy")
     budget = getattr(inp.config, "eval_max_new_tokens", None)
     extra = {"max_new_tokens": budget} if budget else {}
-    return [shard for role, model in roles
-            for shard in shards(inp.eval_prompt_ids, inp.shard_size, role=role, model=model, greedy=True, n=1,
-                                **extra)]
+    return [shard for role in roles
+            for shard in shards(inp.eval_prompt_ids, inp.shard_size, role=role, model=EVAL_ROLES[role], greedy=True,
+                                n=1, **extra)]
 
 
 def evaluation_stages(has_eval: bool) -> list[Stage]:
