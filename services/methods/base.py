@@ -332,6 +332,12 @@ class JudgeFields:
         check(self.judge_check_decides_on in ("estimate", "lower_bound"), "judge_check_decides_on",
               "must be estimate or lower_bound")
 
+    @property
+    def bootstraps_judge(self) -> bool:
+        """Whether round 1 teaches the judge from verifier-labelled samples (the verifier judging
+        every prompt needs no judge)."""
+        return self.bootstrap_judge and self.judge != "verifier"
+
     def constrained_split(self, data, probe: bool = True) -> tuple[list[int], list[int]]:
         """(bootstrap prompt ids, probe prompt ids): the run's training prompts with constraints, then
         those of `judge_prompt_set_ids`; the last `judge_check_prompts` of them kept for the probe

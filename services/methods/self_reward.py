@@ -143,6 +143,10 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
                               final_lr_ratio=self.final_lr_ratio, sft_weight=self.sft_weight,
                               score_rejected_end=self.score_rejected_end)
 
+    @property
+    def ift_from_own_answers(self) -> bool:
+        return self.bootstrap_ift and self.ift_source == "own_answers"
+
     def bootstrap_config(self):
         from services.methods.base import trainer_config
 
@@ -352,12 +356,11 @@ def training_job(data, cfg: SelfRewardConfig, role: str):
         ift_sets = list(data.prompt_set_ids) if references else []
         items = gold_examples(data, ift_sets + list(cfg.eft_prompt_set_ids))
         ift = len(gold_examples(data, ift_sets)) if ift_sets else 0
-        if cfg.bootstrap_ift and cfg.ift_source == "own_answers":
+        if cfg.ift_from_own_answers:
             own = own_answer_examples(data)
             items, ift = own + items, len(own)
-        judge_items, stats = judge_bootstrap_items(data, cfg, ("rubric",), ("bootstrap",))
-        if not (cfg.bootstrap_judge and cfg.judge != "verifier"):  # the samples were drawn for own_answers only
-            judge_items, stats = [], dict.fromkeys(stats, 0)
+        # no judge data when the samples were drawn for own_answers alone
+        judge_items, stats = judge_bootstrap_items(data, cfg, ("rubric",), ("bootstrap",) if cfg.bootstraps_judge else ())
         return sft_from_base_job(data, items + judge_items, cfg.bootstrap_config(),
                                  {"sft_examples": len(items) + len(judge_items), "ift_examples": ift, **stats},
                                  key_round=0, sets_policy=True)
@@ -409,8 +412,7 @@ def _bootstrap_samples_plan(inp: PlanInput) -> list[dict]:
     """Round 1, before M1: θ0's answers to the constrained training prompts, for the judge's data
     (and for M1's instruction data with `ift_source: own_answers`)."""
     cfg = inp.config
-    own = cfg.bootstrap_ift and cfg.ift_source == "own_answers"
-    if not (inp.round_number == 1 and cfg.bootstrap_sft and (own or (cfg.bootstrap_judge and cfg.judge != "verifier"))):
+    if not (inp.round_number == 1 and cfg.bootstrap_sft and (cfg.ift_from_own_answers or cfg.bootstraps_judge)):
         return []
     boot, _ = cfg.constrained_split(inp.data)
     return shards(boot, inp.shard_size, role="bootstrap", n=2)

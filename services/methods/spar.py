@@ -373,7 +373,7 @@ def _judge_plan(inp: PlanInput) -> list[dict]:
 
 def _wants_bootstrap(inp: PlanInput) -> bool:
     cfg = inp.config
-    return inp.round_number == 1 and cfg.bootstrap_judge and cfg.judge != "verifier"
+    return inp.round_number == 1 and cfg.bootstraps_judge
 
 
 def _judge_bootstrap_plan(inp: PlanInput) -> list[dict]:
