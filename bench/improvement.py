@@ -40,6 +40,16 @@ def fmt_diff(d: dict) -> str:
     return "-" if not d or d.get("difference") is None else f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
+def table_row(model: str, round_label, ev: dict, vs_start: str, adopted: str) -> str:
+    """One line of the results table: accuracies with intervals, the change against the start, the
+    degeneration rates and mean length of one evaluation."""
+    cells = [model, str(round_label), *(fmt_acc(ev, k) for k in ("prompt_strict_acc", "instruction_strict_acc",
+                                                                 "prompt_loose_acc", "instruction_loose_acc")),
+             vs_start, f"{ev['echo_rate']:.0%}", f"{ev['limit_rate']:.0%}", f"{ev['junk_rate']:.0%}",
+             f"{ev['mean_response_words']:.0f}", adopted]
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -160,30 +170,18 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in ("base", "start"):
         if name in results:
-            ev = results[name]
-            print(f"| {name} | | {fmt_acc(ev, 'prompt_strict_acc')} | {fmt_acc(ev, 'instruction_strict_acc')} | "
-                  f"{fmt_acc(ev, 'prompt_loose_acc')} | {fmt_acc(ev, 'instruction_loose_acc')} | | "
-                  f"{ev['echo_rate']:.0%} | {ev['limit_rate']:.0%} | {ev['junk_rate']:.0%} | "
-                  f"{ev['mean_response_words']:.0f} | |")
+            print(table_row(name, "", results[name], "", ""))
     for method, res in results["methods"].items():
         for r in res["rounds"]:
             if r.get("policy_vs_start"):
-                ev = r["metrics"]["eval_policy"]
-                print(f"| {method} | {r['number']}'s start (M1) | {fmt_acc(ev, 'prompt_strict_acc')} | "
-                      f"{fmt_acc(ev, 'instruction_strict_acc')} | {fmt_acc(ev, 'prompt_loose_acc')} | "
-                      f"{fmt_acc(ev, 'instruction_loose_acc')} | {fmt_diff(r['policy_vs_start']['prompt_strict_acc'])} | "
-                      f"{ev['echo_rate']:.0%} | {ev['limit_rate']:.0%} | {ev['junk_rate']:.0%} | "
-                      f"{ev['mean_response_words']:.0f} | |")
+                print(table_row(method, f"{r['number']}'s start (M1)", r["metrics"]["eval_policy"],
+                                fmt_diff(r["policy_vs_start"]["prompt_strict_acc"]), ""))
             ev, gate = r["metrics"].get("eval"), r["metrics"].get("gate") or {}
             if not ev:
                 print(f"| {method} | {r['number']} | not evaluated ({res['status']}: {res['error']}) |")
                 continue
             adopted = "yes" if gate.get("adopted", True) else "no"
-            print(f"| {method} | {r['number']} | {fmt_acc(ev, 'prompt_strict_acc')} | "
-                  f"{fmt_acc(ev, 'instruction_strict_acc')} | {fmt_acc(ev, 'prompt_loose_acc')} | "
-                  f"{fmt_acc(ev, 'instruction_loose_acc')} | {fmt_diff(r['vs_start']['prompt_strict_acc'])} | "
-                  f"{ev['echo_rate']:.0%} | {ev['limit_rate']:.0%} | {ev['junk_rate']:.0%} | "
-                  f"{ev['mean_response_words']:.0f} | {adopted} |")
+            print(table_row(method, r["number"], ev, fmt_diff(r["vs_start"]["prompt_strict_acc"]), adopted))
     for method, res in results["methods"].items():
         for r in res["rounds"]:
             jc, train = r["metrics"].get("judge_check"), (r["metrics"].get("train") or {})
