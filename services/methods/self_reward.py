@@ -199,17 +199,19 @@ def parse_new_prompt(text: str, openers: frozenset[str] | None = None) -> str | 
     every task on one line), up to a next "Task N:". With `openers` (task_openers of the seeds) the
     task must also read as a request: begin with a word some seed begins with ("Write …",
     "Explain …"; not "Here …") or end in a question, and be neither a line of the request itself,
-    the judge's check format nor the assistant's closing offer ("Anything else I can help you with?"). A 270M policy asked for a new task mostly writes a statement
-    ("Owls are birds that mostly hunt at night."), a bullet list or its judge's checks instead (27
-    of the 32 prompts one round stored before this filter), and candidates for such a prompt teach
-    nothing a user asks for."""
+    the judge's check format nor the assistant's closing offer ("Anything else I can help you
+    with?"). A 270M policy asked for a new task mostly writes a statement ("Owls are birds that
+    mostly hunt at night."), a bullet list or its judge's checks instead (27 of the 32 prompts one
+    round stored before this filter), and candidates for such a prompt teach nothing a user asks
+    for."""
     text = _TASK_HEADER.sub("", text.strip(), count=1)
     text = _NEXT_TASK.split(text.split("\n")[0])[0].strip(_DECOR)
     if not 3 <= len(text.split()) <= 200:
         return None
     if openers is not None and (
             (_first_word(text) not in openers and not text.endswith("?"))
-            or _JUDGE_TALK.search(text) or _ASSISTANT_TALK.search(text) or any(_words(text) <= _words(line) for line in (_PREAMBLE, _ASK))):
+            or _JUDGE_TALK.search(text) or _ASSISTANT_TALK.search(text)
+            or any(_words(text) <= _words(line) for line in (_PREAMBLE, _ASK))):
         return None
     return text
 
