@@ -53,8 +53,12 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     # references, the paper's seed IFT data) or `own_answers`: θ0's own answers to the run's
     # prompts with constraints that the verifier passes, that ended and are sound (the samples
     # round 1 draws for the judge's data), so M1 keeps answering in the start's own voice instead
-    # of moving toward the references' length. Not measured yet.
+    # of moving toward the references' length: a ReST-EM step inside M1 (`own_answer_examples`).
     ift_source: str = "references"
+    # With own_answers: a prompt none of whose answers passed adds one verified mechanical fix of a
+    # failed answer (ReST-EM's `repair_failed`), so M1's instruction data covers more than the
+    # prompts θ0 already solves.
+    ift_repairs: bool = True
     eft_prompt_set_ids: list = field(default_factory=list)  # judge-training sets (prompt → judgment)
     bootstrap_learning_rate: float = 1e-4
     new_prompts_per_round: int = 32
@@ -126,6 +130,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(isinstance(self.new_prompts_like_seeds, bool), "new_prompts_like_seeds", "must be true or false")
         check(isinstance(self.bootstrap_ift, bool), "bootstrap_ift", "must be true or false")
         check(self.ift_source in ("references", "own_answers"), "ift_source", "must be references or own_answers")
+        check(isinstance(self.ift_repairs, bool), "ift_repairs", "must be true or false")
         check(type(self.instruct_batches) is int and 1 <= self.instruct_batches <= 32, "instruct_batches",
               "must be an integer in 1..32")
         check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
@@ -334,22 +339,28 @@ def round_pairs(data, cfg: SelfRewardConfig) -> tuple[list[dict], dict]:
     return pairs, {**counts, **dropped, "samples": len(samples), "judgments_unparsed": unparsed}
 
 
-def own_answer_examples(data) -> list[dict]:
-    """M1's instruction data from θ0 itself (`ift_source: own_answers`): its round-1 bootstrap
-    answers to the run's own prompts (never a judge set's: the actor does not train on those) that
-    the verifier passes, that ended before the token limit and that are sound (`sound_answer`)."""
-    from services.judging.degeneration import hit_limit
+def own_answer_examples(data, repair: bool = True) -> list[dict]:
+    """M1's instruction data from θ0 itself (`ift_source: own_answers`): ReST-EM's E-step over its
+    round-1 bootstrap answers to the run's own prompts (never a judge set's: the actor does not
+    train on those). The distinct answers the verifier passes that ended before the token limit and
+    are sound (`sound_answer`); with `repair`, also one verified mechanical fix for each prompt none
+    of whose answers passed (services/methods/rest_em.py `repairs`)."""
     from services.judging.verifier import verify
+    from services.methods.rest_em import repairs, select_correct
 
-    run_ids = {p["id"] for p in data.run_prompts() if p["constraints"]}
-    samples = [x for x in data.samples("bootstrap") if x["prompt_id"] in run_ids and not hit_limit(x.get("finish_reason"))]
+    run = {p["id"] for p in data.run_prompts() if p["constraints"]}
+    samples = [x for x in data.samples("bootstrap") if x["prompt_id"] in run]
     prompts = data.prompts(sorted({x["prompt_id"] for x in samples}))
-    out = []
-    for x in samples:
+
+    def reward(x):
         p = prompts[x["prompt_id"]]
-        if verify(x["text"], p["constraints"], p["messages"][-1]["content"]).strict and sound_answer(x["text"], p):
-            out.append({"messages": p["messages"], "response": x["text"]})
-    return out
+        return float(verify(x["text"], p["constraints"], p["messages"][-1]["content"]).strict)
+
+    scored = [{**x, "reward": reward(x)} for x in samples]
+    kept, _ = select_correct(scored, len(scored) or 1, sound=lambda x: sound_answer(x["text"], prompts[x["prompt_id"]]))
+    solved = {k["prompt_id"] for k in kept}
+    fixed = repairs(scored, {i: p for i, p in prompts.items() if i not in solved}) if repair else []
+    return [{"messages": prompts[x["prompt_id"]]["messages"], "response": x["text"]} for x in kept + fixed]
 
 
 def training_job(data, cfg: SelfRewardConfig, role: str):
@@ -359,7 +370,7 @@ def training_job(data, cfg: SelfRewardConfig, role: str):
         items = gold_examples(data, ift_sets + list(cfg.eft_prompt_set_ids))
         ift = len(gold_examples(data, ift_sets)) if ift_sets else 0
         if cfg.ift_from_own_answers:
-            own = own_answer_examples(data)
+            own = own_answer_examples(data, cfg.ift_repairs)
             items, ift = own + items, len(own)
         # no judge data when the samples were drawn for own_answers alone
         judge_items, stats = judge_bootstrap_items(data, cfg, ("rubric",), ("bootstrap",) if cfg.bootstraps_judge else ())

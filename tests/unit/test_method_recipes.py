@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -478,6 +479,8 @@ class OwnData(M1Data):
                          (1, "The Lake Is Calm.", "stop"),  # fails the verifier
                          (2, "the hill went on and", "length"),  # passes, but cut at the limit
                          (2, "the hill is green.\nuser\nwrite more.", "stop"),  # passes, but leaks a turn
+                         (2, "The Hill Is Green.", "stop"),  # fails: prompt 2's repair, none of its answers passed
+                         (1, "the lake is calm.", "stop"),  # a repeat of a kept answer
                          (9, "the sea is calm.", "stop")]  # a judge set's prompt: never the actor's data
 
     def prompts(self, ids):
@@ -497,14 +500,16 @@ def test_m1_can_learn_from_the_starts_own_passing_answers():
     job = training_job(OwnData(), cfg, "bootstrap")
     own = [i for i in job.items if i["messages"][-1]["content"].startswith("write about the")]
     assert [(i["messages"][-1]["content"], i["response"]) for i in own] == [
-        ("write about the lake in lowercase", "the lake is calm.")]
-    assert "reference 1" not in [i["response"] for i in job.items] and job.stats["ift_examples"] == 1
+        ("write about the lake in lowercase", "the lake is calm."), ("write about the hill in lowercase", "the hill is green.")]
+    assert "reference 1" not in [i["response"] for i in job.items] and job.stats["ift_examples"] == 2
+    plain = training_job(OwnData(), replace(cfg, ift_repairs=False), "bootstrap")
+    assert plain.stats["ift_examples"] == 1 and "the hill is green." not in [i["response"] for i in plain.items]
     assert "Score: 4" in [i["response"] for i in job.items]  # the EFT data stays
     # the judge's data is drawn from the same samples only when the judge is bootstrapped
     assert job.stats["rubric_examples"] > 0
     quiet = training_job(OwnData(), SelfRewardConfig(eft_prompt_set_ids=[2], ift_source="own_answers",
                                                      bootstrap_judge=False, judge_check_prompts=0), "bootstrap")
-    assert quiet.stats["rubric_examples"] == 0 and len(quiet.items) == 2
+    assert quiet.stats["rubric_examples"] == 0 and len(quiet.items) == 3
     # round 1 samples θ0 for them even when the verifier alone judges
     from services.methods.base import PlanInput
 
@@ -516,6 +521,7 @@ def test_m1_can_learn_from_the_starts_own_passing_answers():
         {"prompt_ids": [1, 2], "role": "bootstrap", "n": 2}]
     assert plan(SelfRewardConfig(judge="verifier", judge_check_prompts=0)) == []
     assert parse_config(SelfRewardConfig, {"ift_source": "gold"})[1][0]["loc"] == ["config", "ift_source"]
+    assert parse_config(SelfRewardConfig, {"ift_repairs": 1})[1][0]["loc"] == ["config", "ift_repairs"]
 
 
 def test_instruct_batches_is_validated():
