@@ -235,6 +235,7 @@ def _run_embedded(**kw) -> int:
 def _print_run(run_id: int) -> None:
     from shared import crud
     from shared.db import session_scope
+    from shared.models import START_ROWS
 
     with session_scope() as s:
         run_row = crud.get_run(s, run_id=run_id)
@@ -243,12 +244,9 @@ def _print_run(run_id: int) -> None:
         for col in ("round", "pairs", "loss", "reward acc", "log-ratio margin before → after",
                     "held-out strict acc [95% CI]", "echo / limit / junk", "adopted", "seconds by stage"):
             table.add_column(col)
-        if rounds and rounds[0].metrics.get("eval_base"):
-            table.add_row("start", "", "", "", "", _acc(rounds[0].metrics["eval_base"]),
-                          _degen(rounds[0].metrics["eval_base"]), "", "")
-        if rounds and rounds[0].metrics.get("eval_policy"):  # a policy round 1 made itself (M1)
-            table.add_row("1: its start", "", "", "", "", _acc(rounds[0].metrics["eval_policy"]),
-                          _degen(rounds[0].metrics["eval_policy"]), "", "")
+        for label, key in START_ROWS:
+            if rounds and rounds[0].metrics.get(key):
+                table.add_row(label, "", "", "", "", _acc(rounds[0].metrics[key]), _degen(rounds[0].metrics[key]), "", "")
         for r in rounds:
             t = r.metrics.get("train", {})
             ev = r.metrics.get("eval", {})

@@ -399,15 +399,16 @@ def run_view(run: "RunDetail", note: str = "") -> Group:
     total = run.stopping.get("max_rounds", "∞") if run.continuous else run.rounds
     title = (f"run {run.id} · {run.method} · {escape(run.base_model)} · {_styled(run.status)} · "
              f"round {len(run.round_details)}/{total} · {_elapsed((end - run.created_at).total_seconds())}")
+    from shared.models import START_ROWS
+
     table = Table(title=title)
     for col, wrap in (("round", False), ("status", False), ("stages", False), ("pairs", False), ("loss", False),
                       ("held-out strict acc [95% CI]", True), ("gate", True)):
         table.add_column(col, no_wrap=not wrap)
     rounds = run.round_details
-    if rounds and rounds[0].metrics.get("eval_base"):
-        table.add_row("start", "", "", "", "", _acc(rounds[0].metrics["eval_base"]), "")
-    if rounds and rounds[0].metrics.get("eval_policy"):  # a policy round 1 made itself (M1)
-        table.add_row("1: its start", "", "", "", "", _acc(rounds[0].metrics["eval_policy"]), "")
+    for label, key in START_ROWS:
+        if rounds and rounds[0].metrics.get(key):
+            table.add_row(label, "", "", "", "", _acc(rounds[0].metrics[key]), "")
     for rnd in rounds:
         train, gate = rnd.metrics.get("train") or {}, rnd.metrics.get("gate")
         adopted = "" if gate is None else ("adopted" if gate.get("adopted") else "not adopted: " + "; ".join(gate.get("reasons", [])))

@@ -143,6 +143,9 @@ FINISH_AT_LIMIT = "length"
 # aggregates are stored under the round metric of the same name. Round 1 also answers with the
 # base ("before") and with a policy it made itself (Self-Rewarding's M1).
 EVAL_ROLES = {"eval": "produced", "eval_base": "base", "eval_policy": "policy"}
+# The rows a run's table shows before its rounds (label, round 1's metric): the model the run
+# started from, and the policy round 1 made itself when it made one.
+START_ROWS = (("start", "eval_base"), ("1: its start", "eval_policy"))
 
 
 class Sample(SQLModel, table=True):

@@ -502,6 +502,13 @@ TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields)
                                          "max_limit_rate_rise", "tracking"))
 
 
+def round_learning_rate(cfg: Any, round_number: int) -> float:
+    """The actor's rate in round t: `later_learning_rate` from round `later_from_round` on where the
+    method has one set (SPIN, SPaR), `learning_rate` before it and otherwise."""
+    later = getattr(cfg, "later_learning_rate", None)
+    return later if later is not None and round_number >= cfg.later_from_round else cfg.learning_rate
+
+
 def trainer_config(cfg: Any, **settings: Any):
     """A TrainConfig from a method config: its shared trainer fields, the method's `settings`, and
     the user's `train` overrides last. Errors name the method config's `train` field."""

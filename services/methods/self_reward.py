@@ -172,7 +172,7 @@ def instruct_messages(seed_prompts: list[str], rng: random.Random, k: int) -> li
 
 
 _DECOR = "*>#<-\"'` \t\n"  # bullets, arrows, quotes and wrappers a small model puts around a task
-_TASK_HEADER = re.compile(r"^[*>#<\-\"'`\s]*task\s*\d*\s*[:.)\-]?\s*", re.I)
+_TASK_HEADER = re.compile(rf"^[{re.escape(_DECOR)}]*task\s*\d*\s*[:.)\-]?\s*", re.I)
 _NEXT_TASK = re.compile(r"\s(?:task\s*\d+\s*:)", re.I)
 # the judge's own output formats (services/judging/verifier_judge.py, rubric.py, refiner.py): a
 # policy that was taught to judge writes them where a task was asked for
@@ -365,17 +365,16 @@ def own_answer_examples(data, repair: bool = True) -> list[dict]:
 
 def training_job(data, cfg: SelfRewardConfig, role: str):
     if role == "bootstrap":  # M1: SFT of the base on instruction (IFT) and evaluation (EFT) data
-        references = cfg.bootstrap_ift and cfg.ift_source == "references"
-        ift_sets = list(data.prompt_set_ids) if references else []
-        items = gold_examples(data, ift_sets + list(cfg.eft_prompt_set_ids))
-        ift = len(gold_examples(data, ift_sets)) if ift_sets else 0
+        ift = []
         if cfg.ift_from_own_answers:
-            own = own_answer_examples(data, cfg.ift_repairs)
-            items, ift = own + items, len(own)
+            ift = own_answer_examples(data, cfg.ift_repairs)
+        elif cfg.bootstrap_ift:  # the run's references
+            ift = gold_examples(data, list(data.prompt_set_ids))
+        items = ift + (gold_examples(data, list(cfg.eft_prompt_set_ids)) if cfg.eft_prompt_set_ids else [])
         # no judge data when the samples were drawn for own_answers alone
         judge_items, stats = judge_bootstrap_items(data, cfg, ("rubric",), ("bootstrap",) if cfg.bootstraps_judge else ())
         return sft_from_base_job(data, items + judge_items, cfg.bootstrap_config(),
-                                 {"sft_examples": len(items) + len(judge_items), "ift_examples": ift, **stats},
+                                 {"sft_examples": len(items) + len(judge_items), "ift_examples": len(ift), **stats},
                                  key_round=0, sets_policy=True)
     return pairwise_job(data, cfg) if role == "policy" else None
 

@@ -116,11 +116,10 @@ class SPaRConfig(JudgeFields, SamplingFields, TrainerFields):
         self.train_config(1, 1)
 
     def train_config(self, round_number: int, total_rounds: int):
-        from services.methods.base import trainer_config
+        from services.methods.base import round_learning_rate, trainer_config
 
-        later = self.later_learning_rate is not None and round_number >= self.later_from_round
         return trainer_config(self, loss="sigmoid", beta=self.beta, sft_weight=self.sft_weight,
-                              learning_rate=self.later_learning_rate if later else self.learning_rate)
+                              learning_rate=round_learning_rate(self, round_number))
 
     def refiner_config(self):
         from services.methods.base import trainer_config

@@ -56,14 +56,13 @@ class SPINConfig(SamplingFields, TrainerFields):
 
     def train_config(self, round_number: int, total_rounds: int):
         """The trainer's settings for round t, with the paper's schedule of β and learning rate."""
-        from services.methods.base import trainer_config
+        from services.methods.base import round_learning_rate, trainer_config
 
         # total_rounds is 0 for continuous runs, which have no known last round; a run of one round
         # is its own last round
         last = total_rounds > 0 and round_number == total_rounds
-        lr = self.later_learning_rate if round_number >= self.later_from_round else self.learning_rate
         beta = self.last_round_beta if last and self.last_round_beta else self.beta
-        return trainer_config(self, loss="sigmoid", beta=beta, learning_rate=lr)
+        return trainer_config(self, loss="sigmoid", beta=beta, learning_rate=round_learning_rate(self, round_number))
 
 
 def build_pairs(prompts: list[dict], samples: list[dict]) -> tuple[list[dict], int]:
