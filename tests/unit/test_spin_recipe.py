@@ -36,7 +36,29 @@ def test_pair_stats_say_how_long_each_side_is_and_how_many_samples_were_cut():
     pairs, stats = round_pairs(Data(), SPINConfig())
     assert len(pairs) == 2  # prompt 3's sample is its gold answer
     assert stats == {"samples": 3, "pairs": 2, "pairs_skipped": 1, "rejected_longer": 1, "chosen_words_mean": 3.0,
-                     "rejected_words_mean": 3.0, "rejected_cut": 1}
+                     "rejected_words_mean": 3.0, "rejected_cut": 1, "dropped_for_length": 0}
+
+
+def test_length_balance_keeps_as_many_pairs_of_each_side():
+    from services.methods.spin import round_pairs
+
+    # gold answers of two words; three samples longer than their gold, one shorter, one as long
+    texts = {1: "a b c d e f g", 2: "a b c", 3: "a b c d", 4: "a", 5: "x y"}
+
+    class Data:
+        def samples(self, role):
+            return [{"prompt_id": i, "index": 0, "text": t, "finish_reason": "stop"} for i, t in texts.items()]
+
+        def prompts(self, ids):
+            return {i: {"id": i, "reference": "gold answer"} for i in ids}
+
+    every, stats = round_pairs(Data(), SPINConfig())
+    assert (len(every), stats["rejected_longer"], stats["dropped_for_length"]) == (5, 3, 0)
+    kept, stats = round_pairs(Data(), SPINConfig(length_balance=0.5))
+    # one pair rejects the shorter answer, so one that rejects the longer stays: the narrowest gap
+    assert [p["rejected"] for p in kept] == ["a b c", "a", "x y"]
+    assert (stats["pairs"], stats["rejected_longer"], stats["dropped_for_length"]) == (3, 1, 2)
+    assert parse_config(SPINConfig, {"length_balance": 0.4})[1][0]["loc"] == ["config", "length_balance"]
 
 
 @pytest.mark.parametrize("data,loc", [
