@@ -27,8 +27,10 @@ from services.judging.votes import majority
 
 
 def judge_agreement(items: list[dict], *, backend, model, samples_per_prompt: int = 2, votes: int = 3,
-                    max_new_tokens: int = 192, seed: int = 0, judges: tuple[str, ...] = ("rubric", "refiner")) -> dict:
-    """items: prompt items with `prompt` (text), `constraints` and `reference`.
+                    max_new_tokens: int = 192, seed: int = 0, judges: tuple[str, ...] = ("rubric", "refiner"),
+                    answer_model=None) -> dict:
+    """items: prompt items with `prompt` (text), `constraints` and `reference`. `model` judges the
+    answers that `answer_model` (default: `model`) samples, besides each item's reference.
 
     Returns {"rubric": pairwise accuracy report, "refiner": verdict accuracy report,
              "responses": how many were judged, "unparsed": {"rubric": n, "refiner": n},
@@ -38,7 +40,7 @@ def judge_agreement(items: list[dict], *, backend, model, samples_per_prompt: in
     from services.generation.base import SamplingParams
 
     chats = [[{"role": "user", "content": it["prompt"]}] for it in items]
-    sampled = backend.generate(chats, model, SamplingParams(n=samples_per_prompt, temperature=0.9,
+    sampled = backend.generate(chats, answer_model or model, SamplingParams(n=samples_per_prompt, temperature=0.9,
                                                             max_new_tokens=max_new_tokens, seed=seed))
     responses: list[tuple[int, str, bool]] = []  # (item index, text, verifier strict pass)
     for i, (it, outs) in enumerate(zip(items, sampled)):

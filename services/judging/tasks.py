@@ -169,8 +169,8 @@ def _judge_accuracy(report: dict, kind: str) -> tuple[float | None, list | None]
 def _judge_check(ctx: StageContext) -> None:
     """Measure the judge the round is about to trust on a labelled probe of training prompts (with
     constraints: the verifier labels the model's own answers) and record it as metrics.judge_check.
-    Payload: prompt_ids, model, kind (rubric | refiner), samples, votes, max_new_tokens, floor,
-    on_weak (stop | verifier). Below the floor: `stop` fails the run with the numbers; `verifier`
+    Payload: prompt_ids, model (the judge), answer_model (who answers the probe; default: the
+    judge), kind (rubric | refiner), samples, votes, max_new_tokens, floor, on_weak (stop | verifier). Below the floor: `stop` fails the run with the numbers; `verifier`
     records that this round's judging falls back to the verifier (the recipe's judge stage reads it)."""
     from services.judging.agreement import judge_agreement
 
@@ -181,6 +181,7 @@ def _judge_check(ctx: StageContext) -> None:
              for q in prompts.values() if q.constraints]
     kind = p["kind"]
     report = judge_agreement(items, backend=backend(), model=model_for(ctx, p["model"]),
+                             answer_model=model_for(ctx, p.get("answer_model", p["model"])),
                              samples_per_prompt=int(p["samples"]), votes=int(p["votes"]),
                              max_new_tokens=int(p["max_new_tokens"]), judges=(kind,),
                              seed=shard_seed(ctx.config.get("seed", 0), ctx.round_number, 0, 13))

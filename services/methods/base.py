@@ -372,8 +372,10 @@ def judge_check_plan(kind: str, model: str, votes_field: str,
         _, probe = cfg.constrained_split(inp.data)
         if cfg.judge == "verifier" or not probe or (needed is not None and not needed(inp)):
             return []
+        # the probe's answers are the policy's, whatever model judges them
         return [{"prompt_ids": probe, "kind": kind, "model": model if cfg.judge_version_id is None
-                 else f"version:{cfg.judge_version_id}", "samples": 1, "votes": getattr(cfg, votes_field),
+                 else f"version:{cfg.judge_version_id}", "answer_model": "policy", "samples": 1,
+                 "votes": getattr(cfg, votes_field),
                  "max_new_tokens": cfg.judge_max_new_tokens,
                  "floor": {"parseable": cfg.judge_floor_parseable, "accuracy": cfg.judge_floor_accuracy,
                            "decides_on": cfg.judge_check_decides_on},

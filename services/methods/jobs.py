@@ -27,9 +27,10 @@ def pairwise_job(data: Any, cfg: Any, *, mix_previous: bool = False) -> TrainJob
 
 
 def sft_from_base_job(data: Any, items: list[dict], tcfg: Any, stats: dict, **kw: Any) -> TrainJob:
-    """A fresh adapter on the base θ0 trained by SFT on `items`, published as this round's policy."""
+    """A fresh adapter on the base θ0 trained by SFT on `items`, published as this round's policy
+    (or as a version of another `role`, e.g. a judge)."""
     return TrainJob(kind="sft", items=items, tcfg=tcfg, key_round=kw.pop("key_round", data.round_number),
-                    role="policy", parent_id=data.base_version_id, stats=stats, **kw)
+                    role=kw.pop("role", "policy"), parent_id=data.base_version_id, stats=stats, **kw)
 
 
 def gold_sft_job(data: Any, cfg: Any) -> TrainJob:

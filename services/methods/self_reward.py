@@ -42,6 +42,13 @@ from services.training.config import valid_end_share
 @dataclass
 class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     bootstrap_sft: bool = True  # round 1 first makes M1 by SFT on IFT + EFT data
+    # Round 1's bootstrap trains the judge as an adapter of its own (EFT and the judge's bootstrap
+    # data, no instruction data), published as the run's `judge` version, which judges every round;
+    # the policy starts round 1 as θ0 itself and never trains on judge data. Off: one model
+    # answers and judges (the paper's M1). Ours: on the chat-capable start, M1's SFT cost the policy
+    # 2.3–3.4 points before any pair trained (docs/results.md), seven tenths of its data being the
+    # judge's.
+    judge_apart: bool = False
     # M1's instruction data (IFT): the run's prompts with their references, as the paper's seed
     # IFT data. Off, M1 learns only to judge (EFT and the judge's bootstrap data). Measured on the
     # chat-capable start (docs/results.md): with IFT, M1 lost 3.4 points (another pass over the
@@ -133,6 +140,11 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
         check(isinstance(self.bootstrap_ift, bool), "bootstrap_ift", "must be true or false")
         check(self.ift_source in ("references", "own_answers"), "ift_source", "must be references or own_answers")
         check(isinstance(self.ift_repairs, bool), "ift_repairs", "must be true or false")
+        check(isinstance(self.judge_apart, bool), "judge_apart", "must be true or false")
+        check(not (self.judge_apart and not self.bootstrap_sft), "judge_apart",
+              "trains the judge in round 1's bootstrap: it needs bootstrap_sft on")
+        check(not (self.judge_apart and self.judge_version_id is not None), "judge_apart",
+              "and judge_version_id both name the judge: choose one")
         check(type(self.instruct_batches) is int and 1 <= self.instruct_batches <= 32, "instruct_batches",
               "must be an integer in 1..32")
         check(0.5 <= self.length_balance <= 1, "length_balance", "must be in [0.5, 1] (1 keeps every pair)")
@@ -152,7 +164,7 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
 
     @property
     def ift_from_own_answers(self) -> bool:
-        return self.bootstrap_ift and self.ift_source == "own_answers"
+        return self.bootstrap_ift and self.ift_source == "own_answers" and not self.judge_apart
 
     def bootstrap_config(self):
         from services.methods.base import trainer_config
@@ -370,14 +382,16 @@ def training_job(data, cfg: SelfRewardConfig, role: str):
         ift = []
         if cfg.ift_from_own_answers:
             ift = own_answer_examples(data, cfg.ift_repairs)
-        elif cfg.bootstrap_ift:  # the run's references
+        elif cfg.bootstrap_ift and not cfg.judge_apart:  # the run's references
             ift = gold_examples(data, list(data.prompt_set_ids))
         items = ift + (gold_examples(data, list(cfg.eft_prompt_set_ids)) if cfg.eft_prompt_set_ids else [])
         # no judge data when the samples were drawn for own_answers alone
         judge_items, stats = judge_bootstrap_items(data, cfg, ("rubric",), ("bootstrap",) if cfg.bootstraps_judge else ())
+        # judge apart: the judge's own adapter (the `role:judge` model); else M1, the round's policy
+        where = {"role": "judge", "label": "bootstrap"} if cfg.judge_apart else {"sets_policy": True}
         return sft_from_base_job(data, items + judge_items, cfg.bootstrap_config(),
                                  {"sft_examples": len(items) + len(judge_items), "ift_examples": len(ift), **stats},
-                                 key_round=0, sets_policy=True)
+                                 key_round=0, **where)
     return pairwise_job(data, cfg) if role == "policy" else None
 
 
@@ -406,12 +420,15 @@ def _candidate_shards(inp: PlanInput) -> list[dict]:
 
 
 def _judge_model(cfg: SelfRewardConfig) -> str:
-    return f"version:{cfg.judge_version_id}" if cfg.judge_version_id is not None else "policy"
+    if cfg.judge_version_id is not None:
+        return f"version:{cfg.judge_version_id}"
+    return "role:judge" if cfg.judge_apart else "policy"
 
 
 def _judge_shards(inp: PlanInput) -> list[dict]:
-    """Rubric votes on the candidates, by θ(t-1) itself unless the config names a judge version
-    (or by the verifier: judge verifier / hybrid, or after a failed judge check)."""
+    """Rubric votes on the candidates, by θ(t-1) itself unless the config names a judge version or
+    keeps the judge apart (or by the verifier: judge verifier / hybrid, or after a failed judge
+    check)."""
     cfg = inp.config
     return shards(_candidate_ids(inp), inp.shard_size, role="candidate", model=_judge_model(cfg),
                   votes=cfg.judge_samples, temperature=cfg.judge_temperature,

@@ -8,7 +8,8 @@ from sqlmodel import select
 from shared import crud
 from shared.db import session_scope
 from shared.models import (
-    FINISH_AT_LIMIT, Judgment, ModelVersion, PreferencePair, Prompt, PromptSet, RefinementNode, Round, Sample,
+    FINISH_AT_LIMIT, Judgment, ModelVersion, PreferencePair, Prompt, PromptSet, RefinementNode, Round, Run, Sample,
+    StageTask,
 )
 from tests.e2e.helpers import stage_status, submit, upload, wait_run
 from tests.fakes import judge_passes, rubric_score
@@ -111,6 +112,37 @@ def test_self_rewarding_bootstraps_m1_and_drops_ties(api, workers, tiny_model):
             for p in pairs:  # chosen scored strictly higher than rejected: ties were dropped
                 assert rubric_score(p.chosen) > rubric_score(p.rejected) and p.margin > 0
             assert rnd["metrics"]["pair_stats"]["pairs"] == len(pairs)
+
+
+def test_self_rewarding_with_the_judge_apart_trains_a_judge_version_and_keeps_the_start(api, workers, tiny_model):
+    client, a, _ = api
+    seeds = upload(client, a, [{"prompt": f"name a {w} thing", "reference": f"a {w} stone ."}
+                               for w in ("red", "blue", "small", "large")], name="ift-apart")
+    eft = upload(client, a, [{"prompt": "judge: is 'hi' a greeting?", "reference": "It is relevant.\nScore: 4"}],
+                 name="eft-apart")
+    heldout = upload(client, a, _prompts(2, constraints=NO_COMMA), name="sr-apart-eval", split="heldout")
+    run_id = submit(client, a, method="self_reward", base_model=tiny_model, prompt_set_ids=[seeds], rounds=1,
+                    eval_prompt_set_ids=[heldout],
+                    config={"judge_apart": True, "eft_prompt_set_ids": [eft], "new_prompts_per_round": 4,
+                            "few_shot": 3, "samples_per_prompt": 3, "max_new_tokens": 12, "judge_samples": 2,
+                            "chosen_must_end": False, "new_prompts_like_seeds": False, "eval_judge_samples": 1,
+                            "bootstrap_learning_rate": 1e-3, **TRAIN})
+    (r1,) = wait_run(client, a, run_id, workers)["round_details"]
+    assert stage_status(r1)["bootstrap"] == stage_status(r1)["judge"] == stage_status(r1)["train"] == "succeeded"
+    versions = _versions(run_id)
+    judge = versions["round:0:judge"]
+    assert "round:0:policy" not in versions  # no M1: the bootstrap trained the judge alone
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        row = s.exec(select(Round).where(Round.run_id == run_id, Round.number == 1)).one()
+        judged = s.exec(select(StageTask).where(StageTask.round_id == row.id, StageTask.stage == "judge")).all()
+    # the judge adapter learnt the EFT example only (no instruction data), from θ0
+    assert judge.parent_id == run.base_version_id and r1["metrics"]["bootstrap"]["sft_examples"] == 1
+    assert r1["metrics"]["bootstrap"]["ift_examples"] == 0
+    # round 1's policy is θ0 itself, which the round's DPO trains from; the judge version judges
+    assert r1["policy_version_id"] == run.base_version_id == versions["round:1:policy"].parent_id
+    assert judged and {t.payload["model"] for t in judged} == {"role:judge"}
+    assert "eval_policy" not in r1["metrics"] and r1["metrics"]["eval"]["n"] == 2
 
 
 def test_spar_pairs_come_from_one_tree_and_the_refiner_trains(api, workers, tiny_model):

@@ -52,6 +52,24 @@ def test_balanced_accuracy_parseable_rate_and_types(mode, balanced, parseable):
     assert per["refiner"]["n"] == 9 and per["rubric"]["accuracy"] == report["rubric"]["accuracy"]
 
 
+def test_the_answer_model_writes_the_probe_answers_and_the_model_judges_them():
+    class Recording(FakeJudge):
+        calls: list = []
+
+        def generate(self, prompts, model, params):
+            judging = "<response>" in prompts[0][-1]["content"]
+            self.calls.append(("judge" if judging else "answer", model.adapter_path))
+            return super().generate(prompts, model, params)
+
+    fake = Recording("good")
+    judge_agreement(ITEMS, backend=fake, model=ModelRef("m", "judge-adapter"), answer_model=ModelRef("m", "policy"),
+                    judges=("rubric",))
+    assert fake.calls == [("answer", "policy"), ("judge", "judge-adapter")]
+    fake.calls.clear()
+    judge_agreement(ITEMS, backend=fake, model=ModelRef("m", "judge-adapter"), judges=("rubric",))
+    assert fake.calls == [("answer", "judge-adapter"), ("judge", "judge-adapter")]  # the judge answers too
+
+
 def test_only_the_asked_judge_is_queried():
     report = judge_agreement(ITEMS, backend=FakeJudge("good"), model=ModelRef("m"), judges=("refiner",))
     assert report["parseable"]["rubric"] is None and report["refiner"]["balanced_accuracy"] == 1.0

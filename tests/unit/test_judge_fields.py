@@ -61,6 +61,9 @@ def test_the_judge_check_plan_carries_what_it_decides_on():
 
     (stage,) = judge_check_plan("rubric", "policy", "judge_samples")(Inp())
     assert stage["floor"] == {"parseable": 0.9, "accuracy": 0.7, "decides_on": "lower_bound"}
+    # whoever judges, the probe's answers are the policy's
+    (stage,) = judge_check_plan("rubric", "role:judge", "judge_samples")(Inp())
+    assert (stage["model"], stage["answer_model"]) == ("role:judge", "policy")
 
 
 @pytest.mark.parametrize("cls", [SPaRConfig, SelfRewardConfig])

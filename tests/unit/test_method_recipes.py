@@ -464,6 +464,40 @@ def test_m1_learns_the_runs_references_only_with_bootstrap_ift(ift, responses):
     assert parse_config(SelfRewardConfig, {"bootstrap_ift": "no"})[1][0]["loc"] == ["config", "bootstrap_ift"]
 
 
+@pytest.mark.parametrize("source", ["references", "own_answers"])
+def test_with_the_judge_apart_the_bootstrap_trains_a_judge_version_and_the_policy_stays(source):
+    from services.methods.self_reward import _judge_model, _judge_shards, training_job
+    from services.training.job import metrics_label
+
+    cfg = SelfRewardConfig(eft_prompt_set_ids=[2], judge_apart=True, ift_source=source)
+    job = training_job(M1Data(), cfg, "bootstrap")
+    # the judge's data alone (the EFT example here), on a fresh adapter: no instruction data
+    assert [i["response"] for i in job.items] == ["Score: 4"] and job.stats["ift_examples"] == 0
+    assert (job.role, job.key_round, job.sets_policy, metrics_label(job)) == ("judge", 0, False, "bootstrap")
+    assert job.init_adapter is None and job.parent_id == M1Data.base_version_id
+    assert not cfg.ift_from_own_answers  # no θ0 samples drawn for instruction data nobody trains on
+    assert _judge_model(cfg) == "role:judge" and _judge_model(SelfRewardConfig()) == "policy"
+    assert _judge_model(SelfRewardConfig(judge_version_id=4)) == "version:4"
+
+    class Inp:
+        config, shard_size = cfg, 8
+
+        class data:
+            metrics = {}
+
+            @staticmethod
+            def round_prompts():
+                return [{"id": 5}]
+
+    assert {s["model"] for s in _judge_shards(Inp())} == {"role:judge"}
+
+
+@pytest.mark.parametrize("data", [{"judge_apart": True, "bootstrap_sft": False},
+                                  {"judge_apart": True, "judge_version_id": 3}, {"judge_apart": "yes"}])
+def test_judge_apart_conflicts_name_the_field(data):
+    assert parse_config(SelfRewardConfig, data)[1][0]["loc"] == ["config", "judge_apart"]
+
+
 class OwnData(M1Data):
     """M1Data with constrained run prompts, a judge set, and θ0's round-1 bootstrap answers."""
 
