@@ -170,8 +170,9 @@ def _judge_check(ctx: StageContext) -> None:
     """Measure the judge the round is about to trust on a labelled probe of training prompts (with
     constraints: the verifier labels the model's own answers) and record it as metrics.judge_check.
     Payload: prompt_ids, model (the judge), answer_model (who answers the probe; default: the
-    judge), kind (rubric | refiner), samples, votes, max_new_tokens, floor, on_weak (stop | verifier). Below the floor: `stop` fails the run with the numbers; `verifier`
-    records that this round's judging falls back to the verifier (the recipe's judge stage reads it)."""
+    judge), kind (rubric | refiner), samples, votes, max_new_tokens, floor, on_weak (stop |
+    verifier). Below the floor: `stop` fails the run with the numbers; `verifier` records that this
+    round's judging falls back to the verifier (the recipe's judge stage reads it)."""
     from services.judging.agreement import judge_agreement
 
     p = ctx.payload
