@@ -47,7 +47,8 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
     # the policy starts round 1 as θ0 itself and never trains on judge data. Off: one model
     # answers and judges (the paper's M1). Ours: on the chat-capable start, M1's SFT cost the policy
     # 2.3–3.4 points before any pair trained (docs/results.md), seven tenths of its data being the
-    # judge's.
+    # judge's. Measured once: the judge adapter judged no better (0.65, below the floor), and round 1
+    # from θ0 then ran on the verifier's pairs (−1.7 / −0.6, answers cut at the limit 31–55 %).
     judge_apart: bool = False
     # M1's instruction data (IFT): the run's prompts with their references, as the paper's seed
     # IFT data. Off, M1 learns only to judge (EFT and the judge's bootstrap data). Measured on the
