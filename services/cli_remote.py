@@ -395,12 +395,12 @@ def progress_line(run: "RunDetail") -> str:
 def run_view(run: "RunDetail", note: str = "") -> Group:
     """The run as a table: per round its status, stages with progress, pairs, training loss,
     held-out accuracy with its 95 % interval, and whether the round gate adopted it."""
+    from shared.models import START_ROWS
+
     end = run.finished_at or datetime.now(timezone.utc)
     total = run.stopping.get("max_rounds", "∞") if run.continuous else run.rounds
     title = (f"run {run.id} · {run.method} · {escape(run.base_model)} · {_styled(run.status)} · "
              f"round {len(run.round_details)}/{total} · {_elapsed((end - run.created_at).total_seconds())}")
-    from shared.models import START_ROWS
-
     table = Table(title=title)
     for col, wrap in (("round", False), ("status", False), ("stages", False), ("pairs", False), ("loss", False),
                       ("held-out strict acc [95% CI]", True), ("gate", True)):

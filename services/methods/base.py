@@ -505,9 +505,9 @@ TRAINER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainerFields)
 
 
 def round_learning_rate(cfg: Any, round_number: int) -> float:
-    """The actor's rate in round t: `later_learning_rate` from round `later_from_round` on where the
-    method has one set (SPIN, SPaR), `learning_rate` before it and otherwise."""
-    later = getattr(cfg, "later_learning_rate", None)
+    """The actor's rate in round t of a method with a later rate (SPIN, SPaR): `later_learning_rate`
+    from round `later_from_round` on when it is set, `learning_rate` before it and otherwise."""
+    later = cfg.later_learning_rate
     return later if later is not None and round_number >= cfg.later_from_round else cfg.learning_rate
 
 

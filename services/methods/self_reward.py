@@ -164,8 +164,14 @@ class SelfRewardConfig(JudgeFields, SamplingFields, TrainerFields):
                               score_rejected_end=self.score_rejected_end)
 
     @property
+    def m1_ift(self) -> str | None:
+        """Where M1's instruction data comes from (`ift_source`), or None when it learns none:
+        `bootstrap_ift` off, or the judge trained apart (then no policy is trained in round 1)."""
+        return self.ift_source if self.bootstrap_ift and not self.judge_apart else None
+
+    @property
     def ift_from_own_answers(self) -> bool:
-        return self.bootstrap_ift and self.ift_source == "own_answers" and not self.judge_apart
+        return self.m1_ift == "own_answers"
 
     def bootstrap_config(self):
         from services.methods.base import trainer_config
@@ -381,9 +387,9 @@ def own_answer_examples(data, repair: bool = True) -> list[dict]:
 def training_job(data, cfg: SelfRewardConfig, role: str):
     if role == "bootstrap":  # M1: SFT of the base on instruction (IFT) and evaluation (EFT) data
         ift = []
-        if cfg.ift_from_own_answers:
+        if cfg.m1_ift == "own_answers":
             ift = own_answer_examples(data, cfg.ift_repairs)
-        elif cfg.bootstrap_ift and not cfg.judge_apart:  # the run's references
+        elif cfg.m1_ift == "references":
             ift = gold_examples(data, list(data.prompt_set_ids))
         items = ift + (gold_examples(data, list(cfg.eft_prompt_set_ids)) if cfg.eft_prompt_set_ids else [])
         # no judge data when the samples were drawn for own_answers alone
